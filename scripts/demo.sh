@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and run the whole pipeline on the embedded default world. Extra args go to the command,
+# e.g. `bash scripts/demo.sh --out runs/mine describe.n_samples=8`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+exec .venv/bin/vlm-dpo pipeline configs/demo.yaml "$@"

@@ -1,0 +1,41 @@
+from pathlib import Path
+
+import pytest
+
+from vlm_dpo.config import Config, ConfigError, load_config
+from vlm_dpo.models import TinyVLMSpec
+
+CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("out: runs/x\ndescribe:\n  n_samples: 6\nvlm:\n  spec:\n    text_layers: 2\n")
+    cfg = load_config(y, ["describe.n_samples=8", "world.seed=3"])
+    assert isinstance(cfg, Config) and isinstance(cfg.vlm.spec, TinyVLMSpec)
+    assert (cfg.out, cfg.describe.n_samples, cfg.vlm.spec.text_layers, cfg.world.seed) == ("runs/x", 8, 2, 3)
+
+
+@pytest.mark.parametrize("override,match", [
+    ("describe.n_sample=4", "unknown config key.*n_sample"),
+    ("nope.x=1", "unknown config key"),
+    ("describe.n_samples=lots", "invalid value for describe.n_samples"),
+    ("justaword", "key=value"),
+])
+def test_bad_overrides_are_rejected(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
+
+
+def test_unknown_key_in_yaml_names_the_file(tmp_path):
+    y = tmp_path / "typo.yaml"
+    y.write_text("describe:\n  temprature: 0.7\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml.*temprature"):
+        load_config(y)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_are_valid(path):
+    load_config(path)

@@ -1,0 +1,42 @@
+from vlm_dpo.ground import GroundingConfig, PromptConfig, grounding_text, plural, prompt_text, render_prompt
+
+DETS = [
+    {"label": "cup", "score": 0.9, "box": [80, 5, 95, 20]},  # top right
+    {"label": "ball", "score": 0.8, "box": [40, 40, 50, 50]},  # center
+    {"label": "cup", "score": 0.7, "box": [0, 0, 10, 10]},  # top left
+    {"label": "book", "score": 0.1, "box": [0, 80, 10, 90]},  # below the confidence filter
+]
+
+
+def test_grounding_counts_positions_filter_and_order():
+    assert grounding_text(DETS, 90, 90) == "Detected: 2 cups (top left, top right), 1 ball (center)."
+    # order does not depend on the detector's output order
+    assert grounding_text(DETS[::-1], 90, 90) == grounding_text(DETS, 90, 90)
+    cfg = GroundingConfig(min_score=0.05, positions=False)
+    assert grounding_text(DETS, 90, 90, cfg) == "Detected: 1 book, 2 cups, 1 ball."
+
+
+def test_grounding_boxes_and_empty():
+    cfg = GroundingConfig(positions=False, boxes=True)
+    assert grounding_text(DETS[1:2], 100, 100, cfg) == "Detected: 1 ball ([40,40,50,50])."
+    assert grounding_text([], 90, 90) == "Detected: nothing."
+    assert grounding_text(DETS[3:], 90, 90) == "Detected: nothing."
+
+
+def test_plural():
+    assert [plural(w) for w in ("cup", "glass", "person", "strawberry", "toy")] == [
+        "cups", "glasses", "people", "strawberries", "toys"]
+
+
+def test_prompt_with_and_without_grounding():
+    g = "Detected: 1 ball (center)."
+    assert prompt_text(g) == "Describe the objects on the table. Detected: 1 ball (center)."
+    assert prompt_text(g, PromptConfig(grounded=False)) == "Describe the objects on the table."
+
+
+def test_prompt_rendered_by_model_chat_template():
+    from vlm_dpo.models import build_tiny_idefics3, TinyVLMSpec
+
+    _, processor = build_tiny_idefics3(["a red cup.", "Describe the objects."], TinyVLMSpec(vocab_size=300))
+    text = render_prompt(processor, "Describe the objects.")
+    assert text == "User:<image>Describe the objects.<end_of_utterance>\nAssistant:"

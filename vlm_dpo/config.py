@@ -1,0 +1,139 @@
+"""Typed configuration: one dataclass per stage, YAML files in `configs/`, `key=value` overrides.
+
+OmegaConf does the parsing and merging; structured (dataclass) configs give type checks, and struct mode
+rejects unknown keys, so a typo such as `describe.n_sample=4` fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from .ground import GroundingConfig, PromptConfig
+from .models import TinyVLMSpec
+from .offline import default_cache_dir
+from .world.export import WorldSpec
+
+
+@dataclass
+class DataConfig:
+    # A folder of the user's images (png/jpg/jpeg/webp, searched recursively); empty = the embedded world.
+    images: str = ""
+    split: str = "train"  # world split the single-stage commands (detect, describe) work on
+    skip_bad_images: bool = False  # False: a missing/corrupt image stops with its name; True: skip and count it
+
+
+@dataclass
+class DetectorConfig:
+    # "embedded" trains (once, cached) YOLO11n from its yaml on the world; otherwise any Ultralytics checkpoint
+    # path or name, e.g. "yolo11n.pt" (already on disk: nothing is downloaded).
+    model: str = "embedded"
+    arch: str = "yolo11n.yaml"
+    epochs: int = 30
+    imgsz: int = 128
+    batch: int = 32
+    workers: int = 0
+    conf: float = 0.25
+    iou: float = 0.7
+    device: str = "cpu"
+    batch_size: int = 32  # inference batch
+
+
+@dataclass
+class HallucinationConfig:
+    """Systematic errors in the embedded VLM's SFT captions (see world/captions.py)."""
+    cooccur: float = 0.6
+    count: float = 0.25
+    vague: float = 0.1
+
+
+@dataclass
+class SFTConfig:
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 30
+    weight_decay: float = 0.0
+    grounded_share: float = 0.8  # share of SFT prompts that carry the grounding context
+    detection_drop: float = 0.05  # drop objects from the SFT grounding context, like a detector's misses
+    seed: int = 0
+    log_every: int = 50
+
+
+@dataclass
+class VLMConfig:
+    # "embedded" builds and trains the tiny SmolVLM (cached); otherwise a hub id or path of any HF
+    # image-text-to-text model.
+    model: str = "embedded"
+    dtype: str = "float32"
+    device: str = "cpu"
+    spec: TinyVLMSpec = field(default_factory=TinyVLMSpec)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    hallucination: HallucinationConfig = field(default_factory=HallucinationConfig)
+
+
+@dataclass
+class DescribeConfig:
+    n_samples: int = 4  # sampled captions per image (num_return_sequences)
+    greedy: bool = True  # also one greedy caption per image
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 24
+    batch_size: int = 32  # images per generate call
+    seed: int = 0
+    limit: int = 0  # 0 = every image of the split
+
+
+@dataclass
+class Config:
+    out: str = "runs/demo"
+    cache_dir: str = field(default_factory=default_cache_dir)
+    threads: int = 0  # torch threads; 0 = leave torch's default
+    data: DataConfig = field(default_factory=DataConfig)
+    world: WorldSpec = field(default_factory=WorldSpec)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    ground: GroundingConfig = field(default_factory=GroundingConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    vlm: VLMConfig = field(default_factory=VLMConfig)
+    describe: DescribeConfig = field(default_factory=DescribeConfig)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (),
+                schema: type = Config):
+    """Schema defaults <- YAML file <- `key=value` overrides, validated into a `schema` instance."""
+    base = OmegaConf.structured(schema)
+    OmegaConf.set_struct(base, True)
+    layers = [base]
+    try:
+        if path is not None:
+            p = Path(path)
+            if not p.exists():
+                raise ConfigError(f"{p}: config file not found")
+            layers.append(OmegaConf.load(p))
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"overrides must look like key=value, got {bad}")
+        if overrides:
+            layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+        return OmegaConf.to_object(merged)
+    except (ConfigKeyError, ConfigAttributeError) as e:
+        src = f" in {path}" if path else ""
+        raise ConfigError(f"unknown config key{src}: {e.msg if hasattr(e, 'msg') else e}".split("\n")[0]
+                          + f" (full key: {getattr(e, 'full_key', '?')})") from None
+    except ValidationError as e:
+        raise ConfigError(f"invalid value for {getattr(e, 'full_key', '?')}: {str(e).splitlines()[0]}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+
+
+def to_yaml(cfg) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,69 @@
+"""Describe: batched caption sampling from any image-text-to-text model.
+
+Per image: one greedy caption (optional) and N sampled ones (num_return_sequences, so the prompt and image
+are encoded once for all N). Reproducible: batches are fixed chunks of the full image list and each is seeded
+by its index, so a resumed run regenerates exactly what an uninterrupted one would.
+
+Record written per image:
+    {"image_id", "file", "prompt", "grounding", "greedy", "samples": [...], "generation": {...}, "model"}
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .detect import open_image
+from .ground import render_prompt
+from .records import ResumableJsonl
+
+
+def _generate(model, processor, images, texts, *, do_sample: bool, n: int, cfg) -> list[list[str]]:
+    prompts = [render_prompt(processor, t) for t in texts]
+    tok = processor.tokenizer
+    tok.padding_side = "left"  # the generated token must follow each prompt's last real token
+    enc = processor(text=prompts, images=[[im] for im in images], padding=True, return_tensors="pt")
+    enc = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in enc.items()}
+    kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=do_sample, num_return_sequences=n,
+                  pad_token_id=tok.pad_token_id)
+    if do_sample:
+        kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
+    with torch.inference_mode():
+        out = model.generate(**enc, **kwargs)
+    texts_out = processor.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    texts_out = [t.strip() for t in texts_out]
+    return [texts_out[i * n:(i + 1) * n] for i in range(len(images))]
+
+
+def describe(model, processor, items: list[dict], cfg) -> list[dict]:
+    """Captions for `items` (dicts with image_id, path, prompt, grounding); `cfg` is a DescribeConfig."""
+    images = [open_image(it["path"]) for it in items]
+    texts = [it["prompt"] for it in items]
+    greedy = _generate(model, processor, images, texts, do_sample=False, n=1, cfg=cfg) if cfg.greedy else None
+    samples = (_generate(model, processor, images, texts, do_sample=True, n=cfg.n_samples, cfg=cfg)
+               if cfg.n_samples > 0 else [[] for _ in items])
+    gen = {k: v for k, v in asdict(cfg).items() if k in ("n_samples", "temperature", "top_p", "max_new_tokens", "seed")}
+    model_id = getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")
+    return [{
+        "image_id": it["image_id"], "file": it.get("file", str(it["path"])), "prompt": it["prompt"],
+        "grounding": it.get("grounding"), "greedy": greedy[i][0] if greedy else None, "samples": samples[i],
+        "generation": gen, "model": str(model_id),
+    } for i, it in enumerate(items)]
+
+
+def describe_to_jsonl(model, processor, items: list[dict], cfg, out_path: str | Path, progress: bool = True) -> Path:
+    """`describe` over all items into a resumable JSONL; finished batches are skipped on rerun."""
+    out_path = Path(out_path)
+    with ResumableJsonl(out_path, key="image_id") as w:
+        if w.finished:
+            return out_path
+        chunks = [items[i:i + cfg.batch_size] for i in range(0, len(items), cfg.batch_size)]
+        for bi, chunk in enumerate(tqdm(chunks, desc="describe", disable=not progress)):
+            if all(str(it["image_id"]) in w.done for it in chunk):
+                continue
+            torch.manual_seed(cfg.seed * 1_000_003 + bi)
+            w.write_many(describe(model, processor, chunk, cfg))
+    return out_path

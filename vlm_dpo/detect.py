@@ -1,0 +1,160 @@
+"""Detect: images -> per-image detections with Ultralytics YOLO.
+
+`detect()` is a thin wrapper: any Ultralytics checkpoint path or name (`yolo11n.pt` for real users, the
+locally trained embedded detector by default), batched, with conf/IoU thresholds and device. Each result is
+    {"image_id", "file", "width", "height", "detections": [{"label", "score", "box": [x1, y1, x2, y2]}]}
+with boxes in pixels of the original image.
+
+`train_embedded_detector()` trains YOLO11n from its yaml (random init: nothing is downloaded) on the world and
+caches the checkpoint under a key of everything that shaped it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from .offline import configure_offline, disable_ultralytics_sync
+from .records import ResumableJsonl, write_text_atomic
+
+
+class ImageError(ValueError):
+    """An input image is missing or unreadable; the message names the file."""
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open an image as RGB, or raise ImageError naming the file and what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ImageError(f"{path}: not a readable image ({e})") from None
+    except ImportError:
+        # Ultralytics patches Image.open to retry unknown formats as HEIF, importing an optional plugin.
+        raise ImageError(f"{path}: not a readable image (unrecognised format)") from None
+
+
+def load_yolo(model: str | Path):
+    """An Ultralytics YOLO model from a checkpoint path, a name already on disk, or a model yaml."""
+    configure_offline()
+    from ultralytics import YOLO
+
+    disable_ultralytics_sync()
+    name = str(model)
+    if name.endswith(".pt") and not Path(name).exists():
+        # Ultralytics would try to download a missing .pt; fail clearly instead (we are offline).
+        raise FileNotFoundError(
+            f"YOLO checkpoint {name!r} not found on disk; pass a local path (no downloads are attempted)"
+        )
+    return YOLO(name)
+
+
+def detect(images: list[dict], model, *, conf: float = 0.25, iou: float = 0.7, device: str = "cpu",
+           batch_size: int = 32, imgsz: int | None = None, skip_bad_images: bool = False) -> list[dict]:
+    """Run the detector on `images` (dicts with `image_id` and `path`); returns one record per image.
+
+    `model` is a loaded YOLO or anything `load_yolo` accepts. An unreadable image raises ImageError naming the
+    file, or with `skip_bad_images` yields a record with an `error` field and no detections (later stages skip
+    and count such records).
+    """
+    if not hasattr(model, "predict"):
+        model = load_yolo(model)
+    names = model.names
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk, pils = [], []
+        for r in images[start:start + batch_size]:
+            try:
+                pils.append(open_image(r["path"]))
+                chunk.append(r)
+            except ImageError as e:
+                if not skip_bad_images:
+                    raise
+                out.append({"image_id": r["image_id"], "file": r.get("file", str(r["path"])), "width": 0,
+                            "height": 0, "detections": [], "error": str(e)})
+        if not chunk:
+            continue
+        kwargs = dict(conf=conf, iou=iou, device=device, verbose=False)
+        if imgsz:
+            kwargs["imgsz"] = imgsz
+        results = model.predict(pils, **kwargs)
+        for rec, pil, res in zip(chunk, pils, results):
+            boxes = res.boxes
+            dets = []
+            for xyxy, score, cls in zip(boxes.xyxy.tolist(), boxes.conf.tolist(), boxes.cls.tolist()):
+                dets.append({"label": names[int(cls)], "score": round(float(score), 4),
+                             "box": [round(float(v), 1) for v in xyxy]})
+            out.append({"image_id": rec["image_id"], "file": rec.get("file", str(rec["path"])),
+                        "width": pil.width, "height": pil.height, "detections": dets})
+    return out
+
+
+def detect_to_jsonl(images: list[dict], model, out_path: str | Path, *, progress: bool = True, **kwargs) -> Path:
+    """`detect` over many images into a resumable JSONL (finished images are skipped on rerun)."""
+    out_path = Path(out_path)
+    with ResumableJsonl(out_path, key="image_id") as w:
+        if w.finished:
+            return out_path
+        todo = [r for r in images if str(r["image_id"]) not in w.done]
+        if todo and not hasattr(model, "predict"):
+            model = load_yolo(model)
+        step = kwargs.get("batch_size", 32)
+        for start in tqdm(range(0, len(todo), step), desc="detect", disable=not progress):
+            w.write_many(detect(todo[start:start + step], model, **kwargs))
+    return out_path
+
+
+def _detector_key(world_spec, det_cfg) -> str:
+    keep = {k: v for k, v in asdict(det_cfg).items() if k in ("arch", "epochs", "imgsz", "batch")}
+    blob = json.dumps({"world": asdict(world_spec), "det": keep, "v": 1}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def train_embedded_detector(world_root: str | Path, world_spec, det_cfg, cache_dir: str | Path,
+                            *, threads: int = 0) -> dict:
+    """Train YOLO (from its yaml) on the world, cache `best.pt` and its metrics; reuse the cache when present.
+
+    Returns {"weights": path, "map50": held-out test mAP50, "map50_95": ..., "minutes": training time}.
+    """
+    import time
+
+    import torch
+
+    cache = Path(cache_dir) / "detector" / _detector_key(world_spec, det_cfg)
+    metrics_path = cache / "metrics.json"
+    if metrics_path.exists() and (cache / "best.pt").exists():
+        return json.loads(metrics_path.read_text())
+    configure_offline(cache_dir)
+    if threads:
+        torch.set_num_threads(threads)
+    model = load_yolo(det_cfg.arch)
+    run_dir = cache / "run"
+    t0 = time.time()
+    model.train(
+        data=str(Path(world_root) / "data.yaml"), epochs=det_cfg.epochs, imgsz=det_cfg.imgsz,
+        batch=det_cfg.batch, device=det_cfg.device, workers=det_cfg.workers, pretrained=False, amp=False,
+        plots=False, project=str(cache), name="run", exist_ok=True, verbose=False, seed=0, deterministic=True,
+        close_mosaic=max(1, det_cfg.epochs // 5),
+    )
+    minutes = (time.time() - t0) / 60
+    best = run_dir / "weights" / "best.pt"
+    trained = load_yolo(best)
+    res = trained.val(data=str(Path(world_root) / "data.yaml"), split="test", imgsz=det_cfg.imgsz,
+                      batch=det_cfg.batch, device=det_cfg.device, plots=False, verbose=False,
+                      project=str(cache), name="val", exist_ok=True)
+    shutil.copy(best, cache / "best.pt.tmp")
+    (cache / "best.pt.tmp").replace(cache / "best.pt")
+    metrics = {"weights": str(cache / "best.pt"), "map50": float(res.box.map50), "map50_95": float(res.box.map),
+               "minutes": round(minutes, 2), "epochs": det_cfg.epochs, "imgsz": det_cfg.imgsz}
+    write_text_atomic(metrics_path, json.dumps(metrics, indent=1))
+    return metrics

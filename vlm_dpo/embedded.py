@@ -1,0 +1,122 @@
+"""The embedded default world's assets, built locally and cached: scenes, a YOLO detector, a tiny VLM.
+
+Cache keys hash everything that shaped an asset, so a changed config builds a new one and an unchanged one
+is reused across runs (the first run pays minutes, later runs seconds).
+    <cache>/worlds/<key>/      the world (see world/export.py)
+    <cache>/detector/<key>/    best.pt + metrics.json
+    <cache>/vlm/<key>/         model/ (save_pretrained), metrics.json, sft_log.jsonl
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .detect import train_embedded_detector
+from .ground import GroundingConfig, PromptConfig, grounding_text, prompt_text
+from .models import build_tiny_idefics3, count_parameters, save_model
+from .records import write_jsonl_atomic, write_text_atomic
+from .sft import SFTExample, run_sft
+from .world.captions import COOCCUR, CorruptionRates, VAGUE_CAPTIONS, corrupted_caption, reference_caption
+from .world.export import build_world
+from .world.scenes import COLORS, KINDS, render_scene, sample_scene
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def ensure_world(cfg, progress: bool = True) -> Path:
+    root = Path(cfg.cache_dir) / "worlds" / _key(asdict(cfg.world), 1)
+    build_world(root, cfg.world, progress=progress)
+    return root
+
+
+def ensure_detector(cfg, world_root: Path) -> dict:
+    """The detector to use: the cached embedded one (trained on first use) or the user's checkpoint."""
+    if cfg.detector.model != "embedded":
+        return {"weights": cfg.detector.model}
+    return train_embedded_detector(world_root, cfg.world, cfg.detector, cfg.cache_dir, threads=cfg.threads)
+
+
+def gt_as_detections(objects: list[dict]) -> list[dict]:
+    return [{"label": o["label"], "score": 1.0, "box": o["box"]} for o in objects]
+
+
+def tokenizer_corpus(seed: int = 0, n: int = 3000) -> list[str]:
+    """Text the embedded tokenizer is trained on: captions (good and corrupted), contexts, prompts."""
+    rng = random.Random(seed)
+    rates = CorruptionRates(0.5, 0.5, 0.0)
+    texts = ["User: Assistant:", PromptConfig().instruction, *VAGUE_CAPTIONS,
+             " ".join(KINDS), " ".join(COLORS), "Is there a cup in the image? Answer yes or no. yes no"]
+    for i in range(n):
+        s = sample_scene(seed, "sft", 10_000_000 + i).to_dict()
+        texts.append(reference_caption(s["objects"], s["width"]))
+        texts.append(corrupted_caption(s["objects"], s["width"], rng, rates)[0])
+        texts.append(grounding_text(gt_as_detections(s["objects"]), s["width"], s["height"]))
+    return texts
+
+
+class WorldSFTData:
+    """SFT examples from fresh in-memory scenes (an 'sft' seed stream, disjoint from train/val/test).
+
+    Targets mix reference captions with systematically corrupted ones (co-occurrence, counts, vagueness) so
+    the model hallucinates the way real VLMs do. Grounding contexts drop a share of objects, like a detector.
+    """
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.rates = CorruptionRates(**asdict(cfg.vlm.hallucination))
+
+    def example(self, index: int) -> SFTExample:
+        cfg = self.cfg
+        scene = sample_scene(cfg.world.seed, "sft", index, image_size=cfg.world.image_size,
+                             min_objects=cfg.world.min_objects, max_objects=cfg.world.max_objects,
+                             max_overlap=cfg.world.max_overlap)
+        s = scene.to_dict()
+        rng = random.Random(f"sft-example/{cfg.vlm.sft.seed}/{index}")
+        target, _ = corrupted_caption(s["objects"], s["width"], rng, self.rates)
+        grounded = rng.random() < cfg.vlm.sft.grounded_share
+        dets = [d for d in gt_as_detections(s["objects"]) if rng.random() >= cfg.vlm.sft.detection_drop]
+        ground = grounding_text(dets, s["width"], s["height"], cfg.ground) if grounded else None
+        prompt = prompt_text(ground, PromptConfig(cfg.prompt.instruction, grounded=grounded))
+        return SFTExample(render_scene(scene), prompt, target)
+
+    def batch(self, step: int) -> list[SFTExample]:
+        b = self.cfg.vlm.sft.batch_size
+        return [self.example(step * b + j) for j in range(b)]
+
+
+def vlm_key(cfg) -> str:
+    return _key(asdict(cfg.world), asdict(cfg.vlm.spec), asdict(cfg.vlm.sft), asdict(cfg.vlm.hallucination),
+                asdict(cfg.ground), cfg.prompt.instruction, 2)
+
+
+def ensure_vlm(cfg, progress: bool = True) -> dict:
+    """Path of the VLM to use: the cached embedded one (built + SFT on first use) or the user's model id/path."""
+    if cfg.vlm.model != "embedded":
+        return {"model": cfg.vlm.model}
+    cache = Path(cfg.cache_dir) / "vlm" / vlm_key(cfg)
+    meta_path = cache / "metrics.json"
+    if meta_path.exists() and (cache / "model").exists():
+        return json.loads(meta_path.read_text())
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model, processor = build_tiny_idefics3(tokenizer_corpus(cfg.world.seed), cfg.vlm.spec, seed=cfg.vlm.sft.seed)
+    data = WorldSFTData(cfg)
+    sft = cfg.vlm.sft
+    history = run_sft(model, processor, data.batch, steps=sft.steps, lr=sft.lr, warmup_steps=sft.warmup_steps,
+                      weight_decay=sft.weight_decay, seed=sft.seed, progress=progress)
+    save_model(model, processor, cache / "model")
+    write_jsonl_atomic(cache / "sft_log.jsonl", history)
+    meta = {"model": str(cache / "model"), "parameters": count_parameters(model),
+            "image_tokens": cfg.vlm.spec.image_seq_len, "sft_steps": sft.steps,
+            "sft_final_loss": sum(h["loss"] for h in history[-20:]) / max(1, len(history[-20:])),
+            "sft_minutes": round(sum(h["sec"] for h in history) / 60, 2)}
+    write_text_atomic(meta_path, json.dumps(meta, indent=1))
+    return meta

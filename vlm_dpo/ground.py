@@ -1,0 +1,89 @@
+"""Detections -> a short grounding context, and the prompts that carry it.
+
+The context is deliberately short and regular so a small model can use it and a large one is not distracted:
+    "Detected: 2 cups (left, top right), 1 ball (center)."
+Counts per class, coarse 3x3 positions, a confidence filter, deterministic order (by first appearance left to
+right, then label), and optional boxes normalised to 0-100 for models that can read coordinates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .world.scenes import grid_position
+
+PLURAL_EXCEPTIONS = {"person": "people", "mouse": "mice", "knife": "knives", "sheep": "sheep", "skis": "skis"}
+
+
+def plural(label: str) -> str:
+    if label in PLURAL_EXCEPTIONS:
+        return PLURAL_EXCEPTIONS[label]
+    if label.endswith(("s", "sh", "ch", "x")):
+        return label + "es"
+    if label.endswith("y") and label[-2:-1] not in "aeiou":
+        return label[:-1] + "ies"
+    return label + "s"
+
+
+@dataclass
+class GroundingConfig:
+    min_score: float = 0.3  # detections below this confidence are left out of the context
+    positions: bool = True  # add coarse 3x3 position words
+    boxes: bool = False  # add boxes as [x1,y1,x2,y2] in 0-100 image coordinates
+    max_classes: int = 10  # keep the context short on cluttered images
+    prefix: str = "Detected:"
+    empty: str = "Detected: nothing."
+
+
+def grounding_text(detections: list[dict], width: int, height: int, cfg: GroundingConfig | None = None) -> str:
+    """Render detections ({label, score, box}) as one short sentence."""
+    cfg = cfg or GroundingConfig()
+    kept = [d for d in detections if d.get("score", 1.0) >= cfg.min_score]
+    if not kept:
+        return cfg.empty
+    groups: dict[str, list[dict]] = {}
+    for d in sorted(kept, key=lambda d: ((d["box"][0] + d["box"][2]) / 2, d["label"])):
+        groups.setdefault(d["label"], []).append(d)
+    parts = []
+    for label, dets in list(groups.items())[: cfg.max_classes]:
+        n = len(dets)
+        noun = label if n == 1 else plural(label)
+        extra = []
+        if cfg.positions:
+            seen = []
+            for d in dets:
+                p = grid_position(d["box"], width, height)
+                if p not in seen:
+                    seen.append(p)
+            extra.append(", ".join(seen))
+        if cfg.boxes:
+            extra.append(" ".join(
+                "[" + ",".join(str(round(100 * v / s)) for v, s in zip(d["box"], (width, height, width, height))) + "]"
+                for d in dets
+            ))
+        parts.append(f"{n} {noun}" + (f" ({'; '.join(extra)})" if extra else ""))
+    return f"{cfg.prefix} {', '.join(parts)}."
+
+
+@dataclass
+class PromptConfig:
+    instruction: str = "Describe the objects on the table."
+    grounded: bool = True  # put the grounding context in the prompt
+
+
+def prompt_text(grounding: str | None, cfg: PromptConfig | None = None) -> str:
+    """The user's text turn: the instruction, then the grounding context when grounded."""
+    cfg = cfg or PromptConfig()
+    if cfg.grounded and grounding:
+        return f"{cfg.instruction} {grounding}"
+    return cfg.instruction
+
+
+def chat_messages(text: str) -> list[dict]:
+    """One user turn with the image placed before the text (the layout SmolVLM, Qwen2-VL, LLaVA expect)."""
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+
+
+def render_prompt(processor, text: str) -> str:
+    """The prompt string through the model's own chat template, ending where the assistant starts."""
+    return processor.apply_chat_template(chat_messages(text), add_generation_prompt=True, tokenize=False)

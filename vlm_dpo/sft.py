@@ -1,0 +1,73 @@
+"""Supervised fine-tuning of an image-text-to-text model on (image, prompt, target) examples.
+
+Used to teach the embedded VLM the world and, in evaluation, for the rejection-sampling fine-tuning baseline
+(SFT on chosen captions). A plain loop on purpose: a few hundred small steps where Trainer's machinery would
+cost more than it saves; the loss is the model's own token cross-entropy on completion tokens only.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .train.collate import encode
+
+
+@dataclass
+class SFTExample:
+    image: object  # PIL image
+    prompt: str  # user text (the chat template is applied in encode)
+    target: str
+
+
+def cosine_lr(step: int, total: int, warmup: int) -> float:
+    """Linear warmup to 1, then cosine decay to 0.1 of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def run_sft(model, processor, batches: Callable[[int], list[SFTExample]], *, steps: int, lr: float,
+            warmup_steps: int = 0, weight_decay: float = 0.0, max_grad_norm: float = 1.0, seed: int = 0,
+            progress: bool = True, log: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train `model` in place for `steps` steps; `batches(step)` returns that step's examples.
+
+    Returns the per-step log (loss, lr, seconds), also passed to `log` as it goes.
+    """
+    torch.manual_seed(seed)
+    random.seed(seed)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, steps, warmup_steps))
+    history = []
+    bar = tqdm(range(steps), desc="sft", disable=not progress)
+    model_type = getattr(model.config, "model_type", "")
+    for step in bar:
+        t0 = time.time()
+        ex = batches(step)
+        enc = encode(processor, [e.image for e in ex], [e.prompt for e in ex], [e.target for e in ex],
+                     model_type=model_type)
+        out = model(**enc.inputs, labels=enc.labels)
+        loss = out.loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"SFT step {step}: loss is {loss.item()}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        opt.step()
+        sched.step()
+        rec = {"step": step, "loss": round(loss.item(), 5), "lr": sched.get_last_lr()[0], "sec": round(time.time() - t0, 3)}
+        history.append(rec)
+        if log:
+            log(rec)
+        bar.set_postfix(loss=f"{rec['loss']:.3f}")
+    model.eval()
+    return history

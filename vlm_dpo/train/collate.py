@@ -1,0 +1,95 @@
+"""Turn (image, prompt, completion) examples into model inputs with completion-only labels, for any family.
+
+The processor does what only it knows (image preprocessing, expanding image placeholders into the right
+number of image tokens, per-family extras such as pixel_attention_mask or image_grid_thw). We then append the
+completion's token ids ourselves, so the prompt/completion boundary is exact whatever the tokenizer merges,
+and pad on the right (positions stay 0..n-1 for every family). Prompts are never truncated: a prompt that does
+not fit `max_length` (its image tokens included) is an error naming the example, and only completions are cut.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..ground import chat_messages
+
+IGNORE = -100
+
+
+class ExampleTooLongError(ValueError):
+    pass
+
+
+# Per-token fields some families return besides input_ids/attention_mask, and the value a completion token takes.
+PER_TOKEN_FILL = {"token_type_ids": 0, "mm_token_type_ids": 0}
+PALIGEMMA_SUFFIX = {"token_type_ids": 1}  # PaliGemma marks the suffix (completion) with 1
+
+
+@dataclass
+class Encoded:
+    """A right-padded batch: model inputs + labels (IGNORE outside completions) + completion lengths."""
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    prompt_lengths: torch.Tensor  # tokens before the completion, per row
+    completion_lengths: torch.Tensor
+
+
+def render_prompts(processor, prompts: list[str]) -> list[str]:
+    return [processor.apply_chat_template(chat_messages(p), add_generation_prompt=True, tokenize=False) for p in prompts]
+
+
+def completion_ids(tokenizer, completion: str) -> list[int]:
+    """Token ids of an assistant answer: a leading space (as after 'Assistant:'), the text, then EOS."""
+    ids = tokenizer(" " + completion.strip(), add_special_tokens=False)["input_ids"]
+    return list(ids) + [tokenizer.eos_token_id]
+
+
+def encode(processor, images: list, prompts: list[str], completions: list[str], *, max_length: int = 0,
+           names: list[str] | None = None, model_type: str = "") -> Encoded:
+    """Encode a batch of single-image examples. `prompts` are user texts; the chat template is applied here."""
+    tok = processor.tokenizer
+    rendered = render_prompts(processor, prompts)
+    old_side = tok.padding_side
+    tok.padding_side = "right"
+    try:
+        proc = processor(text=rendered, images=[[im] for im in images], padding=True, return_tensors="pt")
+    finally:
+        tok.padding_side = old_side
+    ids, am = proc["input_ids"], proc["attention_mask"]
+    per_token = {k: v for k, v in proc.items() if k not in ("input_ids", "attention_mask")
+                 and torch.is_tensor(v) and v.shape == ids.shape}
+    fill = PER_TOKEN_FILL | (PALIGEMMA_SUFFIX if model_type == "paligemma" else {})
+    rows, label_rows, extra_rows, plens, clens = [], [], {k: [] for k in per_token}, [], []
+    for i in range(len(prompts)):
+        n = int(am[i].sum())
+        p_ids = ids[i, :n].tolist()
+        c_ids = completion_ids(tok, completions[i])
+        if max_length:
+            room = max_length - n
+            if room < 2:  # at least one completion token and EOS
+                who = names[i] if names else f"example {i}"
+                raise ExampleTooLongError(
+                    f"{who}: prompt is {n} tokens (image tokens included), max_length={max_length} leaves no room "
+                    f"for the completion; raise max_length (image tokens are never truncated)"
+                )
+            c_ids = c_ids[:room]
+        rows.append(p_ids + c_ids)
+        label_rows.append([IGNORE] * n + c_ids)
+        for k, v in per_token.items():
+            extra_rows[k].append(v[i, :n].tolist() + [fill.get(k, 0)] * len(c_ids))
+        plens.append(n)
+        clens.append(len(c_ids))
+    width = max(len(r) for r in rows)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    def padded(seqs, value):
+        return torch.tensor([s + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
+
+    inputs = {k: v for k, v in proc.items() if k not in ("input_ids", "attention_mask") and k not in per_token}
+    inputs["input_ids"] = padded(rows, pad)
+    inputs["attention_mask"] = padded([[1] * len(r) for r in rows], 0)
+    for k, seqs in extra_rows.items():
+        inputs[k] = padded(seqs, 0)
+    return Encoded(inputs, padded(label_rows, IGNORE), torch.tensor(plens), torch.tensor(clens))
