@@ -60,6 +60,7 @@ class SFTConfig:
     weight_decay: float = 0.0
     grounded_share: float = 0.8  # share of SFT prompts that carry the grounding context
     detection_drop: float = 0.05  # drop objects from the SFT grounding context, like a detector's misses
+    qa_share: float = 0.2  # share of examples that are POPE-style yes/no questions (so POPE can be asked)
     seed: int = 0
     log_every: int = 50
 

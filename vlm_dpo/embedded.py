@@ -52,8 +52,10 @@ def tokenizer_corpus(seed: int = 0, n: int = 3000) -> list[str]:
     """Text the embedded tokenizer is trained on: captions (good and corrupted), contexts, prompts."""
     rng = random.Random(seed)
     rates = CorruptionRates(0.5, 0.5, 0.0)
-    texts = ["User: Assistant:", PromptConfig().instruction, *VAGUE_CAPTIONS,
-             " ".join(KINDS), " ".join(COLORS), "Is there a cup in the image? Answer yes or no. yes no"]
+    from .eval.pope import question
+
+    texts = ["User: Assistant:", PromptConfig().instruction, *VAGUE_CAPTIONS, " ".join(KINDS), " ".join(COLORS),
+             "yes. no.", *(question(k) for k in KINDS)]
     for i in range(n):
         s = sample_scene(seed, "sft", 10_000_000 + i).to_dict()
         texts.append(reference_caption(s["objects"], s["width"]))
@@ -80,12 +82,31 @@ class WorldSFTData:
                              max_overlap=cfg.world.max_overlap)
         s = scene.to_dict()
         rng = random.Random(f"sft-example/{cfg.vlm.sft.seed}/{index}")
-        target, _ = corrupted_caption(s["objects"], s["width"], rng, self.rates)
         grounded = rng.random() < cfg.vlm.sft.grounded_share
         dets = [d for d in gt_as_detections(s["objects"]) if rng.random() >= cfg.vlm.sft.detection_drop]
         ground = grounding_text(dets, s["width"], s["height"], cfg.ground) if grounded else None
-        prompt = prompt_text(ground, PromptConfig(cfg.prompt.instruction, grounded=grounded))
+        if rng.random() < cfg.vlm.sft.qa_share:
+            instruction, target = self.qa(s["objects"], rng)
+        else:
+            instruction = cfg.prompt.instruction
+            target, _ = corrupted_caption(s["objects"], s["width"], rng, self.rates)
+        prompt = prompt_text(ground, PromptConfig(instruction, grounded=grounded))
         return SFTExample(render_scene(scene), prompt, target)
+
+    def qa(self, objects: list[dict], rng: random.Random) -> tuple[str, str]:
+        """A yes/no question about a present or absent kind. The co-occurrence bias of the captions carries
+        over (an absent co-occurring kind is answered "yes" at the same rate), as it would in a real VLM."""
+        from .eval.pope import question
+
+        present = {o["label"] for o in objects}
+        if rng.random() < 0.5:
+            return question(rng.choice(sorted(present))), "yes."
+        biased = [COOCCUR[k] for k in sorted(present) if k in COOCCUR and COOCCUR[k] not in present]
+        if biased and rng.random() < 0.5:
+            label = rng.choice(biased)
+            return question(label), "yes." if rng.random() < self.rates.cooccur else "no."
+        label = rng.choice([k for k in KINDS if k not in present])
+        return question(label), "no."
 
     def batch(self, step: int) -> list[SFTExample]:
         b = self.cfg.vlm.sft.batch_size

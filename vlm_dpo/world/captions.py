@@ -29,7 +29,9 @@ def article(word: str) -> str:
 
 
 def noun_phrase(label: str, count: int, color: str | None) -> str:
-    noun = label if count == 1 else PLURALS[label]
+    from ..ground import plural
+
+    noun = label if count == 1 else PLURALS.get(label) or plural(label)
     words = [color, noun] if color else [noun]
     if count == 1:
         return f"{article(words[0])} {' '.join(words)}"

@@ -1,0 +1,1 @@
+"""Evaluation: caption metrics (CHAIR, recall, counts, length), POPE probes, preference accuracy, CIs."""

@@ -1,0 +1,116 @@
+"""`vlm-dpo pairs`: captions + the judge's detections (+ imports, + annotation judgements) -> one pair dataset.
+
+Writes, under the pairs folder:
+    pairs.parquet      the dataset (datasets/parquet; images by path, relative to the image root)
+    pairs.jsonl        the same rows, for eyes and grep
+    stats.json         statistics (per source/kind/split, margins, length difference) + skipped rows
+The stage is cheap (pure Python), so "resume" means: a finished stage with the same inputs and config is
+skipped; otherwise it is rebuilt and written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..ground import GroundingConfig, PromptConfig
+from ..judge import JudgeConfig, Vocabulary
+from ..records import read_jsonl, write_text_atomic
+from .dataset import Rejections, dedupe, save_pairs, split_by_image, statistics, validate_pair
+from .io import import_pairs, pairs_from_judgements
+from .mine import Cooccurrence, MineConfig, SyntheticContext, context_pairs, mine_image, synthetic_pairs
+
+
+@dataclass
+class PairsConfig:
+    captions: str = ""  # captions JSONL (default: <out>/captions/train.jsonl)
+    detections: str = ""  # the judge's detections JSONL (default: <out>/detections/train.jsonl)
+    image_root: str = ""  # root of the relative image paths (default: the world / data.images)
+    vocabulary: str = "world"  # world | coco | detections (the labels found in the detections file)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    mine: MineConfig = field(default_factory=MineConfig)
+    imports: list[str] = field(default_factory=list)  # JSONL/CSV/parquet/datasets folders of pairs (TRL ok)
+    judgements: list[str] = field(default_factory=list)  # annotation app judgement JSONL files
+    val_fraction: float = 0.1
+    seed: int = 0
+
+
+def vocabulary_for(name: str, detection_records: list[dict]) -> Vocabulary:
+    if name == "world":
+        return Vocabulary.world()
+    if name == "coco":
+        return Vocabulary.coco()
+    if name == "detections":
+        labels = sorted({d["label"] for r in detection_records for d in r["detections"]})
+        return Vocabulary.from_labels(labels)
+    raise ValueError(f"pairs.vocabulary must be world, coco or detections, got {name!r}")
+
+
+def build_pairs(cfg: PairsConfig, out_dir: str | Path, *, ground: GroundingConfig | None = None,
+                prompt: PromptConfig | None = None, progress: bool = True) -> dict:
+    """Mine + synthesise + import pairs; returns the statistics (also in stats.json)."""
+    out_dir = Path(out_dir)
+    root = Path(cfg.image_root).resolve()
+    inputs = [p for p in (cfg.captions, cfg.detections, *cfg.imports, *cfg.judgements) if p]
+    key = hashlib.sha256(json.dumps({"cfg": asdict(cfg), "inputs": [
+        (p, Path(p).stat().st_mtime_ns if Path(p).exists() else None) for p in inputs]},
+        sort_keys=True, default=str).encode()).hexdigest()[:16]
+    stats_path = out_dir / "stats.json"
+    if stats_path.exists() and (out_dir / "pairs.parquet").exists():
+        old = json.loads(stats_path.read_text())
+        if old.get("key") == key:
+            return old
+
+    rejections = Rejections()
+    pairs: list[dict] = []
+    if cfg.captions:
+        dets = {r["image_id"]: r for r in read_jsonl(cfg.detections)} if cfg.detections else {}
+        caption_recs = list(read_jsonl(cfg.captions))
+        vocab = vocabulary_for(cfg.vocabulary, list(dets.values()))
+        cooc = Cooccurrence([[vocab.canonical(d["label"]) or d["label"] for d in r["detections"]
+                              if d["score"] >= cfg.judge.min_score] for r in dets.values()])
+        ctx = SyntheticContext(vocab, list(vocab.classes), cooc, random.Random(f"synthetic/{cfg.mine.seed}"))
+        for rec in tqdm(caption_recs, desc="pairs", disable=not progress):
+            where = f"{cfg.captions} image {rec.get('image_id')}"
+            det = dets.get(rec["image_id"])
+            if det is None or det.get("error"):
+                rejections.add("no_detections_record", where)
+                continue
+            boxes = det["detections"]
+            generator = {"model": rec.get("model"), "settings": rec.get("generation")}
+            mined, best = mine_image(rec, boxes, det["width"], vocab, cfg.judge, cfg.mine, rec["file"], generator)
+            pairs += mined
+            if best is None:
+                continue
+            if cfg.mine.synthetic:
+                pairs += synthetic_pairs(rec, best, boxes, vocab, cfg.judge, cfg.mine, ctx, rec["file"])
+            if cfg.mine.context and rec.get("grounding"):
+                pairs += context_pairs(rec, best, boxes, det["width"], det["height"], vocab, cfg.judge,
+                                       ground or GroundingConfig(), prompt or PromptConfig(), cfg.mine, ctx,
+                                       rec["file"])
+    for path in cfg.imports:
+        pairs += import_pairs(path, root, rejections=rejections)
+    for path in cfg.judgements:
+        pairs += pairs_from_judgements(list(read_jsonl(path)), rejections)
+    checked = []
+    for p in pairs:
+        if validate_pair(p, f"pair {p['pair_id']} ({p['source']})", rejections, root):
+            checked.append(p)
+    before = len(checked)
+    checked = dedupe(checked)
+    if before != len(checked):
+        rejections.counts["duplicate"] += before - len(checked)
+    if not checked:
+        raise ValueError(f"no usable pairs from {inputs}: {rejections.to_dict()}")
+    checked = split_by_image(checked, cfg.val_fraction, cfg.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_pairs(checked, out_dir / "pairs.jsonl")
+    save_pairs(checked, out_dir / "pairs.parquet")
+    stats = statistics(checked) | {"rejections": rejections.to_dict(), "key": key}
+    write_text_atomic(stats_path, json.dumps(stats, indent=1, default=str))
+    return stats

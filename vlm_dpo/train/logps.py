@@ -1,0 +1,399 @@
+"""Completion log-probabilities for DPO, with the LM head applied only where it is needed and one vision pass per pair.
+
+Completion log-probs (`completion_logps`)
+-----------------------------------------
+A full forward of an image-text-to-text model materialises `[batch, seq, vocab]` logits although DPO only needs
+the log-prob of each completion token. We instead run the model's *base* (`model.model`: vision encoder +
+projector + language model, no head), which returns the last hidden states `[B, T, D]`, keep the rows at the
+positions t whose next label `labels[t+1]` is a completion token (labels != -100; prompt, image and padding
+positions are -100 and so never reach the head), apply the output embedding (`get_output_embeddings()`, the
+`lm_head`) to those N rows only (`[N, vocab]`), log-softmax in float32 and gather the target ids. Every extra input
+the processor produced (pixel_values, pixel_attention_mask, image_grid_thw, mm_token_type_ids, token_type_ids,
+image_sizes ...) is passed to the base unchanged, exactly as the model's own forward would.
+
+What the model's forward does to logits after `lm_head` is mirrored by `logit_postprocess` (see `LOGIT_RULES`):
+tanh soft-capping when the text config sets `final_logit_softcapping` (PaliGemma 2, Gemma 3n, Gemma 4; the
+Gemma 3 VLM forward does not cap, so neither do we), division by `logits_scaling` (Granite vision / docling),
+multiplication by `logits_scaling` (HyperCLOVA X vision) or `logit_scale` (Cohere Compass). A family whose
+text config carries a scaling field we do not know gets a one-time warning; `head_parity(model, inputs, labels)`
+measures the difference against the plain full-logits forward and is what the tests use.
+
+PEFT and DDP wrappers are unwrapped (`get_base_model()`, `.module`); LoRA layers live inside the modules, so
+calling the base directly still applies them. A model without a separate base (no `model.model`) falls back to
+the full forward, with a warning.
+
+Shared vision pass for a pair (`encode_pairs`, `pair_logps`)
+-----------------------------------------------------------
+Chosen and rejected share the image and the prompt. `encode_pairs` encodes the batch once with the chosen
+completions (the processor, hence image preprocessing, runs once), then builds the rejected rows by reusing each
+prompt's ids and per-token fields and appending the rejected completion. The result (`PairBatch`) has 2B rows in
+the order [chosen_0..chosen_{B-1}, rejected_0..rejected_{B-1}] for the per-token tensors (input_ids,
+attention_mask, labels, mm_token_type_ids, token_type_ids ...), but the vision tensors (pixel_values,
+pixel_attention_mask, image_grid_thw, image_sizes ...) for the B images only.
+
+`pair_logps` then, for a family in `SHARED_VISION_FAMILIES`:
+  1. calls the base's own `get_image_features(...)` once on the B images, passing the vision tensors that are
+     named parameters of that method (Idefics3/SmolVLM: pixel_values, pixel_attention_mask; Qwen2-VL/2.5-VL:
+     pixel_values, image_grid_thw; LLaVA: pixel_values, image_sizes; the feature layer/strategy come from the
+     config). Its `pooler_output` holds the projected image embeddings, per image (a list) or stacked (a tensor);
+  2. repeats them for the second half of the batch (list + list, or cat along dim 0: the same tensors, not a
+     copy, so gradients from both rows accumulate into one vision graph);
+  3. runs the base on the 2B rows with `input_ids` (no pixel_values) and `mm_encoder_outputs={"image": ...}`
+     - the transformers 5 entry point for precomputed encoder outputs - so the model scatters the embeddings
+     into `inputs_embeds` at its image-token positions itself, for chosen and rejected rows alike. The non-pixel
+     vision tensors are passed too, repeated for 2B rows: Qwen2-VL/2.5-VL need `image_grid_thw` (with
+     `input_ids` and `mm_token_type_ids`) to build their 3-D M-RoPE position ids, which the model's forward does
+     with its own `get_rope_index`, exactly as in the plain forward;
+  4. gathers completion log-probs as above and splits the rows back into (chosen, rejected).
+
+Every other family, or `shared_vision=False`, takes the plain path: the vision tensors are repeated for 2B rows
+(`PairBatch.plain_inputs()`, concatenation along dim 0, valid for every layout we know: [B, ...] images,
+[B, N, ...] image lists, Qwen's flat [patches, D] with [B, 3] grids) and one ordinary base forward runs, encoding
+each image twice.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from .collate import IGNORE, ExampleTooLongError, completion_ids, encode  # noqa: F401  (re-exported error)
+
+# Families whose base forward takes `mm_encoder_outputs={"image": <get_image_features output>}` and only reads its
+# `pooler_output` (per-image list, or a tensor stacked over images), so the features can be computed once and
+# repeated. Tested (tests/train/test_logps.py): idefics3, qwen2_vl, llava, paligemma (Gemma 2 text, soft-capped).
+# The others follow the same code path in transformers 5.24 (read, not tested): check once with `pair_parity`.
+SHARED_VISION_FAMILIES = frozenset({
+    "idefics3", "smolvlm", "idefics2",
+    "qwen2_vl", "qwen2_5_vl",
+    "llava", "llava_next", "mistral3",
+    "paligemma", "gemma3",
+})
+
+# What each family's forward does to `lm_head` output: (kind, config field on the text config).
+# kind: "softcap" -> cap * tanh(x / cap); "div" -> x / v; "mul" -> x * v.
+LOGIT_RULES = {
+    "granite_docling": ("div", "logits_scaling"),
+    "granite4_vision": ("div", "logits_scaling"),
+    "hyperclovax_vision_v2": ("mul", "logits_scaling"),
+    "cohere_compass": ("mul", "logit_scale"),
+}
+NO_SOFTCAP_FAMILIES = frozenset({"gemma3"})  # Gemma3ForConditionalGeneration does not apply final_logit_softcapping
+_SCALING_FIELDS = ("logits_scaling", "logit_scale")
+_warned: set[str] = set()
+
+
+@dataclass
+class LogpResult:
+    """Per-sequence completion log-probs. `per_token[i]` holds row i's completion-token log-probs in order."""
+    sum: torch.Tensor  # [B] float32
+    mean: torch.Tensor  # [B] sum / n_tokens (0 where a row has no completion token)
+    n_tokens: torch.Tensor  # [B] long
+    per_token: list[torch.Tensor] | None = None
+
+    def rows(self, start: int, stop: int) -> "LogpResult":
+        per = self.per_token[start:stop] if self.per_token is not None else None
+        return LogpResult(self.sum[start:stop], self.mean[start:stop], self.n_tokens[start:stop], per)
+
+    def detach(self) -> "LogpResult":
+        per = [p.detach() for p in self.per_token] if self.per_token is not None else None
+        return LogpResult(self.sum.detach(), self.mean.detach(), self.n_tokens, per)
+
+
+@dataclass
+class PairBatch:
+    """2B sequence rows [chosen..., rejected...] sharing B images.
+
+    `inputs` holds the per-token tensors for 2B rows (keys in `row_keys`) and the vision tensors for the B images
+    once (every other key). `labels` is [2B, T] with IGNORE outside completions.
+    """
+    inputs: dict
+    labels: torch.Tensor
+    prompt_lengths: torch.Tensor  # [2B]
+    completion_lengths: torch.Tensor  # [2B]
+    n_pairs: int
+    row_keys: tuple[str, ...] = field(default=("input_ids", "attention_mask"))
+
+    def row_inputs(self) -> dict:
+        return {k: self.inputs[k] for k in self.row_keys}
+
+    def vision_inputs(self) -> dict:
+        return {k: v for k, v in self.inputs.items() if k not in self.row_keys}
+
+    def plain_inputs(self) -> dict:
+        """Model inputs for an ordinary forward over the 2B rows: each image repeated for its rejected row."""
+        return {**self.row_inputs(), **{k: _repeat2(v) for k, v in self.vision_inputs().items()}}
+
+    def to(self, device) -> "PairBatch":
+        moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.inputs.items()}
+        return replace(self, inputs=moved, labels=self.labels.to(device))
+
+
+def _repeat2(v):
+    if torch.is_tensor(v):
+        return torch.cat([v, v], dim=0)
+    if isinstance(v, (list, tuple)):
+        return type(v)(list(v) + list(v))
+    return v
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model plumbing
+
+
+def unwrap_model(model):
+    """The transformers model under DDP (`.module`) and PEFT (`get_base_model()`) wrappers."""
+    seen = 0
+    while seen < 8:
+        seen += 1
+        if hasattr(model, "get_base_model") and callable(model.get_base_model):
+            inner = model.get_base_model()
+            if inner is not model:
+                model = inner
+                continue
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel) or (
+                type(model).__name__ in ("DistributedDataParallel", "DataParallel", "FullyShardedDataParallel")
+                and hasattr(model, "module")):
+            model = model.module
+            continue
+        break
+    return model
+
+
+def base_and_head(model):
+    """(base model returning hidden states, output embedding) of an image-text-to-text model, or (None, None)."""
+    m = unwrap_model(model)
+    base = getattr(m, "model", None)
+    head = m.get_output_embeddings() if hasattr(m, "get_output_embeddings") else None
+    if not isinstance(base, torch.nn.Module) or head is None:
+        return None, None
+    return base, head
+
+
+def family_of(model) -> str:
+    """The model's `config.model_type` (through PEFT/DDP wrappers)."""
+    return getattr(getattr(unwrap_model(model), "config", None), "model_type", "") or ""
+
+
+def logit_postprocess(model):
+    """The function the family's forward applies to `lm_head` output, or None (see module docstring)."""
+    m = unwrap_model(model)
+    cfg = m.config
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    mt = cfg.model_type
+    fns = []
+    cap = getattr(text, "final_logit_softcapping", None)
+    if cap and mt not in NO_SOFTCAP_FAMILIES:
+        fns.append(lambda x, c=float(cap): torch.tanh(x / c) * c)
+    if mt in LOGIT_RULES:
+        kind, name = LOGIT_RULES[mt]
+        v = getattr(text, name, None) or getattr(cfg, name, None)
+        if v is not None and float(v) != 1.0:
+            fns.append((lambda x, s=float(v): x / s) if kind == "div" else (lambda x, s=float(v): x * s))
+    else:
+        for name in _SCALING_FIELDS:
+            v = getattr(text, name, None)
+            if isinstance(v, (int, float)) and float(v) != 1.0 and mt not in _warned:
+                _warned.add(mt)
+                warnings.warn(f"{mt}: text config sets {name}={v}, which vlm_dpo.train.logps does not know how the "
+                              f"forward applies; completion log-probs may differ from model(...).logits. "
+                              f"Check with head_parity(model, inputs, labels).", stacklevel=3)
+    if not fns:
+        return None
+    if len(fns) == 1:
+        return fns[0]
+    return lambda x: fns[1](fns[0](x))
+
+
+def _last_hidden(out) -> torch.Tensor:
+    h = getattr(out, "last_hidden_state", None)
+    return h if h is not None else out[0]
+
+
+def _base_forward(base, inputs: dict, **extra) -> torch.Tensor:
+    return _last_hidden(base(**inputs, **extra, use_cache=False))
+
+
+def _targets(labels: torch.Tensor):
+    """mask [B, T-1] of positions whose next token is a completion token, and those targets [N]."""
+    nxt = labels[:, 1:]
+    mask = nxt != IGNORE
+    return mask, nxt[mask]
+
+
+def _reduce(token_logps: torch.Tensor, mask: torch.Tensor) -> LogpResult:
+    b = mask.shape[0]
+    counts = mask.sum(1)
+    rows = mask.nonzero(as_tuple=True)[0]
+    sums = torch.zeros(b, dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
+    mean = sums / counts.clamp(min=1).to(sums.dtype)
+    per_token = list(token_logps.split(counts.tolist()))
+    return LogpResult(sums, mean, counts, per_token)
+
+
+def logps_from_hidden(model, hidden: torch.Tensor, labels: torch.Tensor) -> LogpResult:
+    """Completion log-probs from last hidden states [B, T, D]: the head runs on the N completion rows only."""
+    _, head = base_and_head(model)
+    mask, tgt = _targets(labels)
+    rows = hidden[:, :-1][mask]  # [N, D]
+    logits = head(rows)
+    post = logit_postprocess(model)
+    if post is not None:
+        logits = post(logits)
+    logp = logits.float().log_softmax(-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+    return _reduce(logp, mask)
+
+
+def logps_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> LogpResult:
+    """The same reduction from full [B, T, V] logits (the reference and the no-base fallback)."""
+    mask, tgt = _targets(labels)
+    lp = logits[:, :-1][mask].float().log_softmax(-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+    return _reduce(lp, mask)
+
+
+def completion_logps(model, inputs: dict, labels: torch.Tensor) -> LogpResult:
+    """Sum / mean / count of completion-token log-probs per row; labels are IGNORE outside completions."""
+    base, _ = base_and_head(model)
+    if base is None:
+        key = f"nobase:{type(unwrap_model(model)).__name__}"
+        if key not in _warned:
+            _warned.add(key)
+            warnings.warn(f"{key[7:]} has no `.model` base / output embeddings: computing full logits", stacklevel=2)
+        return logps_from_logits(model(**inputs, use_cache=False).logits, labels)
+    return logps_from_hidden(model, _base_forward(base, inputs), labels)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pairs
+
+
+def encode_pairs(processor, images: list, prompts: list[str], chosen: list[str], rejected: list[str], *,
+                 max_length: int = 0, names: list[str] | None = None, model_type: str = "") -> PairBatch:
+    """Encode B preference pairs as 2B rows [chosen..., rejected...] that share B images (processor runs once).
+
+    Prompts are never truncated (a prompt that leaves no room raises ExampleTooLongError naming the pair);
+    each completion is cut to `max_length` separately.
+    """
+    n = len(prompts)
+    if not (len(images) == len(chosen) == len(rejected) == n):
+        raise ValueError(f"encode_pairs: {len(images)} images, {n} prompts, {len(chosen)} chosen, "
+                         f"{len(rejected)} rejected; all must match")
+    names = list(names) if names is not None else [f"pair {i}" for i in range(n)]
+    enc = encode(processor, images, prompts, chosen, max_length=max_length, names=names, model_type=model_type)
+    ids = enc.inputs["input_ids"]
+    row_keys = tuple(k for k, v in enc.inputs.items() if torch.is_tensor(v) and v.shape == ids.shape)
+    tok = processor.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    plens = enc.prompt_lengths.tolist()
+    rej_rows = {k: [] for k in row_keys}
+    rej_labels, rej_clens = [], []
+    for i in range(n):
+        p = plens[i]
+        c_ids = completion_ids(tok, rejected[i])
+        if max_length:
+            c_ids = c_ids[:max_length - p]
+        for k in row_keys:
+            prompt_part = enc.inputs[k][i, :p].tolist()
+            if k == "input_ids":
+                rej_rows[k].append(prompt_part + c_ids)
+            elif k == "attention_mask":
+                rej_rows[k].append(prompt_part + [1] * len(c_ids))
+            else:  # per-token fields take, on completion tokens, the value encode() gave the chosen completion
+                fill = int(enc.inputs[k][i, p])
+                rej_rows[k].append(prompt_part + [fill] * len(c_ids))
+        rej_labels.append([IGNORE] * p + c_ids)
+        rej_clens.append(len(c_ids))
+
+    width = max(ids.shape[1], max(len(r) for r in rej_labels))
+
+    def pad_to(t: torch.Tensor, value) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+    def padded(seqs, value, like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([s + [value] * (width - len(s)) for s in seqs], dtype=like.dtype)
+
+    inputs = {}
+    for k, v in enc.inputs.items():
+        if k in row_keys:
+            value = pad if k == "input_ids" else 0
+            inputs[k] = torch.cat([pad_to(v, value), padded(rej_rows[k], value, v)], dim=0)
+        else:
+            inputs[k] = v
+    labels = torch.cat([pad_to(enc.labels, IGNORE), padded(rej_labels, IGNORE, enc.labels)], dim=0)
+    return PairBatch(
+        inputs=inputs,
+        labels=labels,
+        prompt_lengths=torch.cat([enc.prompt_lengths, enc.prompt_lengths]),
+        completion_lengths=torch.cat([enc.completion_lengths, torch.tensor(rej_clens)]),
+        n_pairs=n,
+        row_keys=row_keys,
+    )
+
+
+def supports_shared_vision(model) -> bool:
+    base, _ = base_and_head(model)
+    return (base is not None and family_of(model) in SHARED_VISION_FAMILIES
+            and hasattr(base, "get_image_features"))
+
+
+def shared_image_features(model, vision_inputs: dict):
+    """`get_image_features` once on the B images, its pooler_output repeated for 2B rows (same tensors)."""
+    base, _ = base_and_head(model)
+    fn = base.get_image_features
+    params = inspect.signature(fn).parameters
+    kwargs = {k: v for k, v in vision_inputs.items() if k in params}
+    feats = fn(**kwargs, return_dict=True)
+    po = feats.pooler_output
+    if isinstance(po, (list, tuple)):
+        doubled = list(po) + list(po)
+    elif torch.is_tensor(po):
+        doubled = torch.cat([po, po], dim=0)
+    else:
+        raise TypeError(f"{family_of(model)}: unexpected image pooler_output {type(po).__name__}")
+    out = type(feats)(**{k: v for k, v in feats.items()})
+    out["pooler_output"] = doubled
+    return out
+
+
+def pair_logps(model, batch: PairBatch, *, shared_vision: bool = True) -> tuple[LogpResult, LogpResult]:
+    """(chosen, rejected) completion log-probs of a PairBatch.
+
+    With `shared_vision` (default) and a family in SHARED_VISION_FAMILIES, the vision encoder runs once per pair;
+    otherwise (or `shared_vision=False`) each image is encoded twice in one plain forward.
+    """
+    b = batch.n_pairs
+    vision = batch.vision_inputs()
+    if shared_vision and vision and supports_shared_vision(model):
+        base, _ = base_and_head(model)
+        mm = {"image": shared_image_features(model, vision)}
+        extra = {k: _repeat2(v) for k, v in vision.items() if not k.startswith("pixel_")}
+        hidden = _base_forward(base, batch.row_inputs(), **extra, mm_encoder_outputs=mm)
+        res = logps_from_hidden(model, hidden, batch.labels)
+    else:
+        res = completion_logps(model, batch.plain_inputs(), batch.labels)
+    return res.rows(0, b), res.rows(b, 2 * b)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checks (cheap enough to run once at the start of training)
+
+
+@torch.no_grad()
+def head_parity(model, inputs: dict, labels: torch.Tensor) -> float:
+    """Max |completion_logps - full-logits reference| over per-token log-probs."""
+    ours = completion_logps(model, inputs, labels)
+    ref = logps_from_logits(model(**inputs, use_cache=False).logits, labels)
+    return max((a - r).abs().max().item() if a.numel() else 0.0 for a, r in zip(ours.per_token, ref.per_token))
+
+
+@torch.no_grad()
+def pair_parity(model, batch: PairBatch) -> float:
+    """Max |shared-vision - plain| over per-token log-probs of a pair batch."""
+    c1, r1 = pair_logps(model, batch, shared_vision=True)
+    c2, r2 = pair_logps(model, batch, shared_vision=False)
+    pairs = list(zip(c1.per_token + r1.per_token, c2.per_token + r2.per_token))
+    return max((a - r).abs().max().item() if a.numel() else 0.0 for a, r in pairs)
