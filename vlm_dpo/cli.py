@@ -10,6 +10,7 @@ import json
 import sys
 
 from .config import ConfigError, load_config
+from .models import ModelLoadError
 
 
 def _cmd_world(cfg, args):
@@ -45,6 +46,24 @@ def _cmd_describe(cfg, args):
     return {"captions": str(run_describe(cfg, cfg.data.split, progress=not args.quiet))}
 
 
+def _cmd_pairs(cfg, args):
+    from .pipeline import run_pairs
+
+    return run_pairs(cfg, progress=not args.quiet)
+
+
+def _cmd_train(cfg, args):
+    from .pipeline import run_train
+
+    return run_train(cfg, progress=not args.quiet)
+
+
+def _cmd_eval(cfg, args):
+    from .pipeline import run_eval
+
+    return run_eval(cfg, progress=not args.quiet)
+
+
 def _cmd_pipeline(cfg, args):
     from .pipeline import run_pipeline
 
@@ -57,6 +76,9 @@ COMMANDS = {
     "detect": (_cmd_detect, "run the detector on a split (or data.images) -> detections JSONL"),
     "build-vlm": (_cmd_build_vlm, "build + SFT (or reuse) the tiny embedded VLM"),
     "describe": (_cmd_describe, "sample captions with grounding from detections -> captions JSONL"),
+    "pairs": (_cmd_pairs, "mine (detector as judge) + synthetic + imported pairs -> <out>/pairs/pairs.parquet"),
+    "train": (_cmd_train, "DPO (or a variant) on the pairs -> <out>/dpo/model"),
+    "eval": (_cmd_eval, "evaluate models (eval.models) on annotated images -> metrics.json + report"),
     "pipeline": (_cmd_pipeline, "the whole pipeline on the embedded default, ending in a report"),
 }
 
@@ -89,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     fn, _ = COMMANDS[args.command]
     try:
         result = fn(cfg, args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, ModelLoadError) as e:
         # Known input problems (bad files, records, models): one clear line, no traceback.
         print(f"vlm-dpo {args.command}: error: {e}", file=sys.stderr)
         return 1

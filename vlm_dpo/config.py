@@ -13,9 +13,12 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from .eval.run import EvalConfig
 from .ground import GroundingConfig, PromptConfig
 from .models import TinyVLMSpec
 from .offline import default_cache_dir
+from .pairs.stage import PairsConfig
+from .train.loop import TrainConfig
 from .world.export import WorldSpec
 
 
@@ -90,6 +93,15 @@ class DescribeConfig:
 
 
 @dataclass
+class RFTConfig:
+    """The rejection-sampling fine-tuning baseline: SFT of the base model on the chosen captions."""
+    enabled: bool = True
+    steps: int = 0  # 0 = as many as DPO (train.max_steps)
+    lr: float = 0.0  # 0 = DPO's learning rate
+    batch_size: int = 0  # 0 = DPO's batch size (pairs -> chosen examples)
+
+
+@dataclass
 class Config:
     out: str = "runs/demo"
     cache_dir: str = field(default_factory=default_cache_dir)
@@ -101,10 +113,27 @@ class Config:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     vlm: VLMConfig = field(default_factory=VLMConfig)
     describe: DescribeConfig = field(default_factory=DescribeConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    rft: RFTConfig = field(default_factory=RFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 class ConfigError(ValueError):
     pass
+
+
+def _open_plain_dicts(node) -> None:
+    """Struct mode is for dataclass fields; plain dict fields (loss weights, model tables) take any key."""
+    from omegaconf import DictConfig
+
+    for key in list(node.keys()):
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            if child._metadata.object_type in (None, dict):
+                OmegaConf.set_struct(child, False)
+            else:
+                _open_plain_dicts(child)
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (),
@@ -112,6 +141,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     """Schema defaults <- YAML file <- `key=value` overrides, validated into a `schema` instance."""
     base = OmegaConf.structured(schema)
     OmegaConf.set_struct(base, True)
+    _open_plain_dicts(base)
     layers = [base]
     try:
         if path is not None:

@@ -37,8 +37,11 @@ class EvalConfig:
     pope_grounded: bool = True  # ask POPE questions with the grounding context, as the pipeline prompts
     bootstrap: int = 1000
     seed: int = 0
-    vocabulary: str = "world"
-    models: dict[str, str] = field(default_factory=dict)  # name -> path, for `vlm-dpo eval` on any models
+    vocabulary: str = "world"  # world | coco
+    models: dict[str, str] = field(default_factory=dict)  # name -> HF id/path, for `vlm-dpo eval` on any models
+    # Ground truth of your own images (with data.images): JSONL of {image_id, objects: [{label, box}]}, image_id
+    # being the path relative to data.images without suffix (as `vlm-dpo detect` names them). Empty = the world.
+    annotations: str = ""
 
 
 def _generate(model, processor, images, texts, *, max_new_tokens: int, do_sample: bool, n: int = 1,

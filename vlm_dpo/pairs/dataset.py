@@ -70,7 +70,9 @@ class Rejections:
 
 
 def validate_pair(p: dict, where: str, rejections: Rejections, root: Path | None = None) -> bool:
-    """Keep a pair or count why not: empty or identical captions, a missing image."""
+    """Keep a pair or count why not: empty or identical captions, an empty prompt, a missing image.
+
+    (An empty prompt or image would make `load_pairs` refuse the whole saved file.)"""
     chosen, rejected = (p.get("chosen") or "").strip(), (p.get("rejected") or "").strip()
     if not chosen or not rejected:
         rejections.add("empty_caption", where, p)
@@ -78,12 +80,18 @@ def validate_pair(p: dict, where: str, rejections: Rejections, root: Path | None
     if chosen == rejected:
         rejections.add("chosen_equals_rejected", where, p)
         return False
+    if not (p.get("prompt") or "").strip():
+        rejections.add("empty_prompt", where, p)
+        return False
+    if not p.get("image"):
+        rejections.add("missing_image", where, p)
+        return False
     if root is not None:
         path = resolve_image(p["image"], root)
         if path is None:
             rejections.add("image_outside_root", where, p)
             return False
-        if not path.exists():
+        if not path.is_file():  # the root itself or a folder is no image
             rejections.add("missing_image", where, p)
             return False
     return True

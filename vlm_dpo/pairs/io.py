@@ -3,8 +3,8 @@
 TRL's vision preference format has columns `images` (a list of images), `prompt`, `chosen`, `rejected`, each
 text either plain or conversational (a list of {"role", "content"} messages, content a string or a list of
 {"type": "text"|"image"} parts). We export conversational rows with the image embedded (so other tools can
-train on the file alone) plus our own columns (pair_id, image path, provenance), so a round trip through the
-export restores every pair exactly. Imports accept either form; images that arrive as pixels are written once
+train on the file alone) plus our own columns (pair_id, the image path as `image_path` since TRL takes a column
+named `image` for the image itself, provenance), so a round trip through the export restores every pair exactly. Imports accept either form; images that arrive as pixels are written once
 under `<root>/imported/` and referenced by path.
 
 The annotation app (see annotate/) writes judgement records; `pairs_from_judgements` turns them into human
@@ -24,6 +24,9 @@ from pathlib import Path
 from .dataset import COLUMNS, Rejections, make_pair, resolve_image, validate_pair
 
 EXTRA_COLUMNS = [c for c in COLUMNS if c not in ("prompt", "chosen", "rejected")]
+# TRL reads a column named "image" as the example's (single) image and prefers it over "images", so the
+# export carries our relative image path under another name.
+TRL_IMAGE_PATH = "image_path"
 
 
 class ImportError_(ValueError):
@@ -76,9 +79,11 @@ def pair_from_row(row: dict, where: str, root: Path, *, source: str = "human", a
     if not isinstance(row, dict):
         raise ValueError(f"{where}: not an object")
     for c in ("prompt", "chosen", "rejected"):
-        if c not in row:
+        if row.get(c) is None:  # absent, or an empty CSV cell / a short CSV row
             raise ValueError(f"{where}: missing column {c!r}")
-    image = row.get("image")
+    image = row.get(TRL_IMAGE_PATH) or row.get("image")
+    if image is not None and not isinstance(image, str):
+        image = _store_image(image, root)  # TRL's single-image column holding pixels
     if not image:
         images = row.get("images")
         if isinstance(images, (list, tuple)) and images:
@@ -164,7 +169,8 @@ def export_trl(pairs: list[dict], root: str | Path, out_dir: str | Path):
     import datasets
 
     root = Path(root)
-    rows = {"images": [], "prompt": [], "chosen": [], "rejected": []} | {c: [] for c in EXTRA_COLUMNS}
+    extra = [TRL_IMAGE_PATH if c == "image" else c for c in EXTRA_COLUMNS]
+    rows = {"images": [], "prompt": [], "chosen": [], "rejected": []} | {c: [] for c in extra}
     for p in pairs:
         path = resolve_image(p["image"], root)
         if path is None or not path.exists():
@@ -174,15 +180,15 @@ def export_trl(pairs: list[dict], root: str | Path, out_dir: str | Path):
                                                              {"type": "text", "text": p["prompt"]}]}])
         rows["chosen"].append([{"role": "assistant", "content": [{"type": "text", "text": p["chosen"]}]}])
         rows["rejected"].append([{"role": "assistant", "content": [{"type": "text", "text": p["rejected"]}]}])
-        for c in EXTRA_COLUMNS:
+        for c, name in zip(EXTRA_COLUMNS, extra):
             v = p.get(c)
-            rows[c].append(json.dumps(v) if c in ("scores", "generator", "boxes") else v)
+            rows[name].append(json.dumps(v) if c in ("scores", "generator", "boxes") else v)
     msg = datasets.List({"role": datasets.Value("string"),
                          "content": datasets.List({"type": datasets.Value("string"), "text": datasets.Value("string")})})
     features = datasets.Features({"images": datasets.List(datasets.Image()), "prompt": msg, "chosen": msg,
                                   "rejected": msg}
                                  | {c: datasets.Value("float64") if c == "margin" else datasets.Value("string")
-                                    for c in EXTRA_COLUMNS})
+                                    for c in extra})
     ds = datasets.Dataset.from_dict(rows, features=features)
     ds.save_to_disk(str(out_dir))
     return ds
@@ -212,8 +218,12 @@ def pairs_from_judgements(judgements: list[dict], rejections: Rejections | None 
     out = []
     for j in judgements:
         where = f"judgement {j.get('judgement_id', '?')}"
-        base = dict(image_id=j["image_id"], image=j["image"], prompt=j["prompt"], grounding=j.get("grounding"),
-                    source="human", annotator=j.get("annotator"))
+        missing = [k for k in ("image", "prompt", "a", "b") if not isinstance(j.get(k), str)]
+        if missing:  # one bad record must not sink the others
+            rejections.add("malformed_judgement", where, f"missing {missing}")
+            continue
+        base = dict(image_id=j.get("image_id") or Path(j["image"]).stem, image=j["image"], prompt=j["prompt"],
+                    grounding=j.get("grounding"), source="human", annotator=j.get("annotator"))
         if j.get("choice") in ("a", "b"):
             w, l_ = (j["a"], j["b"]) if j["choice"] == "a" else (j["b"], j["a"])
             out.append(make_pair(chosen=w, rejected=l_, kind="human", **base))

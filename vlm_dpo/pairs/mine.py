@@ -93,7 +93,8 @@ def mine_image(rec: dict, dets: list[dict], width: int, vocab: Vocabulary, judge
     texts = list(rec.get("samples") or [])
     if cfg.use_greedy and rec.get("greedy"):
         texts.append(rec["greedy"])
-    cands = sorted({t.strip() for t in texts if t and t.strip()})
+    generated = {t.strip() for t in texts if t and t.strip()}
+    cands = sorted(generated)
     judged = {t: _judge_dict(t, dets, vocab, judge) for t in cands}
     perfect = [t for t in cands if judged[t]["perfect"]]
     best = min(perfect, key=lambda t: (judged[t]["n_words"], t)) if perfect else None
@@ -107,7 +108,7 @@ def mine_image(rec: dict, dets: list[dict], width: int, vocab: Vocabulary, judge
     options = []
     for a, b in combinations(cands, 2):
         sa, sb = judged[a]["score"], judged[b]["score"]
-        if abs(sa - sb) >= cfg.min_margin:
+        if sa != sb and abs(sa - sb) >= cfg.min_margin:  # a tie is no preference, whatever min_margin says
             w, l_ = (a, b) if sa > sb else (b, a)
             options.append((round(abs(sa - sb), 6), w, l_))
     options.sort(key=lambda o: (-o[0], o[1], o[2]))
@@ -121,7 +122,7 @@ def mine_image(rec: dict, dets: list[dict], width: int, vocab: Vocabulary, judge
                 continue
             shorter += is_shorter
             longer += len(w.split()) > len(l_.split())
-        source_kind = "detections" if w not in texts else "mined"
+        source_kind = "detections" if w not in generated else "mined"
         kept.append(make_pair(image_id=rec["image_id"], image=image, prompt=rec["prompt"], chosen=w, rejected=l_,
                               source="mined", kind=source_kind, grounding=rec.get("grounding"),
                               scores={"chosen": judged[w], "rejected": judged[l_]}, margin=margin,

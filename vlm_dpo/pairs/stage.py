@@ -57,9 +57,13 @@ def build_pairs(cfg: PairsConfig, out_dir: str | Path, *, ground: GroundingConfi
     out_dir = Path(out_dir)
     root = Path(cfg.image_root).resolve()
     inputs = [p for p in (cfg.captions, cfg.detections, *cfg.imports, *cfg.judgements) if p]
-    key = hashlib.sha256(json.dumps({"cfg": asdict(cfg), "inputs": [
-        (p, Path(p).stat().st_mtime_ns if Path(p).exists() else None) for p in inputs]},
-        sort_keys=True, default=str).encode()).hexdigest()[:16]
+    ground = ground or GroundingConfig()
+    prompt = prompt or PromptConfig()
+    # The grounding and prompt configs shape the context pairs' prompts, so they are part of the key too.
+    key = hashlib.sha256(json.dumps({"cfg": asdict(cfg), "ground": asdict(ground), "prompt": asdict(prompt),
+                                     "inputs": [(p, Path(p).stat().st_mtime_ns if Path(p).exists() else None)
+                                                for p in inputs]},
+                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
     stats_path = out_dir / "stats.json"
     if stats_path.exists() and (out_dir / "pairs.parquet").exists():
         old = json.loads(stats_path.read_text())
@@ -73,7 +77,7 @@ def build_pairs(cfg: PairsConfig, out_dir: str | Path, *, ground: GroundingConfi
         caption_recs = list(read_jsonl(cfg.captions))
         vocab = vocabulary_for(cfg.vocabulary, list(dets.values()))
         cooc = Cooccurrence([[vocab.canonical(d["label"]) or d["label"] for d in r["detections"]
-                              if d["score"] >= cfg.judge.min_score] for r in dets.values()])
+                              if d.get("score", 1.0) >= cfg.judge.min_score] for r in dets.values()])
         ctx = SyntheticContext(vocab, list(vocab.classes), cooc, random.Random(f"synthetic/{cfg.mine.seed}"))
         for rec in tqdm(caption_recs, desc="pairs", disable=not progress):
             where = f"{cfg.captions} image {rec.get('image_id')}"
@@ -91,8 +95,7 @@ def build_pairs(cfg: PairsConfig, out_dir: str | Path, *, ground: GroundingConfi
                 pairs += synthetic_pairs(rec, best, boxes, vocab, cfg.judge, cfg.mine, ctx, rec["file"])
             if cfg.mine.context and rec.get("grounding"):
                 pairs += context_pairs(rec, best, boxes, det["width"], det["height"], vocab, cfg.judge,
-                                       ground or GroundingConfig(), prompt or PromptConfig(), cfg.mine, ctx,
-                                       rec["file"])
+                                       ground, prompt, cfg.mine, ctx, rec["file"])
     for path in cfg.imports:
         pairs += import_pairs(path, root, rejections=rejections)
     for path in cfg.judgements:

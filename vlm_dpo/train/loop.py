@@ -38,8 +38,11 @@ from .reference import REFERENCE_KINDS, ReferenceCache, frozen_copy, model_finge
 
 @dataclass
 class LossSettings:
-    """The loss choice: `weights` names losses from losses.LOSSES (or `mixture` names a MIXTURES entry)."""
-    weights: dict[str, float] = field(default_factory=lambda: {"sigmoid": 1.0})
+    """The loss choice: `weights` names losses from losses.LOSSES (or `mixture` names a MIXTURES entry).
+
+    Empty weights mean {"sigmoid": 1.0}; the default is empty so that a YAML file's weights replace it
+    rather than merge into it."""
+    weights: dict[str, float] = field(default_factory=dict)
     mixture: str = ""
     beta: float = 0.1
     label_smoothing: float = 0.0
@@ -53,7 +56,8 @@ class LossSettings:
     def loss_config(self) -> LossConfig:
         return LossConfig(beta=self.beta, label_smoothing=self.label_smoothing, ipo_tau=self.ipo_tau,
                           simpo_gamma=self.simpo_gamma, length_alpha=self.length_alpha, sft_mean=self.sft_mean,
-                          anchor_delta=self.anchor_delta, weights=self.mixture or dict(self.weights))
+                          anchor_delta=self.anchor_delta,
+                          weights=self.mixture or dict(self.weights) or {"sigmoid": 1.0})
 
 
 @dataclass

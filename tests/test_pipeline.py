@@ -1,0 +1,86 @@
+"""The whole pipeline at toy sizes: complete metrics.json, a report whose images exist, CLI behaviour."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vlm_dpo.cli import main
+from vlm_dpo.config import load_config
+from vlm_dpo.pipeline import run_pipeline
+
+from conftest import TINY_OVERRIDES
+
+PIPE = ["train.max_steps=3", "train.batch_size=4", "train.eval_every=0", "train.save_every=0", "eval.n_samples=2",
+        "eval.bootstrap=50", "eval.batch_size=8", "pairs.val_fraction=0.2"]
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("pcache")
+    out = tmp_path_factory.mktemp("prun")
+    cfg = load_config(None, TINY_OVERRIDES + PIPE + [f"cache_dir={cache}", f"out={out}"])
+    result = run_pipeline(cfg, progress=False)
+    return cfg, out, result
+
+
+def test_metrics_json_is_complete(pipeline_run):
+    _, out, result = pipeline_run
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["models"]) == {"sft", "dpo", "rft"}
+    for name, mm in m["models"].items():
+        for k in ("chair_i", "chair_s", "recall", "pope_f1", "mean_words"):
+            assert isinstance(mm[k], (int, float)), (name, k)
+            lo, hi = mm["ci"][k]
+            assert lo <= hi
+    assert m["pairs"]["pairs"] > 0 and m["train"]["steps"] == 3
+    assert set(m["timing_s"]) >= {"world+detector", "detect", "vlm_sft", "describe", "pairs", "dpo", "eval"}
+    assert result["metrics"] == str(out / "metrics.json")
+
+
+def test_report_and_its_images_exist(pipeline_run):
+    _, out, _ = pipeline_run
+    page = (out / "report" / "index.html").read_text()
+    import re
+
+    srcs = re.findall(r'src="([^"]+)"', page)
+    assert srcs and any(s.startswith("gallery/") for s in srcs) and "curves.png" in srcs
+    for s in srcs:
+        assert (out / "report" / s).exists(), s
+    assert "CHAIR_i" in page and "rft" in page
+
+
+def test_rerun_skips_finished_stages(pipeline_run):
+    cfg, out, _ = pipeline_run
+    marker = out / "dpo" / ".done"
+    before = marker.stat().st_mtime_ns
+    model_files = sorted((out / "dpo" / "model").iterdir())
+    run_pipeline(cfg, progress=False)
+    assert marker.stat().st_mtime_ns == before
+    assert sorted((out / "dpo" / "model").iterdir()) == model_files
+
+
+def test_cli_config_error_and_help(capsys):
+    assert main(["describe", "describe.n_sample=3"]) == 2
+    assert "unknown config key" in capsys.readouterr().err
+    r = subprocess.run([sys.executable, "-m", "vlm_dpo", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    for cmd in ("detect", "describe", "pairs", "train", "eval", "pipeline"):
+        assert cmd in r.stdout
+
+
+def test_cli_bad_input_is_one_clear_line(tmp_path, capsys, tiny_cache):
+    code = main(["detect", f"data.images={tmp_path / 'nope'}", f"cache_dir={tiny_cache}", f"out={tmp_path / 'o'}",
+                 "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "image folder not found" in err and "Traceback" not in err
+    code = main(["train", f"train.model={tmp_path / 'no-model'}", f"train.pairs={tmp_path / 'p.jsonl'}",
+                 f"cache_dir={tiny_cache}", f"out={tmp_path / 'o'}", "--quiet"])
+    assert code == 1 and "p.jsonl: pair file not found" in capsys.readouterr().err
+
+
+def test_shipped_demo_config_loads():
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    assert cfg.vlm.model == "embedded" and cfg.detector.model == "embedded"
