@@ -84,3 +84,20 @@ def tiny_cfg(tiny_cache, tmp_path):
     from vlm_dpo.config import load_config
 
     return load_config(None, TINY_OVERRIDES + [f"cache_dir={tiny_cache}", f"out={tmp_path / 'run'}"])
+
+
+PIPE = ["train.max_steps=3", "train.batch_size=4", "train.eval_every=0", "train.save_every=0", "eval.n_samples=2",
+        "eval.bootstrap=50", "eval.batch_size=8", "pairs.val_fraction=0.2"]
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory, tiny_cache):
+    """The whole pipeline once per session at toy sizes (shares the tiny world/detector/VLM cache)."""
+    cache = tiny_cache
+    out = tmp_path_factory.mktemp("prun")
+    from vlm_dpo.config import load_config
+    from vlm_dpo.pipeline import run_pipeline
+
+    cfg = load_config(None, TINY_OVERRIDES + PIPE + [f"cache_dir={cache}", f"out={out}"])
+    result = run_pipeline(cfg, progress=False)
+    return cfg, out, result

@@ -39,3 +39,24 @@ def test_unknown_key_in_yaml_names_the_file(tmp_path):
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_configs_are_valid(path):
     load_config(path)
+
+
+ACCELERATE = sorted(Path(__file__).resolve().parents[1].joinpath("scripts", "accelerate").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ACCELERATE, ids=[p.name for p in ACCELERATE])
+def test_shipped_accelerate_configs_parse(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(path))
+    assert cfg.num_processes >= 1 and str(cfg.distributed_type).split(".")[-1] in (
+        "MULTI_GPU", "FSDP", "DEEPSPEED")
+
+
+def test_real_checkpoint_configs_name_real_models():
+    for name in ("smolvlm_256m.yaml", "smolvlm_256m_lora.yaml"):
+        cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
+        assert cfg.train.model == "HuggingFaceTB/SmolVLM-256M-Instruct"
+        assert cfg.train.reference in ("precomputed", "lora_disabled")
+    lora = load_config(Path(__file__).resolve().parents[1] / "configs" / "smolvlm_256m_lora.yaml")
+    assert lora.train.lora.enabled and lora.train.reference == "lora_disabled"

@@ -11,20 +11,6 @@ from vlm_dpo.cli import main
 from vlm_dpo.config import load_config
 from vlm_dpo.pipeline import run_pipeline
 
-from conftest import TINY_OVERRIDES
-
-PIPE = ["train.max_steps=3", "train.batch_size=4", "train.eval_every=0", "train.save_every=0", "eval.n_samples=2",
-        "eval.bootstrap=50", "eval.batch_size=8", "pairs.val_fraction=0.2"]
-
-
-@pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("pcache")
-    out = tmp_path_factory.mktemp("prun")
-    cfg = load_config(None, TINY_OVERRIDES + PIPE + [f"cache_dir={cache}", f"out={out}"])
-    result = run_pipeline(cfg, progress=False)
-    return cfg, out, result
-
 
 def test_metrics_json_is_complete(pipeline_run):
     _, out, result = pipeline_run

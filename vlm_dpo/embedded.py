@@ -113,6 +113,36 @@ class WorldSFTData:
         return [self.example(step * b + j) for j in range(b)]
 
 
+def heldout_quality(cfg, model_path: str, n: int = 100) -> dict:
+    """Greedy object precision/recall of the VLM on validation scenes, with a ground-truth grounding context
+    and without any: how much it copies the context vs sees the image."""
+    from .eval.captions import aggregate, caption_stats
+    from .judge import Vocabulary
+    from .models import load_model_and_processor
+    from .eval.run import EvalConfig, generate_all
+
+    root = ensure_world(cfg, progress=False)
+    from .world.export import load_annotations
+
+    scenes = load_annotations(root, "val")[:n]
+    model, processor = load_model_and_processor(model_path)
+    model.eval()
+    vocab = Vocabulary.world()
+    ecfg = EvalConfig(max_new_tokens=cfg.describe.max_new_tokens, batch_size=32)
+    out = {}
+    for name, grounded in (("grounded", True), ("ungrounded", False)):
+        items = [{"path": s["path"], "prompt": prompt_text(
+            grounding_text(gt_as_detections(s["objects"]), s["width"], s["height"], cfg.ground),
+            PromptConfig(cfg.prompt.instruction, grounded=grounded))} for s in scenes]
+        caps = generate_all(model, processor, items, ecfg, do_sample=False, n=1, desc=name, progress=False)
+        stats = [caption_stats(c[0], s["objects"], vocab) for c, s in zip(caps, scenes)]
+        agg = aggregate(stats)
+        mentioned = sum(x.mentioned for x in stats)
+        out[name] = {"precision": sum(x.covered for x in stats) / mentioned if mentioned else 0.0,
+                     "recall": agg["recall"], "chair_i": agg["chair_i"], "mean_words": agg["mean_words"]}
+    return out
+
+
 def vlm_key(cfg) -> str:
     return _key(asdict(cfg.world), asdict(cfg.vlm.spec), asdict(cfg.vlm.sft), asdict(cfg.vlm.hallucination),
                 asdict(cfg.ground), cfg.prompt.instruction, 2)
@@ -125,7 +155,11 @@ def ensure_vlm(cfg, progress: bool = True) -> dict:
     cache = Path(cfg.cache_dir) / "vlm" / vlm_key(cfg)
     meta_path = cache / "metrics.json"
     if meta_path.exists() and (cache / "model").exists():
-        return json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text())
+        if "held_out" not in meta:  # a cache from before this check existed
+            meta["held_out"] = heldout_quality(cfg, meta["model"])
+            write_text_atomic(meta_path, json.dumps(meta, indent=1))
+        return meta
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model, processor = build_tiny_idefics3(tokenizer_corpus(cfg.world.seed), cfg.vlm.spec, seed=cfg.vlm.sft.seed)
@@ -138,6 +172,7 @@ def ensure_vlm(cfg, progress: bool = True) -> dict:
     meta = {"model": str(cache / "model"), "parameters": count_parameters(model),
             "image_tokens": cfg.vlm.spec.image_seq_len, "sft_steps": sft.steps,
             "sft_final_loss": sum(h["loss"] for h in history[-20:]) / max(1, len(history[-20:])),
-            "sft_minutes": round(sum(h["sec"] for h in history) / 60, 2)}
+            "sft_minutes": round(sum(h["sec"] for h in history) / 60, 2),
+            "held_out": heldout_quality(cfg, str(cache / "model"))}
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
     return meta

@@ -139,7 +139,7 @@ def build_tiny_idefics3(corpus: list[str], spec: TinyVLMSpec | None = None, seed
     return model, processor
 
 
-def save_model(model, processor, path: str | Path) -> Path:
+def save_model(model, processor, path: str | Path, state_dict: dict | None = None) -> Path:
     """save_pretrained both into a temp folder, then rename: a half-written model is never loadable."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -147,7 +147,7 @@ def save_model(model, processor, path: str | Path) -> Path:
         import shutil
 
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
     processor.save_pretrained(tmp)
     if path.exists():
         import shutil

@@ -83,9 +83,9 @@ def _trl_batch(tiny_policy, pair_root, pairs, tmp_path, template):
     policy, ref = _models(tiny_policy)
     _, processor = load_model_and_processor(tiny_policy)
     _set_template(processor, template)
-    # export_trl also writes our own columns; its relative `image` path column is one TRL's collator would read
-    # as the image (it prefers `image` over `images`), so keep TRL's four columns only.
-    ds = export_trl(pairs, pair_root, tmp_path / "trl_ds").select_columns(["images", "prompt", "chosen", "rejected"])
+    # The export as written, our own columns included (TRL drops the ones it does not use; a column named
+    # `image` would be taken as the image, so the export must not write one).
+    ds = export_trl(pairs, pair_root, tmp_path / "trl_ds")
     args = DPOConfig(
         output_dir=str(tmp_path / "trl_out"), beta=BETA, loss_type=["sigmoid"], per_device_train_batch_size=len(pairs),
         max_length=None, report_to=[], use_cpu=True, bf16=False, fp16=False, precompute_ref_log_probs=False,

@@ -9,7 +9,7 @@ Captions and answers are written next to the metrics so every number can be trac
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -84,13 +84,22 @@ def pope_eval(model, processor, items: list[dict], scenes: list[dict], labels: l
               progress: bool) -> tuple[dict, list[dict]]:
     by_id = {it["image_id"]: it for it in items}
     probes = make_probes(scenes, labels, cfg.pope_per_image, cfg.seed)
-    q_items = []
+    # The same (image, question) recurs across the three negative-sampling splits: ask each once, and
+    # only for a few tokens (the answer is "yes." or "no.").
+    unique: dict[tuple[str, str], int] = {}
+    q_items, slots = [], []
     for p in probes:
         it = by_id[p["image_id"]]
         ground = f" {it['grounding']}" if cfg.pope_grounded and it.get("grounding") else ""
-        q_items.append({"path": it["path"], "prompt": p["question"] + ground})
-    answers = [g[0] for g in generate_all(model, processor, q_items, cfg, do_sample=False, n=1, desc="pope",
+        key = (p["image_id"], p["question"] + ground)
+        if key not in unique:
+            unique[key] = len(q_items)
+            q_items.append({"path": it["path"], "prompt": key[1]})
+        slots.append(unique[key])
+    short = replace(cfg, max_new_tokens=min(cfg.max_new_tokens, 6))
+    replies = [g[0] for g in generate_all(model, processor, q_items, short, do_sample=False, n=1, desc="pope",
                                           progress=progress)]
+    answers = [replies[i] for i in slots]
     parsed = [parse_answer(a) for a in answers]
     out = {}
     for split in ("random", "popular", "adversarial"):

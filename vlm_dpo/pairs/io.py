@@ -3,9 +3,10 @@
 TRL's vision preference format has columns `images` (a list of images), `prompt`, `chosen`, `rejected`, each
 text either plain or conversational (a list of {"role", "content"} messages, content a string or a list of
 {"type": "text"|"image"} parts). We export conversational rows with the image embedded (so other tools can
-train on the file alone) plus our own columns (pair_id, the image path as `image_path` since TRL takes a column
-named `image` for the image itself, provenance), so a round trip through the export restores every pair exactly. Imports accept either form; images that arrive as pixels are written once
-under `<root>/imported/` and referenced by path.
+train on the file alone) plus our own columns (pair_id, provenance, and the image path as `image_path`: TRL
+takes a column named `image` for the image itself), so a round trip through the export restores every pair
+exactly. Imports accept either form; images that arrive as pixels are written once under `<root>/imported/` and
+referenced by path.
 
 The annotation app (see annotate/) writes judgement records; `pairs_from_judgements` turns them into human
 pairs. A judgement:
@@ -58,9 +59,14 @@ def _store_image(img, root: Path) -> str:
     from PIL import Image
 
     if isinstance(img, dict) and img.get("bytes"):
-        img = Image.open(io.BytesIO(img["bytes"]))
+        try:
+            img = Image.open(io.BytesIO(img["bytes"]))
+        except Exception as e:  # PIL raises several types for bytes that are no image
+            raise ValueError(f"image bytes are not an image ({e})") from None
     elif isinstance(img, dict) and img.get("path"):
         return img["path"]
+    if not isinstance(img, Image.Image):
+        raise ValueError(f"expected an image path, PIL image or {{'bytes': ...}}, got {type(img).__name__}")
     buf = io.BytesIO()
     img.convert("RGB").save(buf, format="PNG")
     data = buf.getvalue()
@@ -82,14 +88,17 @@ def pair_from_row(row: dict, where: str, root: Path, *, source: str = "human", a
         if row.get(c) is None:  # absent, or an empty CSV cell / a short CSV row
             raise ValueError(f"{where}: missing column {c!r}")
     image = row.get(TRL_IMAGE_PATH) or row.get("image")
-    if image is not None and not isinstance(image, str):
-        image = _store_image(image, root)  # TRL's single-image column holding pixels
-    if not image:
-        images = row.get("images")
-        if isinstance(images, (list, tuple)) and images:
-            image = images[0] if isinstance(images[0], str) else _store_image(images[0], root)
-        elif isinstance(images, str):
-            image = images
+    try:
+        if image is not None and not isinstance(image, str):
+            image = _store_image(image, root)  # TRL's single-image column holding pixels
+        if not image:
+            images = row.get("images")
+            if isinstance(images, (list, tuple)) and images:
+                image = images[0] if isinstance(images[0], str) else _store_image(images[0], root)
+            elif isinstance(images, str):
+                image = images
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
     if not image:
         raise ValueError(f"{where}: no image (column 'image' or 'images')")
     extras = {}
@@ -97,12 +106,16 @@ def pair_from_row(row: dict, where: str, root: Path, *, source: str = "human", a
         v = row.get(c)
         extras[c] = json.loads(v) if isinstance(v, str) and v[:1] in "{[n" else v
     margin = row.get("margin")
+    try:
+        margin = float(margin) if margin not in (None, "") else None
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: margin {margin!r} is not a number") from None
     pair = make_pair(
         image_id=row.get("image_id") or Path(str(image)).stem, image=str(image),
         prompt=_text(row["prompt"], where + " prompt"), chosen=_text(row["chosen"], where + " chosen"),
         rejected=_text(row["rejected"], where + " rejected"),
         source=row.get("source") or source, kind=row.get("kind") or "human", grounding=row.get("grounding"),
-        scores=extras["scores"], margin=float(margin) if margin not in (None, "") else None,
+        scores=extras["scores"], margin=margin,
         generator=extras["generator"], annotator=row.get("annotator") or annotator,
         split=row.get("split") or "train", boxes=extras["boxes"])
     if row.get("pair_id") and row["pair_id"] != pair["pair_id"]:
@@ -130,7 +143,7 @@ def _rows(path: Path):
                 except json.JSONDecodeError as e:
                     yield f"{path}:{i}", ValueError(f"not valid JSON ({e.msg})")
     elif path.suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as f:
+        with path.open(encoding="utf-8-sig", newline="") as f:  # spreadsheet exports often start with a BOM
             for i, row in enumerate(csv.DictReader(f), 2):
                 yield f"{path}:{i}", {k: (v if v != "" else None) for k, v in row.items()}
     elif path.suffix == ".parquet":

@@ -232,6 +232,42 @@ def _param_groups(model, cfg: TrainConfig):
     return [g for g in groups if g["params"]]
 
 
+def _average_ddp_grads(model, bucket_numel: int = 1 << 24) -> None:
+    """Average gradients over the processes of a DDP-wrapped model (a no-op for an unwrapped one).
+
+    Our forward (logps.pair_logps / completion_logps) calls the wrapped model's base and head directly, not
+    DDP's forward, so DDP's reducer is never armed and would leave each process with its own local gradients.
+    A parameter with a gradient on any process takes part on all (a missing one counts as zeros), so every
+    process issues the same collectives; one with no gradient anywhere keeps grad None, as in a single process.
+    Idempotent: averaging gradients DDP had already averaged leaves them unchanged."""
+    if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        return
+    has = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
+    dist.all_reduce(has, op=dist.ReduceOp.MAX)
+    params = [p for p, h in zip(params, has.tolist()) if h > 0]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    start = 0
+    while start < len(params):
+        bucket, n = [], 0
+        while start < len(params) and (not bucket or n + params[start].numel() <= bucket_numel):
+            bucket.append(params[start])
+            n += params[start].numel()
+            start += 1
+        flat = torch.cat([p.grad.reshape(-1) for p in bucket])
+        dist.all_reduce(flat)
+        flat /= world
+        for p, g in zip(bucket, flat.split([p.numel() for p in bucket])):
+            p.grad.copy_(g.view_as(p.grad))
+
+
 def _freeze(model, cfg: TrainConfig) -> None:
     for name, p in model.named_parameters():
         if cfg.freeze_vision and ("vision" in name or "visual" in name) and "merger" not in name:
@@ -335,6 +371,9 @@ def train_dpo(cfg: TrainConfig, *, progress: bool = True, processor_loader=None)
     model.to(accelerator.device)
 
     ref_model, ref_cache = None, None
+    if use_ref and cfg.reference == "frozen" and accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
+        raise ValueError("a frozen reference copy is not sharded under FSDP/DeepSpeed: use train.reference="
+                         "precomputed (or lora_disabled with LoRA)")
     if use_ref and cfg.reference == "frozen":
         ref_model = frozen_copy(model)
     elif use_ref and cfg.reference == "precomputed":
@@ -449,6 +488,7 @@ def train_dpo(cfg: TrainConfig, *, progress: bool = True, processor_loader=None)
                 accelerator.backward(loss)
                 grad_norm = None
                 if accelerator.sync_gradients:
+                    _average_ddp_grads(model)
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 if accelerator.sync_gradients:
@@ -478,13 +518,15 @@ def train_dpo(cfg: TrainConfig, *, progress: bool = True, processor_loader=None)
         log_f.close()
     accelerator.wait_for_everyone()
     model_dir = out / "model"
+    # get_state_dict gathers FSDP / ZeRO-3 shards; every process must call it.
+    full_state = None if cfg.lora.enabled else accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
         if cfg.lora.enabled and cfg.lora.merge_on_save:
             final = final.merge_and_unload()
         from ..models import save_model
 
-        save_model(final, processor, model_dir)
+        save_model(final, processor, model_dir, state_dict=full_state)
     accelerator.end_training()
     summary = {"model": str(model_dir), "steps": cfg.max_steps, "train_pairs": len(train_pairs),
                "val_pairs": len(val_pairs), "last": last, "eval": final_eval, "reference": cfg.reference,

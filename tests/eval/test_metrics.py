@@ -1,0 +1,89 @@
+import pytest
+
+from vlm_dpo.eval.captions import aggregate, bootstrap_ci, caption_stats
+from vlm_dpo.eval.pope import make_probes, parse_answer, pope_metrics, question
+from vlm_dpo.eval.preference import preference_metrics
+from vlm_dpo.judge import Vocabulary
+
+V = Vocabulary.world()
+OBJS = [{"label": "cup", "box": [0, 0, 10, 10]}, {"label": "cup", "box": [20, 0, 30, 10]},
+        {"label": "ball", "box": [50, 0, 60, 10]}]
+
+
+@pytest.mark.parametrize("caption,mentioned,halluc,covered,counts_right,counts_stated", [
+    ("two cups and a ball.", 2, 0, 2, 2, 2),
+    ("three cups, a ball and an apple.", 3, 1, 2, 1, 2),       # over-count + hallucinated apple
+    ("a mug and two balls.", 2, 0, 2, 0, 2),                   # synonym; both counts wrong
+    ("cups but no apples.", 1, 0, 1, 0, 0),                    # negation: apple is not a mention
+    ("some objects on a table.", 0, 0, 0, 0, 0),               # vague: no mentions
+    ("a cupboard with a ball.", 1, 0, 1, 1, 1),                # "cupboard" is not a cup; "a ball" is right
+])
+def test_caption_stats_hand_worked(caption, mentioned, halluc, covered, counts_right, counts_stated):
+    s = caption_stats(caption, OBJS, V)
+    assert (s.mentioned, s.hallucinated, s.covered, s.truth) == (mentioned, halluc, covered, 2)
+    assert (s.counts_stated, s.counts_right) == (counts_stated, counts_right)
+
+
+def test_chair_and_recall_aggregate_hand_worked():
+    stats = [caption_stats(c, OBJS, V) for c in ("two cups and a ball.", "three cups, a ball and an apple.",
+                                                   "some objects on a table.", "a ball.")]
+    m = aggregate(stats)
+    # mentions: 2 + 3 + 0 + 1 = 6, hallucinated: 1 -> CHAIR_i = 1/6; captions with a hallucination: 1/4
+    assert m["chair_i"] == pytest.approx(1 / 6)
+    assert m["chair_s"] == pytest.approx(0.25)
+    # truth 2 per caption (cup, ball) = 8; covered 2 + 2 + 0 + 1 = 5
+    assert m["recall"] == pytest.approx(5 / 8)
+    assert m["mean_words"] == pytest.approx((5 + 7 + 5 + 2) / 4)
+    assert m["vague_rate"] == pytest.approx(0.25)
+
+
+def test_bootstrap_interval_brackets_the_estimate():
+    groups = [[caption_stats("two cups and a ball.", OBJS, V)], [caption_stats("a cup and an apple.", OBJS, V)]] * 10
+    lo, hi = bootstrap_ci(groups, "chair_i", n_boot=200, seed=0)
+    est = aggregate([s for g in groups for s in g])["chair_i"]
+    assert lo <= est <= hi and lo < hi
+
+
+def test_pope_probes_deterministic_and_balanced():
+    scenes = [{"image_id": f"i{i}", "objects": [{"label": lab} for lab in labs]}
+              for i, labs in enumerate([["cup", "bowl"], ["bowl", "apple"], ["cup"], ["book", "phone", "cup"]])]
+    labels = ["cup", "bottle", "ball", "block", "book", "apple", "bowl", "phone"]
+    a = make_probes(scenes, labels, per_image=2, seed=1)
+    assert a == make_probes(scenes, labels, per_image=2, seed=1)
+    for split in ("random", "popular", "adversarial"):
+        rows = [p for p in a if p["split"] == split]
+        assert sum(p["answer"] == "yes" for p in rows) == sum(p["answer"] == "no" for p in rows)
+        for p in rows:
+            present = {o["label"] for o in scenes[int(p["image_id"][1:])]["objects"]}
+            assert (p["label"] in present) == (p["answer"] == "yes")
+    # popular negatives are the most frequent absent labels: cup (3 images) for image i1
+    pop = [p["label"] for p in a if p["split"] == "popular" and p["image_id"] == "i1" and p["answer"] == "no"]
+    assert pop[0] == "cup"
+    # adversarial: for i2 (cup only) the label co-occurring most with cup is bowl/book/phone (1 each) -> by freq
+    adv = [p["label"] for p in a if p["split"] == "adversarial" and p["image_id"] == "i2" and p["answer"] == "no"]
+    assert adv == ["bowl"]
+    assert question("apple") == "Is there an apple in the image? Answer yes or no."
+
+
+@pytest.mark.parametrize("text,answer", [("yes.", "yes"), ("No, there is not.", "no"), ("Yes. No idea", "yes"),
+                                         ("There is not a cup", "no"), ("", "yes")])
+def test_pope_answer_parsing(text, answer):
+    assert parse_answer(text) == answer
+
+
+def test_pope_metrics_hand_worked():
+    m = pope_metrics(["yes", "yes", "no", "no", "yes"], ["yes", "no", "no", "yes", "yes"])
+    # TP 2, FP 1, TN 1, FN 1
+    assert (m["accuracy"], m["precision"], m["recall"]) == (pytest.approx(3 / 5), pytest.approx(2 / 3), pytest.approx(2 / 3))
+    assert m["f1"] == pytest.approx(2 / 3) and m["yes_ratio"] == pytest.approx(3 / 5)
+
+
+def test_preference_metrics_hand_worked():
+    import torch
+
+    lp = torch.tensor([[-1.0, -3.0], [-2.0, -1.0]])
+    ref = torch.tensor([[-2.0, -2.0], [-2.0, -2.0]])
+    m = preference_metrics(lp, ref, beta=0.5)
+    assert m["pref_accuracy"] == 0.5
+    # margins: 0.5*((1) - (-1)) = 1.0 and 0.5*((0) - (1)) = -0.5 -> mean 0.25
+    assert m["reward_margin"] == pytest.approx(0.25)

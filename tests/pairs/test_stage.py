@@ -1,0 +1,170 @@
+"""`build_pairs` end to end on hand-built captions, detections, imports and judgements (vlm_dpo.pairs.stage)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+
+import pytest
+
+from vlm_dpo.ground import GroundingConfig, grounding_text, prompt_text
+from vlm_dpo.judge import JudgeConfig, Vocabulary, score_caption
+from vlm_dpo.pairs.dataset import load_pairs, resolve_image
+from vlm_dpo.pairs.mine import MineConfig
+from vlm_dpo.pairs.stage import PairsConfig, build_pairs, vocabulary_for
+from vlm_dpo.records import write_jsonl_atomic
+from vlm_dpo.world import reference_caption
+
+from .conftest import IMAGE_SIZE
+
+VOCAB = Vocabulary.world()
+
+
+def _write_inputs(root, scenes):
+    """Captions + detections of scenes 0-2 (and a captions record without detections); an import file and a
+    judgement file about scene 3. Paths relative to `root`."""
+    det_recs, cap_recs = [], []
+    for s in scenes[:3]:
+        dets = [{"label": o.label, "score": 0.9, "box": [round(v, 1) for v in o.box]} for o in s.objects]
+        det_recs.append({"image_id": s.image_id, "file": f"images/{s.image_id}.png", "width": s.width,
+                         "height": s.height, "detections": dets})
+        g = grounding_text(dets, s.width, s.height)
+        good = reference_caption([{"label": d["label"], "color": None, "box": d["box"]} for d in dets], s.width)
+        assert score_caption(good, dets, VOCAB).perfect
+        cap_recs.append({"image_id": s.image_id, "file": f"images/{s.image_id}.png", "prompt": prompt_text(g),
+                         "grounding": g, "greedy": good,
+                         "samples": [good.rstrip(".") + " and a purple elephant and a bowl and a phone.",
+                                     "some things on a table.", good],
+                         "generation": {"temperature": 1.0}, "model": "tiny-vlm"})
+    cap_recs.append(dict(cap_recs[0], image_id="no-such-image"))
+    write_jsonl_atomic(root / "captions.jsonl", cap_recs)
+    write_jsonl_atomic(root / "detections.jsonl", det_recs)
+    img3 = f"images/{scenes[3].image_id}.png"
+    human = {"image": img3, "prompt": "Describe the objects on the table.", "chosen": "a cup.", "rejected": "a ball."}
+    (root / "imports.jsonl").write_text("\n".join([
+        json.dumps(human), "{not json", json.dumps(human | {"image": "../outside.png"}),
+        json.dumps(human)]) + "\n")  # the repeated row is a duplicate pair
+    write_jsonl_atomic(root / "judgements.jsonl", [
+        {"judgement_id": "j1", "annotator": "ann", "image_id": scenes[3].image_id, "image": img3,
+         "prompt": "Describe the objects on the table.", "grounding": None, "a": "two cups.", "b": "a bowl.",
+         "choice": "b", "edit": None},
+        {"judgement_id": "j2", "annotator": "ann", "image_id": scenes[3].image_id, "image": img3,
+         "prompt": "Describe the objects on the table.", "grounding": None, "a": "two cups.", "b": "a bowl.",
+         "choice": "tie", "edit": None},
+    ])
+
+
+def _config(root, **kw):
+    return PairsConfig(captions=str(root / "captions.jsonl"), detections=str(root / "detections.jsonl"),
+                       image_root=str(root), imports=[str(root / "imports.jsonl")],
+                       judgements=[str(root / "judgements.jsonl")], val_fraction=0.5,
+                       mine=MineConfig(synthetic_per_image=2), **kw)
+
+
+@pytest.fixture
+def stage_inputs(image_root):
+    root, scenes = image_root
+    assert scenes[0].width == IMAGE_SIZE
+    _write_inputs(root, scenes)
+    return root, scenes
+
+
+def _mark(path):
+    """Give a file a recognisable mtime, so a rewrite shows whatever the clock resolution."""
+    os.utime(path, ns=(10**9, 10**9))
+    return path.stat().st_mtime_ns
+
+
+def test_build_pairs_end_to_end(stage_inputs, tmp_path):
+    root, scenes = stage_inputs
+    out = tmp_path / "pairs"
+    stats = build_pairs(_config(root), out, progress=False)
+    for name in ("pairs.parquet", "pairs.jsonl", "stats.json"):
+        assert (out / name).is_file()
+    assert json.loads((out / "stats.json").read_text()) == json.loads(json.dumps(stats))
+    pairs = load_pairs(out / "pairs.parquet")
+    assert pairs == load_pairs(out / "pairs.jsonl")
+    assert {p["source"] for p in pairs} == {"mined", "synthetic", "context", "human"}
+    assert stats["pairs"] == len(pairs) and stats["images"] == 4
+    assert stats["by_source"] == {s: sum(p["source"] == s for p in pairs) for s in stats["by_source"]}
+    assert stats["by_source"]["human"] == 2  # one imported (its duplicate dropped), one judged (the tie is none)
+    assert stats["by_source"]["synthetic"] == 6  # two per captioned image
+    assert len({p["pair_id"] for p in pairs}) == len(pairs)
+    skipped = stats["rejections"]["skipped"]
+    assert skipped == {"no_detections_record": 1, "malformed_row": 1, "image_outside_root": 1, "duplicate": 1}
+    assert [e["reason"] for e in stats["rejections"]["first"]] == ["no_detections_record", "malformed_row",
+                                                                   "image_outside_root"]
+    # every pair: an image under the root, relative; one split per image; judged pairs strictly better
+    splits = {}
+    for p in pairs:
+        assert not os.path.isabs(p["image"]) and resolve_image(p["image"], root).is_file()
+        splits.setdefault(p["image_id"], set()).add(p["split"])
+        if p["source"] != "human":
+            assert p["scores"]["chosen"]["score"] > p["scores"]["rejected"]["score"]
+            assert p["margin"] > 0 and p["boxes"]
+        if p["source"] == "mined":
+            assert p["generator"] == {"model": "tiny-vlm", "settings": {"temperature": 1.0}}
+        if p["source"] == "context":
+            assert p["grounding"] in p["prompt"]
+    assert all(len(s) == 1 for s in splits.values())
+    assert stats["by_split"] == {s: sum(p["split"] == s for p in pairs) for s in ("train", "val")}
+    assert len({i for i, s in splits.items() if s == {"val"}}) == 2  # 4 images, half of them val
+    (judged,) = [p for p in pairs if p["annotator"] == "ann"]
+    assert (judged["chosen"], judged["rejected"], judged["kind"]) == ("a bowl.", "two cups.", "human")
+    # the same inputs elsewhere give the same pairs (mining, synthetic and context pairs are deterministic)
+    assert build_pairs(_config(root), tmp_path / "again", progress=False) == stats
+    assert load_pairs(tmp_path / "again" / "pairs.parquet") == pairs
+
+
+def test_rerun_is_skipped_and_changes_rebuild(stage_inputs, tmp_path):
+    root, _ = stage_inputs
+    out = tmp_path / "pairs"
+    cfg = _config(root)
+    first = build_pairs(cfg, out, progress=False)
+    stamp = _mark(out / "pairs.parquet")
+    again = build_pairs(cfg, out, progress=False)
+    assert again == json.loads((out / "stats.json").read_text()) and again["key"] == first["key"]
+    assert (out / "pairs.parquet").stat().st_mtime_ns == stamp  # nothing rewritten
+
+    changed = build_pairs(replace(cfg, mine=MineConfig(max_pairs_per_image=1, synthetic=[])), out, progress=False)
+    assert changed["key"] != first["key"] and (out / "pairs.parquet").stat().st_mtime_ns != stamp
+    assert "synthetic" not in changed["by_source"] and changed["by_source"]["mined"] <= 3
+    assert json.loads((out / "stats.json").read_text())["key"] == changed["key"]
+
+    # the grounding config shapes the context pairs' prompts: a change rebuilds too
+    stamp = _mark(out / "pairs.parquet")
+    cfg2 = replace(cfg, mine=MineConfig(max_pairs_per_image=1, synthetic=[]))
+    positions_off = build_pairs(cfg2, out, ground=GroundingConfig(positions=False), progress=False)
+    assert positions_off["key"] != changed["key"] and (out / "pairs.parquet").stat().st_mtime_ns != stamp
+    ctx = [p for p in load_pairs(out / "pairs.parquet") if p["source"] == "context"]
+    assert ctx and all("(" not in p["grounding"] for p in ctx)
+
+    # a touched input rebuilds; an interrupted stage (no parquet) rebuilds
+    os.utime(root / "judgements.jsonl", ns=(2 * 10**9, 2 * 10**9))
+    touched = build_pairs(cfg, out, progress=False)
+    assert touched["key"] not in (first["key"], changed["key"], positions_off["key"])
+    (out / "pairs.parquet").unlink()
+    assert build_pairs(cfg, out, progress=False)["key"] == touched["key"]
+    assert (out / "pairs.parquet").is_file()
+
+
+def test_build_pairs_with_nothing_usable_fails_loudly(stage_inputs, tmp_path):
+    root, _ = stage_inputs
+    cfg = PairsConfig(imports=[str(root / "imports.jsonl")], image_root=str(tmp_path / "empty_root"))
+    with pytest.raises(ValueError, match="no usable pairs"):
+        build_pairs(cfg, tmp_path / "pairs", progress=False)
+    assert not (tmp_path / "pairs" / "stats.json").exists()
+    with pytest.raises(Exception, match="missing.jsonl"):
+        build_pairs(PairsConfig(imports=[str(root / "missing.jsonl")], image_root=str(root)), tmp_path / "p2",
+                    progress=False)
+
+
+def test_vocabulary_for():
+    assert vocabulary_for("world", []) is Vocabulary.world()
+    assert "dog" in vocabulary_for("coco", [])
+    v = vocabulary_for("detections", [{"detections": [{"label": "Zebra"}, {"label": "traffic cone"}]}])
+    assert set(v.classes) == {"zebra", "traffic cone"}
+    with pytest.raises(ValueError, match="world, coco or detections"):
+        vocabulary_for("imagenet", [])
+    assert JudgeConfig().min_score == 0.5  # the detections above (0.9) are confident
