@@ -176,3 +176,20 @@ def ensure_vlm(cfg, progress: bool = True) -> dict:
             "held_out": heldout_quality(cfg, str(cache / "model"))}
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
     return meta
+
+
+def ensure_clip(cfg, progress: bool = True):
+    """(model, preprocess, tokenizer) for CLIPScore, or None when eval.clip_model is empty."""
+    from .eval.clipscore import ClipTrainConfig, load_clip, train_tiny_clip
+
+    name = cfg.eval.clip_model
+    if not name:
+        return None
+    if name == "embedded":
+        world_root = ensure_world(cfg, progress=False)
+        train_cfg = ClipTrainConfig(steps=cfg.eval.clip_steps)
+        out = Path(cfg.cache_dir) / "clip" / _key(asdict(cfg.world), asdict(train_cfg), 1)
+        meta = train_tiny_clip(world_root, out, train_cfg, world_seed=cfg.world.seed,
+                               image_size=cfg.world.image_size, progress=progress)
+        name = meta["model"]
+    return load_clip(name, cfg.eval.clip_pretrained or None)

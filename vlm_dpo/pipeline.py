@@ -278,14 +278,42 @@ def eval_items(cfg, out: Path) -> tuple[list[dict], list[dict]]:
     return items, [truth[it["image_id"]] for it in items]
 
 
+def robustness_inputs(cfg, items: list[dict], scenes: list[dict]) -> dict:
+    """Prompts for the see-don't-copy metrics: noisy contexts (deterministic, reported), the detector's own
+    contexts with their natural errors, and prompts without context."""
+    from .eval.grounding import context_errors, noisy_contexts
+    from .judge import Vocabulary
+
+    vocab = Vocabulary.world() if cfg.eval.vocabulary == "world" else Vocabulary.coco()
+    noisy = noisy_contexts(scenes, list(vocab.classes), cfg.eval.noise_drop, cfg.eval.noise_add, cfg.eval.seed)
+    noisy_items = []
+    for it, sc, nz in zip(items, scenes, noisy):
+        g = grounding_text(nz["detections"], sc.get("width", 128), sc.get("height", 128), cfg.ground)
+        noisy_items.append(it | {"grounding": g, "prompt": prompt_text(g, PromptConfig(cfg.prompt.instruction))})
+    dets = {r["image_id"]: r["detections"] for r in read_jsonl(Path(cfg.out) / "detections" / f"{cfg.eval.split}.jsonl")}
+    return {
+        "noisy_items": noisy_items,
+        "noisy_errors": [{"injected": n["injected"], "dropped": n["dropped"]} for n in noisy],
+        "natural_errors": [context_errors(dets.get(it["image_id"], []), sc["objects"], cfg.ground.min_score)
+                           for it, sc in zip(items, scenes)],
+        "ungrounded_items": [it | {"prompt": prompt_text(None, PromptConfig(cfg.prompt.instruction, grounded=False))}
+                             for it in items],
+    }
+
+
 def evaluate_models(cfg, models: dict[str, str], items: list[dict], scenes: list[dict], out_dir: Path,
                     val_pairs: list[dict], image_root: Path, progress: bool = True) -> dict:
     """Every metric for every model; preference metrics use the first model as the reference."""
     from .eval.preference import pair_logps_table, preference_metrics
     from .eval.run import evaluate_model
 
+    from .embedded import ensure_clip
+
+    clip = ensure_clip(cfg, progress)
+    rob = robustness_inputs(cfg, items, scenes) if cfg.eval.robustness else None
     results = {name: evaluate_model(path, name, items, scenes, cfg.eval, out_dir, progress=progress,
-                                    device=cfg.vlm.device) for name, path in models.items()}
+                                    device=cfg.vlm.device, clip=clip, robustness=rob)
+               for name, path in models.items()}
     if val_pairs:
         tables = {name: pair_logps_table(path, val_pairs, image_root) for name, path in models.items()}
         ref = tables[next(iter(models))]

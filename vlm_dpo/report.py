@@ -101,7 +101,10 @@ def write_report(out: Path, metrics: dict, *, scenes: list[dict], captions: dict
     names = list(models)
     keys = [("chair_i", "CHAIR_i ↓"), ("chair_s", "CHAIR_s ↓"), ("recall", "recall ↑"), ("pope_f1", "POPE F1 (adv.) ↑"),
             ("mean_words", "mean words"), ("count_accuracy", "count acc. ↑"), ("vague_rate", "vague / caption ↓"),
-            ("pref_accuracy", "pref. acc. (held-out) ↑"), ("precision_ungrounded", "precision, no grounding ↑")]
+            ("pref_accuracy", "pref. acc. (held-out) ↑"), ("clip_score", "CLIPScore ↑"), ("precision_ungrounded", "precision, no grounding ↑"),
+            ("echo_rate", "echo rate, noisy context ↓"), ("recovery_rate", "recovery rate, noisy context ↑"),
+            ("natural_echo_rate", "echo rate, detector context ↓"),
+            ("natural_recovery_rate", "recovery rate, detector context ↑")]
     rows = []
     for k, title in keys:
         if not any(k in models[n] for n in names):
@@ -109,7 +112,7 @@ def write_report(out: Path, metrics: dict, *, scenes: list[dict], captions: dict
         cells = []
         for n in names:
             v = models[n].get(k)
-            ci = models[n].get("ci", {}).get(k)
+            ci = models[n].get("ci", {}).get(k) or models[n].get("robustness_ci", {}).get(k)
             cells.append(f"<td>{_fmt(v)}" + (f' <span class="ci">[{_fmt(ci[0])}, {_fmt(ci[1])}]</span>' if ci else "")
                          + "</td>")
         rows.append(f"<tr><td>{title}</td>{''.join(cells)}</tr>")

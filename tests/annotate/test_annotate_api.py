@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from vlm_dpo.annotate import AnnotateConfig, agreement, export_judgements, resolve
 from vlm_dpo.annotate.app import build, create_app
 from vlm_dpo.annotate.items import load_items, make_item, safe_image_path
-from vlm_dpo.annotate.page import CSP, PAGE, SCRIPT
+from vlm_dpo.annotate.page import CSP, PAGE, SCRIPT, STYLE
 from vlm_dpo.annotate.store import Store, is_swapped
 from vlm_dpo.pairs.dataset import Rejections, save_pairs, validate_pair
 from vlm_dpo.pairs.io import pairs_from_judgements
@@ -164,7 +164,8 @@ def test_overlap_fixed_annotators(server):
         assert client.get("/api/progress", params={"annotator": who}).json() == {"done": len(seen[who]),
                                                                                   "total": len(seen[who])}
     shared = seen["x"] & seen["y"]
-    assert len(shared) == 3 and len(seen["x"]) == len(seen["y"]) == 3 + 3 / 2 - 0.5 + 0.5  # 3 shared + 1 or 2
+    # 3 shared; the other 3 dealt out fewest-first (ties in list order): x, y, x
+    assert len(shared) == 3 and (len(seen["x"]), len(seen["y"])) == (5, 4)
     assert len(seen["x"] | seen["y"]) == N_IMAGES
     assert all(store.item(i)["shared"] for i in shared)
     assert client.get("/api/next", params={"annotator": "z"}).status_code == 403  # not on the list
@@ -209,8 +210,8 @@ def test_path_traversal_rejected(server, data, tmp_path):
     store.add_items(forged, 1.0)
     for it in forged:
         assert client.get(f"/api/items/{it['item_id']}/image").status_code == 404
-    victim = next(iter(store.latest() or [None]), None) or store.item(
-        client.get("/api/next", params={"annotator": "v"}).json()["item"]["item_id"])
+    victim = store.item(store.con.execute("SELECT item_id FROM items WHERE source = 'captions'").fetchone()[0])
+    assert client.get(f"/api/items/{victim['item_id']}/image").status_code == 200
     path = data.root / victim["image"]
     path.unlink()
     path.symlink_to(secret)
@@ -221,7 +222,7 @@ def test_path_traversal_rejected(server, data, tmp_path):
         r = client.get(url)
         assert r.status_code in (400, 404, 422), (url, r.status_code)
         assert r.headers["content-type"].startswith("application/json")
-    assert safe_image_path("images/../images/" + Path(path).name, data.root) is None  # the symlink again
+    assert safe_image_path(victim["image"], data.root) is None
 
 
 def test_token_enforced(server):
@@ -290,8 +291,9 @@ def test_page_is_self_contained(server):
     assert r.headers["content-security-policy"] == CSP and "sha256-" in CSP
     html = r.text
     assert html == PAGE and SCRIPT in html
-    for needle in ("https://", "<link", "src=\"http", "@import", "cdn"):
-        assert needle not in html.lower() or needle == "cdn" and "cdn" not in html.lower()
+    for needle in ("https://", "<link", "@import", "<iframe", "src=\"http"):
+        assert needle not in html.lower(), needle
+    assert "url(" not in STYLE  # no fonts or backgrounds from anywhere
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")
     for element in ("btn-a", "btn-b", "btn-tie", "btn-both-bad", "edit", "progress", "show-boxes", "boxes"):
         assert f'id="{element}"' in html
@@ -331,12 +333,14 @@ def test_agreement_endpoint_hand_worked(server, tmp_path):
                 choice = label
             r = client.post("/api/judgements", json={"item_id": item_id, "annotator": who, "choice": choice})
             assert r.status_code == 200
-    client.post("/api/judgements", json={"item_id": ids[0], "annotator": "z", "choice": "tie"})
+    # z judges only the first item, like x and y ("first"): one common item, one label -> p_e = 1, undefined
+    z_first = "b" if is_swapped(store.seed, ids[0], "z") else "a"
+    client.post("/api/judgements", json={"item_id": ids[0], "annotator": "z", "choice": z_first})
     rep = client.get("/api/agreement").json()
     xy = next(p for p in rep["pairs"] if p["annotators"] == ["x", "y"])
     assert xy["items"] == 4 and xy["observed"] == pytest.approx(0.5) and xy["kappa"] == pytest.approx(1 / 3)
     single = [p for p in rep["pairs"] if "z" in p["annotators"]]
-    assert all(p["items"] == 1 and p["kappa"] is None for p in single)  # one item each: p_e = 1
+    assert all(p["items"] == 1 and p["kappa"] is None for p in single)  
     assert rep["kappa"] == pytest.approx(1 / 3) and rep["items_multi"] == 4
     assert agreement(store.path) == rep  # the CLI-callable function agrees
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import hmac
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -80,7 +82,7 @@ def create_app(store: Store, image_root: str | Path, *, annotators: list[str] | 
     async def guard(request: Request, call_next):
         if hosts is not None and _host_only(request.headers.get("host", "")) not in hosts:
             return error(400, "unexpected Host header")
-        if token:
+        if token and request.url.path != "/favicon.ico":  # browsers ask for it without the token
             got = request.headers.get("x-annotate-token") or request.query_params.get("token") or ""
             auth = request.headers.get("authorization", "")
             if not got and auth.lower().startswith("bearer "):
@@ -131,6 +133,10 @@ def create_app(store: Store, image_root: str | Path, *, annotators: list[str] | 
     @app.get("/", response_class=HTMLResponse)
     def page():
         return HTMLResponse(PAGE, headers={"Content-Security-Policy": CSP})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():
+        return Response(status_code=204)
 
     @app.get("/api/next")
     def next_item(annotator: AnnotatorQ):
@@ -209,6 +215,7 @@ def build(acfg: AnnotateConfig, *, log=print) -> tuple[FastAPI, Store, dict]:
         raise ValueError(f"annotate.annotators: ids must match {ANNOTATOR_PATTERN}, got {bad}")
     items, rejections = load_items(pairs=acfg.pairs, captions=acfg.captions, image_root=root,
                                    per_image=acfg.per_image, seed=acfg.seed, limit=acfg.limit)
+    detections = load_detections(acfg.detections) if acfg.detections else {}
     store = Store(acfg.db, seed=acfg.seed)
     if store.seed != acfg.seed:
         log(f"annotate: {acfg.db} was created with seed {store.seed}; keeping it (orders must not change)",
@@ -220,7 +227,6 @@ def build(acfg: AnnotateConfig, *, log=print) -> tuple[FastAPI, Store, dict]:
         store.close()
         raise ValueError("nothing to annotate: set annotate.pairs or annotate.captions (no usable candidates; "
                          f"skipped: {rejections.to_dict()})")
-    detections = load_detections(acfg.detections) if acfg.detections else {}
     loopback = acfg.host in LOOPBACK or acfg.host.startswith("127.")
     hosts = [*LOOPBACK, acfg.host] if loopback else None
     app = create_app(store, root, annotators=acfg.annotators, token=acfg.token, detections=detections,
@@ -253,11 +259,27 @@ def run(acfg: AnnotateConfig) -> dict:
     url = f"http://{shown}:{acfg.port}/" + (f"?token={acfg.token}" if acfg.token else "")
     print(f"annotate: {summary['items']} items ({summary['new_items']} new, {summary['shared']} shared), "
           f"{summary['judgements']} judged so far; open {url}", file=sys.stderr, flush=True)
+    # uvicorn stops gracefully on SIGINT/SIGTERM and then re-raises the signal to the previous handler: make
+    # that handler an exception, so a stop (Ctrl-C or a service manager's SIGTERM) still writes the export.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_stop) if main else None
     try:
         uvicorn.run(app, host=acfg.host, port=acfg.port, log_level="warning", access_log=False,
                     server_header=False)
+    except (KeyboardInterrupt, _Stop):
+        pass
     finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
         summary["judgements"] = store.counts()["judgements"]
         summary["export"] = str(export_judgements(store, export_path))
         store.close()
     return summary
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum, frame):
+    raise _Stop(signum)

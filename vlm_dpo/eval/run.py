@@ -42,6 +42,16 @@ class EvalConfig:
     # Ground truth of your own images (with data.images): JSONL of {image_id, objects: [{label, box}]}, image_id
     # being the path relative to data.images without suffix (as `vlm-dpo detect` names them). Empty = the world.
     annotations: str = ""
+    # CLIPScore model: "embedded" = a tiny CLIP trained here on the world; any open_clip name / local-dir: /
+    # hf-hub: id otherwise (with clip_pretrained, e.g. "openai"); "" = skip CLIPScore.
+    clip_model: str = "embedded"
+    clip_pretrained: str = ""
+    clip_steps: int = 300  # training steps of the embedded tiny CLIP
+    # See-don't-copy metrics (eval/grounding.py): contexts with controlled noise, the detector's natural
+    # errors, and prompts without any context.
+    robustness: bool = True
+    noise_drop: float = 0.1
+    noise_add: float = 0.05
 
 
 def _generate(model, processor, images, texts, *, max_new_tokens: int, do_sample: bool, n: int = 1,
@@ -110,6 +120,55 @@ def pope_eval(model, processor, items: list[dict], scenes: list[dict], labels: l
     return out, rows
 
 
+def robustness_metrics(model, processor, items, scenes, greedy, rob: dict, vocab, cfg: EvalConfig, progress: bool,
+                       out_dir: Path, name: str) -> dict:
+    """echo/recovery under controlled noise and under the detector's natural errors; ungrounded precision.
+
+    rob = {"noisy_items": [...], "noisy_errors": [...], "natural_errors": [...], "ungrounded_items": [...]}
+    """
+    from .grounding import bootstrap_rates, echo_recovery_counts, precision_counts, rates
+
+    noisy = generate_all(model, processor, rob["noisy_items"], cfg, do_sample=False, n=1, desc=f"{name} noisy",
+                         progress=progress)
+    ungrounded = generate_all(model, processor, rob["ungrounded_items"], cfg, do_sample=False, n=1,
+                              desc=f"{name} ungrounded", progress=progress)
+    out, ci = {}, {}
+    for tag, caps, errs in (("", noisy, rob["noisy_errors"]), ("natural_", greedy, rob["natural_errors"])):
+        counts = [echo_recovery_counts(c[0], e, vocab) for c, e in zip(caps, errs)]
+        r = rates(counts)
+        out[f"{tag}echo_rate"], out[f"{tag}recovery_rate"] = r["echo_rate"], r["recovery_rate"]
+        out[f"{tag}context_errors"] = {"injected": r["injected"], "dropped": r["dropped"]}
+        for k, v in bootstrap_rates(counts, cfg.bootstrap, cfg.seed).items():
+            ci[f"{tag}{k}"] = v
+    pc = [precision_counts(c[0], sc["objects"], vocab) for c, sc in zip(ungrounded, scenes)]
+    named = sum(n for _, n in pc)
+    out["precision_ungrounded"] = sum(t for t, _ in pc) / named if named else 0.0
+    import random
+
+    rng = random.Random(cfg.seed)
+    boots = []
+    for _ in range(cfg.bootstrap):
+        pick = [pc[rng.randrange(len(pc))] for _ in pc]
+        nn = sum(n for _, n in pick)
+        boots.append(sum(t for t, _ in pick) / nn if nn else 0.0)
+    boots.sort()
+    ci["precision_ungrounded"] = (boots[int(0.025 * (len(boots) - 1))], boots[int(0.975 * (len(boots) - 1))])
+    out["robustness_ci"] = ci
+    write_jsonl_atomic(out_dir / f"{name}.robustness.jsonl", [
+        {"image_id": it["image_id"], "noisy_prompt": ni["prompt"], "noisy_caption": n[0], "errors": e,
+         "ungrounded_caption": u[0]}
+        for it, ni, n, e, u in zip(items, rob["noisy_items"], noisy, rob["noisy_errors"], ungrounded)])
+    return out
+
+
+def _mean_ci(values: list[float], n_boot: int, seed: int) -> tuple[float, float]:
+    import random
+
+    rng = random.Random(seed)
+    means = sorted(sum(values[rng.randrange(len(values))] for _ in values) / len(values) for _ in range(n_boot))
+    return (means[int(0.025 * (n_boot - 1))], means[int(0.975 * (n_boot - 1))])
+
+
 def bootstrap_pope_f1(rows: list[dict], n_boot: int, seed: int) -> tuple[float, float]:
     import random
 
@@ -127,7 +186,8 @@ def bootstrap_pope_f1(rows: list[dict], n_boot: int, seed: int) -> tuple[float, 
 
 
 def evaluate_model(model_path: str, name: str, items: list[dict], scenes: list[dict], cfg: EvalConfig,
-                   out_dir: Path, *, progress: bool = True, device: str = "cpu") -> dict:
+                   out_dir: Path, *, progress: bool = True, device: str = "cpu", clip=None,
+                   robustness: dict | None = None) -> dict:
     """All metrics of one model on `items` (image_id, path, prompt, grounding) with ground truth `scenes`."""
     from ..models import load_model_and_processor
 
@@ -151,6 +211,15 @@ def evaluate_model(model_path: str, name: str, items: list[dict], scenes: list[d
     metrics["ci"] = dict(m_greedy["ci"])
     metrics["ci"]["pope_f1"] = bootstrap_pope_f1([r for r in pope_rows if r["split"] == "adversarial"],
                                                  cfg.bootstrap, cfg.seed)
+    if robustness is not None:
+        metrics.update(robustness_metrics(model, processor, items, scenes, greedy, robustness, vocab, cfg, progress,
+                                          out_dir, name))
+    if clip is not None:
+        from .clipscore import clip_scores
+
+        scores = clip_scores(*clip, [open_image(it["path"]) for it in items], [g[0] for g in greedy])
+        metrics["clip_score"] = sum(scores) / max(1, len(scores))
+        metrics["ci"]["clip_score"] = _mean_ci(scores, cfg.bootstrap, cfg.seed)
     metrics["sampled"] = m_sampled
     metrics["pope"] = pope
     metrics["model"] = model_path

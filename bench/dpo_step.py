@@ -1,0 +1,904 @@
+#!/usr/bin/env python
+"""One DPO training step, ours vs TRL 1.16's `DPOTrainer`, on a SmolVLM-architecture (Idefics3) model.
+
+    python bench/dpo_step.py --size small                       # CPU fp32, reference precomputed (default)
+    python bench/dpo_step.py --size small --mode frozen --levers
+    python bench/dpo_step.py --size tiny --steps 2 --warmup 1   # seconds; what the smoke test runs
+    python bench/dpo_step.py --device cuda --dtype bf16 --size 256m
+
+Both sides train the same randomly initialised model (built here from its config, tokenizer trained here on the
+embedded world's text, the real `Idefics3Processor`) on the same synthetic pairs, batch by batch in the same order,
+with the same settings: sigmoid loss, beta 0.1, AdamW (torch.optim.AdamW, no weight decay), constant learning rate,
+gradient clipping at 1.0, no gradient checkpointing, the same dtype and thread count.
+
+  ours  `vlm_dpo.train.loop` pieces: `make_batch` (processor once per pair), `batch_logps` (one vision pass per
+        pair, LM head on completion positions only), reference per `--mode`, `preference_loss`, accelerate's
+        backward / clip, AdamW step.
+  TRL   `DPOTrainer.train()` with a frozen reference copy: its collator, its `training_step` (fused LM head, vision
+        encoded once per row, a reference forward per step), its clipping and optimizer step. A callback paces it.
+
+Each side is a separate worker process (forked after the imports on CPU, spawned on CUDA) holding its model for
+the whole run; the parent runs warm-up steps on every side, then alternates rounds A B A B so both see the same
+machine load, and takes the median step time. Peak memory is each worker's own: peak RSS (VmHWM, reset with
+/proc/self/clear_refs just before the first training step) above the RSS it had after the imports, so it counts
+weights, the reference, optimizer state and activations of training and nothing of model building; on CUDA,
+torch.cuda.max_memory_allocated. The policy starts as the reference plus a small deterministic perturbation, so the
+first-batch loss is not log 2 on both sides by construction and `loss_abs_diff` compares real numbers.
+
+The last line printed is one JSON object (see bench/README.md for every key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+SIZES = ("tiny", "small", "256m")
+MODES = ("frozen", "lora_disabled", "precomputed", "none")
+BETA = 0.1
+# A chat template that renders the user turn and the generation prompt exactly like vlm_dpo.models.CHAT_TEMPLATE
+# (so our prompts are untouched) and the assistant turn as "Assistant: <text><end_of_utterance>" with no newline,
+# so TRL's collator, which tokenises the rendered assistant turn, scores exactly our completion ids
+# (" " + text + EOS). See tests/train/test_trl_parity.py for the same alignment.
+TRL_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | capitalize }}:"
+    "{% if message['role'] == 'assistant' %} {% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_utterance>{% if message['role'] != 'assistant' %}{{ '\\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+# Nominal dense peak (TFLOP/s) used for MFU when --peak-tflops is not given: H100/H200 SXM bf16 / tf32-free fp32.
+CUDA_PEAK_TFLOPS = {"bf16": 989.0, "fp32": 67.0}
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", choices=SIZES, default="small")
+    ap.add_argument("--mode", choices=MODES, default="precomputed",
+                    help="our reference: precomputed (default: fastest with the same loss), frozen, lora_disabled "
+                         "(LoRA policy; TRL then trains the same LoRA with its adapter-disabled reference), "
+                         "none (reference-free SimPO; loss not comparable to TRL's DPO)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--batch-size", type=int, default=4, help="pairs per step")
+    ap.add_argument("--batches", type=int, default=4, help="distinct batches (pairs = batches * batch size)")
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per side")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per side before the rounds")
+    ap.add_argument("--rounds", type=int, default=3, help="A B alternations the timed steps are split into")
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: all CPUs of this process)")
+    ap.add_argument("--levers", choices=("auto", "on", "off"), nargs="?", const="on", default="auto",
+                    help="also run one of our workers per lever switched off (shared vision, completion-only head, "
+                         "precomputed reference); auto: on for --size small")
+    ap.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (default: H100/H200 nominal "
+                                                                     "on CUDA, none on CPU)")
+    ap.add_argument("--workdir", default="", help="where models and data are written (default: a temp folder)")
+    ap.add_argument("--build-only", action="store_true",
+                    help="build the model on the meta device and print its shape as JSON (no weights, no run)")
+    args = ap.parse_args(argv)
+    if args.threads <= 0:
+        args.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if args.size == "256m" and args.device == "cpu" and not args.build_only:
+        print("note: --size 256m is meant for --device cuda --dtype bf16", file=sys.stderr)
+    if args.device == "cpu" and args.dtype == "bf16":
+        print("note: bf16 on CPU is slow and not what the targets are stated for", file=sys.stderr)
+    args.rounds = max(1, min(args.rounds, args.steps))
+    return args
+
+
+def _setup_env(threads: int) -> None:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # idle OpenMP threads sleep: the waiting side costs no CPU
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["MKL_NUM_THREADS"] = str(threads)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("ACCELERATE_DISABLE_RICH", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+def _quiet() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*deprecated.*")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model shapes
+
+
+def spec_for(size: str):
+    from vlm_dpo.models import TinyVLMSpec
+
+    if size == "tiny":  # seconds per step on one core: the smoke test's shape
+        return TinyVLMSpec(image_size=64, patch_size=8, scale_factor=2, vision_width=64, vision_layers=2,
+                           vision_heads=2, text_width=128, text_layers=2, text_heads=4, text_kv_heads=2, text_mlp=384,
+                           vocab_size=1024, max_positions=256)
+    if size == "small":  # ~25.7M params: 576 patches -> 64 image tokens, 4096 vocabulary
+        return TinyVLMSpec(image_size=384, patch_size=16, scale_factor=3, vision_width=256, vision_layers=4,
+                           vision_heads=4, text_width=512, text_layers=6, text_heads=8, text_kv_heads=4,
+                           text_mlp=1536, vocab_size=4096, max_positions=512)
+    if size == "256m":  # SmolVLM-256M's shape (SigLIP-B/16 tower at 512 px, 1024 patches -> 64 tokens)
+        return TinyVLMSpec(image_size=512, patch_size=16, scale_factor=4, vision_width=768, vision_layers=12,
+                           vision_heads=12, text_width=576, text_layers=30, text_heads=9, text_kv_heads=3,
+                           text_mlp=1536, vocab_size=49280, max_positions=8192)
+    raise ValueError(size)
+
+
+def world_text(n_scenes: int, image_size: int, seed: int = 7) -> list[str]:
+    """Tokenizer corpus: captions (right and systematically wrong) and grounded prompts with boxes of many scenes."""
+    import random
+
+    from vlm_dpo.ground import GroundingConfig, grounding_text, prompt_text
+    from vlm_dpo.world.captions import CorruptionRates, corrupted_caption, reference_caption
+    from vlm_dpo.world.scenes import sample_scene
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n_scenes):
+        d = sample_scene(seed, "train", i, image_size=image_size).to_dict()
+        dets = [dict(o, score=1.0) for o in d["objects"]]
+        out.append(reference_caption(d["objects"], image_size))
+        out.append(corrupted_caption(d["objects"], image_size, rng, CorruptionRates())[0])
+        out.append(prompt_text(grounding_text(dets, image_size, image_size, GroundingConfig(boxes=i % 2 == 0))))
+    return out
+
+
+def build_model(size: str, *, device: str | None = None, seed: int = 0, corpus_scenes: int = 0):
+    """(model, processor, spec) of the given shape with random weights; vocab padded to the spec's size if the BPE
+    stops early (it does: the world's text has a few hundred distinct pieces). `device="meta"` builds no weights."""
+    import contextlib
+
+    import torch
+
+    from vlm_dpo.models import build_tiny_idefics3
+
+    spec = spec_for(size)
+    corpus = world_text(corpus_scenes or (300 if size == "tiny" else 2000), spec.image_size)
+    ctx = torch.device(device) if device else contextlib.nullcontext()
+    with ctx:
+        model, processor = build_tiny_idefics3(corpus, spec, seed=seed)
+        if model.config.text_config.vocab_size < spec.vocab_size:
+            model.resize_token_embeddings(spec.vocab_size, mean_resizing=False)
+    return model, processor, spec
+
+
+def param_breakdown(model) -> dict:
+    """Parameter counts by part, for the FLOP estimate (the head counted even when tied to the embeddings)."""
+    base = model.model
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    emb = base.text_model.get_input_embeddings().weight.numel()
+    return {"total": n(model), "vision": n(base.vision_model), "connector": n(base.connector),
+            "text_body": n(base.text_model) - emb, "head": model.get_output_embeddings().weight.numel()}
+
+
+def shape_info(model, processor, spec) -> dict:
+    tc, vc = model.config.text_config, model.config.vision_config
+    return {"params": param_breakdown(model)["total"], "params_by_part": param_breakdown(model),
+            "image_tokens_per_pair": spec.image_seq_len, "vision_patches_per_image": (spec.image_size // spec.patch_size) ** 2,
+            "tokenizer_vocab": len(processor.tokenizer), "vocab_size": tc.vocab_size,
+            "text": {"width": tc.hidden_size, "layers": tc.num_hidden_layers, "heads": tc.num_attention_heads,
+                     "kv_heads": tc.num_key_value_heads, "mlp": tc.intermediate_size},
+            "vision": {"width": vc.hidden_size, "layers": vc.num_hidden_layers, "heads": vc.num_attention_heads,
+                       "image_size": vc.image_size, "patch_size": vc.patch_size, "scale_factor": model.config.scale_factor},
+            "attn_implementation": model.config._attn_implementation}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data and models on disk (built once by the parent, loaded by every worker)
+
+
+def make_pairs(root: Path, n: int, image_size: int, seed: int = 11) -> list[dict]:
+    """Grounded prompts; chosen = the reference caption, rejected = a systematically wrong one."""
+    import random
+
+    from vlm_dpo.ground import GroundingConfig, grounding_text, prompt_text
+    from vlm_dpo.pairs.dataset import make_pair
+    from vlm_dpo.world.captions import CorruptionRates, corrupted_caption, reference_caption
+    from vlm_dpo.world.scenes import render_scene, sample_scene
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    pairs, i = [], 0
+    while len(pairs) < n:
+        s = sample_scene(seed, "train", i, image_size=image_size, min_objects=2, max_objects=6)
+        i += 1
+        d = s.to_dict()
+        good = reference_caption(d["objects"], image_size)
+        bad, applied = corrupted_caption(d["objects"], image_size, rng, CorruptionRates(cooccur=1.0, count=1.0, vague=0.0))
+        if not applied or bad == good:
+            continue
+        rel = f"images/{s.image_id}.png"
+        render_scene(s).save(root / rel)
+        dets = [dict(o, score=1.0) for o in d["objects"]]
+        prompt = prompt_text(grounding_text(dets, image_size, image_size, GroundingConfig()))
+        pairs.append(make_pair(image_id=s.image_id, image=rel, prompt=prompt, chosen=good, rejected=bad,
+                               source="synthetic", kind=applied[0], boxes=[o["box"] for o in d["objects"]]))
+    return pairs
+
+
+def _nudge(model, seed: int, scale: float, only=None) -> None:
+    """Move weights a little, deterministically (by sorted name), so the policy is not the reference."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if only is None or only(name):
+                p.add_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype) * scale)
+
+
+def build_setup(args, workdir: Path) -> dict:
+    import torch
+
+    from vlm_dpo.models import save_model
+    from vlm_dpo.pairs.io import export_trl
+
+    t0 = time.time()
+    model, processor, spec = build_model(args.size)
+    info = shape_info(model, processor, spec)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    model.to(dtype)
+    save_model(model, processor, workdir / "reference")
+    _nudge(model, seed=1, scale=2e-3)
+    save_model(model, processor, workdir / "policy")
+    del model
+    pairs = make_pairs(workdir / "data", args.batches * args.batch_size, spec.image_size)
+    export_trl(pairs, workdir / "data", workdir / "trl_ds")
+    tok = processor.tokenizer
+    from vlm_dpo.train.collate import completion_ids
+
+    lens = [len(completion_ids(tok, p[k])) for p in pairs for k in ("chosen", "rejected")]
+    log(f"built {args.size} model ({info['params'] / 1e6:.2f}M params) and {len(pairs)} pairs in {time.time() - t0:.1f}s")
+    return {"workdir": str(workdir), "pairs": pairs, "info": info,
+            "completion_tokens": {"min": min(lens), "max": max(lens), "mean": sum(lens) / len(lens)}}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Memory
+
+
+class Memory:
+    """Peak memory of this process above its post-import baseline (RSS on CPU, allocator peak on CUDA)."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.base_kb = self._status("VmRSS")
+        self.method = "VmHWM after clear_refs"
+        self._sampler = None
+        self._sampled_kb = 0
+
+    @staticmethod
+    def _status(field: str) -> int:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith(field + ":"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux (fallback only)
+
+    def reset(self) -> float:
+        """Forget the setup's high-water mark; returns the resident MB above baseline at this point."""
+        import gc
+
+        gc.collect()
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed setup memory back so it is not counted
+        except (OSError, AttributeError):
+            pass
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.method = "torch.cuda.max_memory_allocated"
+            return torch.cuda.memory_allocated() / 2**20
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            self._start_sampler()
+        return (self._status("VmRSS") - self.base_kb) / 1024
+
+    def _start_sampler(self) -> None:
+        import threading
+
+        self.method = "VmRSS sampled every 2 ms (clear_refs unavailable)"
+        self._sampled_kb = self._status("VmRSS")
+
+        def run():
+            while True:
+                self._sampled_kb = max(self._sampled_kb, self._status("VmRSS"))
+                time.sleep(0.002)
+
+        self._sampler = threading.Thread(target=run, daemon=True)
+        self._sampler.start()
+
+    def peak_mb(self) -> float:
+        if self.device == "cuda":
+            import torch
+
+            return torch.cuda.max_memory_allocated() / 2**20
+        peak = self._sampled_kb if self._sampler else self._status("VmHWM")
+        return (peak - self.base_kb) / 1024
+
+    def rss_peak_mb(self) -> float:
+        return (self._status("VmHWM") - self.base_kb) / 1024
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Our side
+
+
+def full_logits_pair_logps(model, batch, shared_vision: bool):
+    """The completion-only head switched off: the model's own forward builds [2B, T, vocab] logits (vision shared or
+    not, as in our path), then the same reduction."""
+    from vlm_dpo.train.logps import (_repeat2, logps_from_logits, shared_image_features,
+                                     supports_shared_vision)
+
+    b = batch.n_pairs
+    vision = batch.vision_inputs()
+    if shared_vision and vision and supports_shared_vision(model):
+        mm = {"image": shared_image_features(model, vision)}
+        extra = {k: _repeat2(v) for k, v in vision.items() if not k.startswith("pixel_")}
+        logits = model(**batch.row_inputs(), **extra, mm_encoder_outputs=mm, use_cache=False).logits
+    else:
+        logits = model(**batch.plain_inputs(), use_cache=False).logits
+    res = logps_from_logits(logits, batch.labels)
+    return res.rows(0, b), res.rows(b, 2 * b)
+
+
+def lora_config():
+    """loop.py's default LoRA settings as a peft LoraConfig (used by both sides in --mode lora_disabled)."""
+    from peft import LoraConfig
+
+    from vlm_dpo.train.loop import LoRASettings
+
+    s = LoRASettings(enabled=True)
+    return LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=list(s.target_modules))
+
+
+def set_lora_weights(model, seed: int = 3) -> None:
+    """Give the adapter the same deterministic weights on both sides (by sorted parameter name), with lora_B off zero
+    so the policy differs from its adapter-disabled reference and the first-batch loss is a real comparison."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if "lora_A" in name or "lora_B" in name:
+                scale = 2e-2 if "lora_A" in name else 2e-3
+                p.copy_((torch.randn(p.shape, generator=g) * scale).to(p.dtype))
+
+
+class OursWorker:
+    def __init__(self, opts: dict, setup: dict, mem: Memory):
+        import torch
+        from accelerate import Accelerator
+
+        from vlm_dpo.models import load_model_and_processor
+        from vlm_dpo.train.loop import (LoRASettings, LossSettings, TrainConfig, _lr_lambda, _param_groups,
+                                        precompute_reference)
+        from vlm_dpo.train.losses import RewardShift
+
+        self.opts, self.mem = opts, mem
+        self.device = opts["device"]
+        mode = opts["reference"]
+        self.pairs = setup["pairs"]
+        self.root = Path(setup["workdir"]) / "data"
+        dtype = "bfloat16" if opts["dtype"] == "bf16" else "float32"
+        self.cfg = TrainConfig(
+            reference=mode, lr=opts["lr"], weight_decay=0.0, batch_size=opts["batch_size"], grad_accum=1,
+            max_steps=10**6, warmup_steps=0, schedule="constant", max_grad_norm=1.0, shared_vision=opts["shared_vision"],
+            loss=LossSettings(weights={"simpo": 1.0} if mode == "none" else {"sigmoid": 1.0}, beta=BETA),
+            lora=LoRASettings(enabled=mode == "lora_disabled"), dtype=dtype)
+        self.loss_cfg = self.cfg.loss.loss_config()
+        wd = Path(setup["workdir"])
+        self.precompute_s = None
+        self.ref_model, self.ref_cache = None, None
+        if mode == "lora_disabled":  # base = the reference weights, policy = base + (nudged) LoRA
+            from peft import get_peft_model
+
+            model, self.processor = load_model_and_processor(str(wd / "reference"), dtype=dtype, device=self.device)
+            model = get_peft_model(model, lora_config())
+            set_lora_weights(model)
+        else:
+            model, self.processor = load_model_and_processor(str(wd / "policy"), dtype=dtype, device=self.device)
+        if mode in ("frozen", "precomputed"):
+            ref, _ = load_model_and_processor(str(wd / "reference"), dtype=dtype, device=self.device)
+            ref.eval()
+            for p in ref.parameters():
+                p.requires_grad_(False)
+            if mode == "frozen":
+                self.ref_model = ref
+            else:  # the cache train_dpo builds, from the reference weights; then no reference model is kept
+                t = time.perf_counter()
+                self.ref_cache = precompute_reference(ref, self.processor, self.pairs, self.cfg, self.root,
+                                                      wd / f"refcache-{opts['arm']}", progress=False)
+                _sync(self.device)
+                self.precompute_s = time.perf_counter() - t
+                del ref
+        self.model_type = model.config.model_type
+        self.accelerator = Accelerator(mixed_precision="no", cpu=self.device == "cpu")
+        optimizer = torch.optim.AdamW(_param_groups(model, self.cfg), lr=self.cfg.lr, weight_decay=0.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(self.cfg))
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.reward_shift = RewardShift()
+        self.model.train()
+        self.step_i = 0
+        self.setup_mb = mem.reset()
+
+    def logps_of(self, batch):
+        """loop.py's `logps_of`, with the head lever: our completion-only head, or full logits."""
+        import torch
+
+        from vlm_dpo.train.loop import batch_logps
+        from vlm_dpo.train.losses import PreferenceLogps
+        from vlm_dpo.train.reference import no_grad_ctx
+
+        full = self.opts["head"] == "full"
+
+        def run(m):
+            if full:
+                c, r = full_logits_pair_logps(m, batch.encoded, self.cfg.shared_vision)
+                return c, r
+            c, r, _ = batch_logps(m, batch, self.cfg.shared_vision)
+            return c, r
+
+        c, r = run(self.model)
+        refs = {}
+        if self.cfg.reference == "precomputed":
+            got = self.ref_cache.lookup(batch.pair_ids, c.sum.device)
+            refs = {"ref_chosen": got["chosen"], "ref_rejected": got["rejected"]}
+        elif self.cfg.reference in ("frozen", "lora_disabled"):
+            with torch.no_grad(), no_grad_ctx(self.cfg.reference, self.accelerator.unwrap_model(self.model)):
+                rc, rr = run(self.ref_model if self.ref_model is not None else self.model)
+            refs = {"ref_chosen": rc.sum.detach(), "ref_rejected": rr.sum.detach()}
+        return PreferenceLogps(policy_chosen=c.sum, policy_rejected=r.sum, chosen_tokens=c.n_tokens.float(),
+                               rejected_tokens=r.n_tokens.float(), **refs)
+
+    def step(self) -> dict:
+        """loop.py's training step body on the next batch (sequential order, like TRL's sequential sampler)."""
+        import torch
+
+        from vlm_dpo.train.loop import _to, make_batch
+        from vlm_dpo.train.losses import preference_loss
+
+        bs = self.cfg.batch_size
+        n_batches = len(self.pairs) // bs
+        k = self.step_i % n_batches
+        rows = self.pairs[k * bs:(k + 1) * bs]
+        _sync(self.device)
+        t0 = time.perf_counter()
+        batch = _to(make_batch(rows, self.processor, self.cfg, self.model_type, self.root, self.step_i, False),
+                    self.accelerator.device)
+        t_collate = time.perf_counter() - t0
+        with self.accelerator.accumulate(self.model):
+            loss, m = preference_loss(self.logps_of(batch), self.loss_cfg, self.reward_shift)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at step {self.step_i}")
+            self.accelerator.backward(loss)
+            if self.accelerator.sync_gradients:
+                self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+            self.optimizer.step()
+            if self.accelerator.sync_gradients:
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        metrics = {k: float(v.detach().float()) for k, v in m.items()}  # what loop.py logs each step
+        _sync(self.device)
+        dt = time.perf_counter() - t0
+        enc = batch.encoded
+        self.step_i += 1
+        return {"t": dt, "collate": t_collate, "loss": metrics["loss"],
+                "text_tokens": int(enc.inputs["attention_mask"].sum()), "scored_tokens": int((enc.labels != -100).sum()),
+                "images": int(enc.n_pairs)}
+
+    def final(self) -> dict:
+        return {"peak_mb": self.mem.peak_mb(), "rss_peak_mb": self.mem.rss_peak_mb(), "setup_mb": self.setup_mb,
+                "memory_method": self.mem.method, "precompute_s": self.precompute_s}
+
+
+def ours_worker(conn, opts, setup, mem):
+    w = OursWorker(opts, setup, mem)
+    conn.send({"ready": {"setup_mb": w.setup_mb, "precompute_s": w.precompute_s}})
+    while True:
+        cmd = conn.recv()
+        if cmd["cmd"] == "run":
+            conn.send({"steps": [w.step() for _ in range(cmd["n"])]})
+        elif cmd["cmd"] == "finish":
+            conn.send({"final": w.final()})
+            return
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# TRL's side
+
+
+def trl_worker(conn, opts, setup, mem):
+    import datasets
+    import torch
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from vlm_dpo.models import load_model_and_processor
+
+    wd = Path(setup["workdir"])
+    device, dtype = opts["device"], ("bfloat16" if opts["dtype"] == "bf16" else "float32")
+    peft_config = None
+    if opts["reference"] == "lora_disabled":  # TRL's own PEFT path (peft_config): reference = the adapter disabled
+        model, processor = load_model_and_processor(str(wd / "reference"), dtype=dtype, device=device)
+        ref, peft_config = None, lora_config()
+    else:
+        model, processor = load_model_and_processor(str(wd / "policy"), dtype=dtype, device=device)
+        ref, _ = load_model_and_processor(str(wd / "reference"), dtype=dtype, device=device)
+    processor.chat_template = TRL_TEMPLATE
+    processor.tokenizer.chat_template = TRL_TEMPLATE
+    ds = datasets.load_from_disk(str(wd / "trl_ds")).select_columns(["images", "prompt", "chosen", "rejected"])
+    total = opts["total_steps"]
+    targs = DPOConfig(
+        output_dir=str(wd / f"trl_out-{opts['arm']}"), beta=BETA, loss_type=["sigmoid"],
+        per_device_train_batch_size=opts["batch_size"], gradient_accumulation_steps=1, learning_rate=opts["lr"],
+        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, optim="adamw_torch", max_grad_norm=1.0,
+        max_steps=total, max_length=None, activation_checkpointing=False, bf16=False, fp16=False,
+        use_cpu=device == "cpu", precompute_ref_log_probs=False, train_sampling_strategy="sequential",
+        dataloader_num_workers=0, dataloader_pin_memory=False, seed=0, report_to=[], save_strategy="no",
+        logging_strategy="no", disable_tqdm=True,
+    )
+
+    class Collate:
+        """TRL's collator, timed."""
+
+        def __init__(self, inner):
+            self.inner, self.spent = inner, 0.0
+
+        def __call__(self, examples):
+            t = time.perf_counter()
+            out = self.inner(examples)
+            self.spent += time.perf_counter() - t
+            return out
+
+    class Trainer(DPOTrainer):
+        last_loss = float("nan")
+
+        def training_step(self, *a, **k):
+            loss = super().training_step(*a, **k)
+            self.last_loss = float(loss)
+            return loss
+
+    class Pacer(TrainerCallback):
+        """Blocks the training loop between rounds; times each step from the end of the previous one (so the batch
+        fetch and collation count, as they do on our side) to its on_step_end (after optimizer.step, zero_grad)."""
+
+        def __init__(self):
+            self.left, self.records, self.t0, self.finished = 0, [], 0.0, False
+
+        def _wait(self, control):
+            cmd = conn.recv()
+            if cmd["cmd"] == "finish":
+                self.finished = True
+                control.should_training_stop = True
+                return
+            self.left = cmd["n"]
+            _sync(device)
+            self.t0 = time.perf_counter()
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.setup_mb = mem.reset()
+            conn.send({"ready": {"setup_mb": self.setup_mb}})
+            self._wait(control)
+
+        def on_step_end(self, args, state, control, **kw):
+            _sync(device)
+            dt = time.perf_counter() - self.t0
+            self.records.append({"t": dt, "collate": collate.spent, "loss": trainer.last_loss})
+            collate.spent = 0.0
+            self.left -= 1
+            if self.left <= 0:
+                conn.send({"steps": self.records})
+                self.records = []
+                self._wait(control)
+            else:
+                self.t0 = time.perf_counter()
+
+    pacer = Pacer()
+    trainer = Trainer(model=model, ref_model=ref, args=targs, train_dataset=ds, processing_class=processor,
+                      callbacks=[pacer], peft_config=peft_config)
+    if peft_config is not None:
+        set_lora_weights(trainer.model)
+    collate = Collate(trainer.data_collator)
+    trainer.data_collator = collate
+    del model, ref
+    trainer.train()
+    if pacer.left > 0 or pacer.records:
+        raise RuntimeError(f"TRL stopped with {pacer.left} requested steps not run")
+    if not pacer.finished:  # the loop ended on its own (max_steps): the parent's finish is still to come
+        cmd = conn.recv()
+        if cmd["cmd"] != "finish":
+            raise RuntimeError(f"TRL ran out of steps (max_steps={total}) but was asked for {cmd}")
+    conn.send({"final": {"peak_mb": mem.peak_mb(), "rss_peak_mb": mem.rss_peak_mb(), "setup_mb": pacer.setup_mb,
+                         "memory_method": mem.method}})
+
+
+def worker_entry(conn, opts, threads):
+    """A worker process: one side (arm) of the benchmark."""
+    try:
+        _setup_env(threads)
+        sys.stdout = sys.stderr  # the parent's last stdout line is the report; workers' chatter goes to stderr
+        _quiet()
+        import torch
+
+        torch.set_num_threads(threads)
+        mem = Memory(opts["device"])
+        msg = conn.recv()
+        if msg["cmd"] != "setup":
+            return
+        torch.manual_seed(0)
+        (trl_worker if opts["side"] == "trl" else ours_worker)(conn, opts, msg["setup"], mem)
+    except BaseException:  # report, never hang the parent
+        try:
+            conn.send({"error": traceback.format_exc()})
+        except Exception:
+            pass
+        raise
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The parent: arms, rounds, the report
+
+
+def arms_for(args) -> list[dict]:
+    base = {"device": args.device, "dtype": args.dtype, "batch_size": args.batch_size, "lr": args.lr,
+            "total_steps": args.warmup + args.steps}
+    ours = base | {"side": "ours", "arm": "ours", "reference": args.mode, "shared_vision": True, "head": "completion"}
+    trl_ref = "lora_disabled" if args.mode == "lora_disabled" else "frozen"
+    arms = [ours, base | {"side": "trl", "arm": "trl", "reference": trl_ref}]
+    levers = args.levers == "on" or (args.levers == "auto" and args.size == "small")
+    if levers:
+        arms.append(ours | {"arm": "lever:no_shared_vision", "shared_vision": False})
+        arms.append(ours | {"arm": "lever:full_logits_head", "head": "full"})
+        if args.mode == "precomputed":
+            arms.append(ours | {"arm": "lever:frozen_reference", "reference": "frozen"})
+        elif args.mode == "frozen":
+            arms.append(ours | {"arm": "lever:precomputed_reference", "reference": "precomputed"})
+    return arms
+
+
+class Arm:
+    def __init__(self, ctx, opts, threads):
+        self.opts, self.name = opts, opts["arm"]
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=worker_entry, args=(child, opts, threads), daemon=True, name=self.name)
+        self.proc.start()
+        self.steps, self.ready, self.final = [], {}, {}
+
+    def ask(self, msg, timeout=3600):
+        self.conn.send(msg)
+        while not self.conn.poll(1.0):
+            timeout -= 1
+            if not self.proc.is_alive() or timeout <= 0:
+                raise RuntimeError(f"worker {self.name} died (exit code {self.proc.exitcode})")
+        reply = self.conn.recv()
+        if "error" in reply:
+            raise RuntimeError(f"worker {self.name} failed:\n{reply['error']}")
+        return reply
+
+
+def _median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
+def model_flops(pb: dict, text_tokens: int, scored: int, images: int, patches: int, image_tokens: int, *,
+                train_images: int, ref_images: int, ref: bool) -> float:
+    """6*N*D for the trained forward+backward plus 2*N*D for a reference forward, by part: text body over the
+    text tokens, head over the scored (completion) positions, vision tower over patches, connector over image
+    tokens, per image encoded."""
+    def fwd(n_images):
+        return 2 * (pb["text_body"] * text_tokens + pb["head"] * scored
+                    + (pb["vision"] * patches + pb["connector"] * image_tokens) * n_images)
+    return 3 * fwd(train_images) + (fwd(ref_images) if ref else 0.0)
+
+
+def summarize(args, setup, arms: list[Arm]) -> dict:
+    info = setup["info"]
+    by = {a.name: a for a in arms}
+    bs = args.batch_size
+
+    def timed(a):
+        return a.steps[args.warmup:]
+
+    def pps(a):
+        return bs / _median([s["t"] for s in timed(a)])
+
+    ours, trl = by["ours"], by["trl"]
+    first_ours, first_trl = ours.steps[0]["loss"], trl.steps[0]["loss"]
+    comparable = args.mode != "none"
+    step_o = _median([s["t"] for s in timed(ours)])
+    step_t = _median([s["t"] for s in timed(trl)])
+    coll_o = _median([s["collate"] for s in timed(ours)])
+    coll_t = _median([s["collate"] for s in timed(trl)])
+    pb = info["params_by_part"]
+    tt = _median([s["text_tokens"] for s in timed(ours)])
+    sc = _median([s["scored_tokens"] for s in timed(ours)])
+    patches, itok = info["vision_patches_per_image"], info["image_tokens_per_pair"]
+    # The DPO step's model FLOPs, counted per sequence (images twice) with a reference forward, for both sides.
+    flops = model_flops(pb, tt, sc, 2 * bs, patches, itok, train_images=2 * bs, ref_images=2 * bs, ref=True)
+    executed = model_flops(pb, tt, sc, bs, patches, itok, train_images=bs, ref_images=bs,
+                           ref=args.mode in ("frozen", "lora_disabled"))
+    peak = args.peak_tflops or (CUDA_PEAK_TFLOPS[args.dtype] if args.device == "cuda" else 0.0)
+    levers_on = {"shared_vision": True, "completion_only_head": True, "reference": args.mode}
+    out = {
+        "ours_pairs_per_s": round(pps(ours), 4),
+        "trl_pairs_per_s": round(pps(trl), 4),
+        "speedup": round(pps(ours) / pps(trl), 3),
+        "ours_peak_mb": round(ours.final["peak_mb"], 1),
+        "trl_peak_mb": round(trl.final["peak_mb"], 1),
+        "memory_ratio": round(ours.final["peak_mb"] / trl.final["peak_mb"], 3),
+        "loss_abs_diff": abs(first_ours - first_trl) if comparable else None,
+        "ours_loss_first_batch": first_ours, "trl_loss_first_batch": first_trl,
+        "loss_comparable": comparable,
+        "image_tokens_per_pair": itok,
+        "mode": "+".join([f"reference={args.mode}", "shared_vision", "completion_only_head"]),
+        "levers_on": levers_on,
+        "trl_side": ("DPOTrainer.train(), LoRA policy, adapter-disabled reference" if args.mode == "lora_disabled"
+                     else "DPOTrainer.train(), frozen reference copy"),
+        "size": args.size, "device": args.device, "dtype": args.dtype, "params": info["params"],
+        "params_by_part": pb, "threads": args.threads, "batch_size": bs, "steps": args.steps, "warmup": args.warmup,
+        "rounds": args.rounds, "pairs": len(setup["pairs"]),
+        "ours_step_s": round(step_o, 4), "trl_step_s": round(step_t, 4),
+        "ours_step_s_all": [round(s["t"], 4) for s in timed(ours)],
+        "trl_step_s_all": [round(s["t"], 4) for s in timed(trl)],
+        "ours_collate_s": round(coll_o, 4), "trl_collate_s": round(coll_t, 4),
+        "speedup_without_collate": round((step_t - coll_t) / (step_o - coll_o), 3),
+        "ours_reference_precompute_s": (round(ours.final["precompute_s"], 3)
+                                        if ours.final.get("precompute_s") is not None else None),
+        "ours_setup_mb": round(ours.ready.get("setup_mb", 0.0), 1),
+        "trl_setup_mb": round(trl.ready.get("setup_mb", 0.0), 1),
+        "memory_method": ours.final["memory_method"],
+        "completion_tokens": setup["completion_tokens"], "text_tokens_per_step": tt, "vision_patches_per_image": patches,
+        "model_flops_per_step": flops,
+        "flops_formula": ("per step, both sides: 6*N*D (policy fwd+bwd) + 2*N*D (reference fwd), where N*D = "
+                          "N_text_body*T_text + N_head*T_completion + (N_vision*patches + N_connector*image_tokens)"
+                          "*2B images (each of the 2B rows carries its image); attention scores not counted"),
+        "ours_executed_flops_per_step": executed,
+        "ours_tflops": round(flops / step_o / 1e12, 4), "trl_tflops": round(flops / step_t / 1e12, 4),
+        "peak_tflops": peak or None,
+        "ours_mfu": round(flops / step_o / (peak * 1e12), 4) if peak else None,
+        "trl_mfu": round(flops / step_t / (peak * 1e12), 4) if peak else None,
+        "tokenizer_vocab": info["tokenizer_vocab"], "vocab_size": info["vocab_size"],
+        "attn_implementation": info["attn_implementation"],
+    }
+    levers = {}
+    for a in arms:
+        if not a.name.startswith("lever:"):
+            continue
+        p = pps(a)
+        levers[a.name[6:]] = {"pairs_per_s": round(p, 4), "peak_mb": round(a.final["peak_mb"], 1),
+                              "main_speedup_over_this": round(pps(ours) / p, 3),
+                              "main_memory_vs_this": round(ours.final["peak_mb"] / a.final["peak_mb"], 3),
+                              "loss_first_batch": a.steps[0]["loss"],
+                              "loss_abs_diff_vs_main": abs(a.steps[0]["loss"] - first_ours)}
+        if a.final.get("precompute_s") is not None:
+            levers[a.name[6:]]["precompute_s"] = round(a.final["precompute_s"], 3)
+    if levers:
+        out["levers"] = levers
+    out["targets"] = {"speedup>=2.0": out["speedup"] >= 2.0, "memory_ratio<=0.6": out["memory_ratio"] <= 0.6,
+                      "loss_abs_diff<1e-5": (out["loss_abs_diff"] is not None and out["loss_abs_diff"] < 1e-5)}
+    return out
+
+
+def build_only(args) -> dict:
+    model, processor, spec = build_model(args.size, device="meta", corpus_scenes=200)
+    info = shape_info(model, processor, spec)
+    pb = info["params_by_part"]
+    tokens_row = spec.image_seq_len + 40  # image tokens + a grounded prompt and a caption, roughly
+    flops = model_flops(pb, 2 * args.batch_size * tokens_row, 2 * args.batch_size * 18, 2 * args.batch_size,
+                        info["vision_patches_per_image"], spec.image_seq_len, train_images=2 * args.batch_size,
+                        ref_images=2 * args.batch_size, ref=True)
+    return info | {"size": args.size, "device": args.device, "dtype": args.dtype, "built_on": "meta",
+                   "model_flops_per_step_estimate": flops}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    _setup_env(args.threads)
+    if args.build_only:
+        out = build_only(args)
+        print(json.dumps(out))
+        return out
+
+    import multiprocessing as mp
+    import tempfile
+
+    # Import everything a worker needs before forking, so no worker pays for the imports.
+    import datasets  # noqa: F401
+    import peft  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    import trl  # noqa: F401
+    from accelerate import Accelerator  # noqa: F401
+
+    import vlm_dpo.train.loop  # noqa: F401
+
+    _quiet()
+
+    if args.device == "cuda":
+        ctx = mp.get_context("spawn")  # CUDA cannot be used in a forked child
+    else:
+        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    tmp = None
+    if args.workdir:
+        workdir = Path(args.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="vlm_dpo_bench-")
+        workdir = Path(tmp.name)
+    arms = []
+    try:
+        arms = [Arm(ctx, o, args.threads) for o in arms_for(args)]  # forked before any torch work in this process
+        import torch as _t
+
+        _t.set_num_threads(args.threads)
+        setup = build_setup(args, workdir)
+        for a in arms:  # one at a time, so a precompute is timed on a quiet machine
+            t = time.time()
+            a.ready = a.ask({"cmd": "setup", "setup": setup})["ready"]
+            log(f"{a.name}: ready in {time.time() - t:.1f}s")
+        for a in arms:
+            if args.warmup:
+                a.steps += a.ask({"cmd": "run", "n": args.warmup})["steps"]
+        per_round = [args.steps // args.rounds + (1 if r < args.steps % args.rounds else 0) for r in range(args.rounds)]
+        for r, n in enumerate(per_round):
+            for a in arms:  # A B A B ...
+                got = a.ask({"cmd": "run", "n": n})["steps"]
+                a.steps += got
+                log(f"round {r + 1}/{args.rounds} {a.name}: " + " ".join(f"{s['t']:.3f}s" for s in got))
+        for a in arms:
+            a.final = a.ask({"cmd": "finish"})["final"]
+            a.proc.join(60)
+        out = summarize(args, setup, arms)
+    finally:
+        for a in arms:
+            if a.proc.is_alive():
+                a.proc.terminate()
+        if tmp is not None:
+            tmp.cleanup()
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Does the model see, or copy its grounding context? Metrics on contexts with known errors.
+
+The embedded world knows the truth, so the context's errors can be controlled: `noisy_contexts` drops each
+true object with probability `drop` and adds one false object (an absent label, in a random box) to a share
+`add` of scenes, deterministically from a seed. Natural errors come from comparing a real detector's output
+with the truth (`context_errors`). Per caption, at label level:
+
+    echo_rate     = false labels in the context that the caption names / false labels in the context
+    recovery_rate = true labels missing from the context that the caption names / true labels missing
+    precision_ungrounded = named true labels / named labels, for captions of prompts without any context
+
+Lower echo and higher recovery mean the model trusts the image over a wrong context.
+"""
+
+from __future__ import annotations
+
+import random
+
+from ..judge import Vocabulary, parse_caption
+
+
+def noisy_contexts(scenes: list[dict], labels: list[str], drop: float = 0.1, add: float = 0.05,
+                   seed: int = 0) -> list[dict]:
+    """Per scene: {"detections": context, "dropped": [labels], "injected": [labels]} (labels fully absent
+    from the context count as dropped; a label with one of two objects dropped is still in the context)."""
+    out = []
+    for s in scenes:
+        rng = random.Random(f"noise/{seed}/{s['image_id']}")
+        kept = [o for o in s["objects"] if rng.random() >= drop]
+        dets = [{"label": o["label"], "score": 1.0, "box": o["box"]} for o in kept]
+        injected = []
+        present = {o["label"] for o in s["objects"]}
+        if rng.random() < add:
+            absent = [lab for lab in labels if lab not in present]
+            if absent:
+                lab = rng.choice(absent)
+                w, h = s.get("width", 128), s.get("height", 128)
+                x, y = rng.uniform(0, 0.75 * w), rng.uniform(0, 0.75 * h)
+                dets.append({"label": lab, "score": 1.0, "box": [x, y, x + 0.25 * w, y + 0.25 * h]})
+                injected.append(lab)
+        out.append({"detections": dets, "injected": injected,
+                    "dropped": sorted(present - {d["label"] for d in dets})})
+    return out
+
+
+def context_errors(detections: list[dict], objects: list[dict], min_score: float = 0.3) -> dict:
+    """A real detector's label-level errors against the truth: {"injected": false labels, "dropped": missed}."""
+    ctx = {d["label"] for d in detections if d.get("score", 1.0) >= min_score}
+    truth = {o["label"] for o in objects}
+    return {"injected": sorted(ctx - truth), "dropped": sorted(truth - ctx)}
+
+
+def named_labels(caption: str, vocab: Vocabulary) -> set[str]:
+    return {m.label for m in parse_caption(caption, vocab).mentions if not m.negated}
+
+
+def echo_recovery_counts(caption: str, errors: dict, vocab: Vocabulary) -> tuple[int, int, int, int]:
+    """(echoed, injected, recovered, dropped) counts of one caption."""
+    named = named_labels(caption, vocab)
+    inj, drp = set(errors["injected"]), set(errors["dropped"])
+    return len(named & inj), len(inj), len(named & drp), len(drp)
+
+
+def rates(counts: list[tuple[int, int, int, int]]) -> dict:
+    e, i, r, d = (sum(c[k] for c in counts) for k in range(4))
+    return {"echo_rate": e / i if i else None, "recovery_rate": r / d if d else None, "injected": i, "dropped": d}
+
+
+def bootstrap_rates(counts: list[tuple[int, int, int, int]], n_boot: int = 1000, seed: int = 0) -> dict:
+    rng = random.Random(seed)
+    samples = {"echo_rate": [], "recovery_rate": []}
+    for _ in range(n_boot):
+        r = rates([counts[rng.randrange(len(counts))] for _ in counts])
+        for k in samples:
+            if r[k] is not None:
+                samples[k].append(r[k])
+    ci = {}
+    for k, v in samples.items():
+        v.sort()
+        ci[k] = (v[int(0.025 * (len(v) - 1))], v[int(0.975 * (len(v) - 1))]) if v else None
+    return ci
+
+
+def precision_counts(caption: str, objects: list[dict], vocab: Vocabulary) -> tuple[int, int]:
+    """(named true labels, named labels) of one caption."""
+    named = named_labels(caption, vocab)
+    truth = {vocab.canonical(o["label"]) for o in objects}
+    return len(named & truth), len(named)
