@@ -4,14 +4,6 @@
 # Quick when everything is already installed: a stamp file records the hash of what was installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Debian's chromium runs the annotation page's browser test (tests/annotate); playwright downloads no browser.
-if ! command -v chromium >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
-  else
-    echo "setup: chromium is missing; install it as root (apt-get install chromium) or the browser test skips" >&2
-  fi
-fi
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"

@@ -64,6 +64,12 @@ def _cmd_eval(cfg, args):
     return run_eval(cfg, progress=not args.quiet)
 
 
+def _cmd_annotate(cfg, args):
+    from .annotate import run_annotate
+
+    return run_annotate(cfg)
+
+
 def _cmd_pipeline(cfg, args):
     from .pipeline import run_pipeline
 
@@ -79,6 +85,7 @@ COMMANDS = {
     "pairs": (_cmd_pairs, "mine (detector as judge) + synthetic + imported pairs -> <out>/pairs/pairs.parquet"),
     "train": (_cmd_train, "DPO (or a variant) on the pairs -> <out>/dpo/model"),
     "eval": (_cmd_eval, "evaluate models (eval.models) on annotated images -> metrics.json + report"),
+    "annotate": (_cmd_annotate, "local web page for human preference judgements (127.0.0.1 by default)"),
     "pipeline": (_cmd_pipeline, "the whole pipeline on the embedded default, ending in a report"),
 }
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from .annotate import AnnotateConfig
 from .eval.run import EvalConfig
 from .ground import GroundingConfig, PromptConfig
 from .models import TinyVLMSpec
@@ -117,6 +118,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     rft: RFTConfig = field(default_factory=RFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
 
 
 class ConfigError(ValueError):

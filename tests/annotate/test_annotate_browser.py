@@ -28,8 +28,11 @@ TOKEN = "t0ken-for-tests"
 N = 5
 WAIT = 20_000  # ms, for expectations (two shared CPU cores)
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed "
-                                "(scripts/setup.sh installs Debian's chromium)")
+@pytest.fixture(autouse=True)
+def _needs_chromium():
+    from conftest import chromium_or_skip
+
+    chromium_or_skip()
 
 
 def free_port() -> int:

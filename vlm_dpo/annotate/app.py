@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import signal
 import sys
 import threading
@@ -208,25 +209,26 @@ def build(acfg: AnnotateConfig, *, log=print) -> tuple[FastAPI, Store, dict]:
         raise FileNotFoundError(f"{root}: image root not found")
     if not 0.0 <= acfg.overlap <= 1.0:
         raise ValueError(f"annotate.overlap must be within [0, 1], got {acfg.overlap}")
-    import re
-
-    bad = [a for a in acfg.annotators if not re.match(ANNOTATOR_PATTERN, a)]
+    bad = [a for a in acfg.annotators if not re.fullmatch(ANNOTATOR_PATTERN, a)]
     if bad:
         raise ValueError(f"annotate.annotators: ids must match {ANNOTATOR_PATTERN}, got {bad}")
     items, rejections = load_items(pairs=acfg.pairs, captions=acfg.captions, image_root=root,
                                    per_image=acfg.per_image, seed=acfg.seed, limit=acfg.limit)
     detections = load_detections(acfg.detections) if acfg.detections else {}
     store = Store(acfg.db, seed=acfg.seed)
-    if store.seed != acfg.seed:
-        log(f"annotate: {acfg.db} was created with seed {store.seed}; keeping it (orders must not change)",
-            file=sys.stderr)
-    added = store.add_items(items, acfg.overlap)
-    store.assign(list(acfg.annotators))
-    counts = store.counts()
-    if not counts["items"]:
+    try:
+        if store.seed != acfg.seed:
+            log(f"annotate: {acfg.db} was created with seed {store.seed}; keeping it (orders must not change)",
+                file=sys.stderr)
+        added = store.add_items(items, acfg.overlap)
+        store.assign(list(acfg.annotators))
+        counts = store.counts()
+        if not counts["items"]:
+            raise ValueError("nothing to annotate: set annotate.pairs or annotate.captions (no usable candidates;"
+                             f" skipped: {rejections.to_dict()['skipped']})")
+    except BaseException:
         store.close()
-        raise ValueError("nothing to annotate: set annotate.pairs or annotate.captions (no usable candidates; "
-                         f"skipped: {rejections.to_dict()})")
+        raise
     loopback = acfg.host in LOOPBACK or acfg.host.startswith("127.")
     hosts = [*LOOPBACK, acfg.host] if loopback else None
     app = create_app(store, root, annotators=acfg.annotators, token=acfg.token, detections=detections,

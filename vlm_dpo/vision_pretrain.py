@@ -1,0 +1,256 @@
+"""Contrastive image-text pretraining of the embedded VLM's own vision tower, before SFT.
+
+Real VLMs sit on a vision encoder pretrained contrastively on image-text pairs (SmolVLM on SigLIP, LLaVA on
+CLIP). The embedded SmolVLM learns its vision from scratch during a few hundred SFT steps, and then leans on
+the grounding context instead of the pixels (it copies the detection list). This module gives it a
+CLIP-style start on the world itself:
+
+  image tower  `Idefics3VisionTransformer` built from the VLM's own `Idefics3VisionConfig` (so the state_dict
+               names and shapes are exactly those of `model.model.vision_model`), fed pixel_values from the
+               VLM processor's own image processor (the tower sees what it will see inside the VLM);
+               its post-layernorm patch features are MEAN-pooled and linearly projected. Mean pooling (not an
+               attention head or a CLS token) makes every patch token carry what is in it additively, which is
+               what the VLM consumes: all patch tokens, pixel-shuffled by the connector.
+  text tower   a tiny `CLIPTextModel` on the VLM's own BPE tokenizer (pad/bos/eos ids from it); a caption is
+               its tokens + EOS, right-padded; the feature is the hidden state at EOS, linearly projected.
+  loss         symmetric InfoNCE with a learned temperature. Identical captions in a batch ("a red ball.")
+               are all positives (soft targets spread over them); with unique captions this is exactly
+               open_clip's `ClipLoss`.
+  data         fresh in-memory world scenes from the 'sft' seed stream at a large index offset (disjoint from
+               train/val/test and from the SFT/tokenizer/CLIPScore offsets) with their reference captions,
+               which name kinds, counts, colours and (for two far-apart groups) sides.
+
+Only the image tower is kept; `load_into_vlm` copies it into the VLM with a strict load. Held-out quality is
+image->text top-1 retrieval on the world's validation scenes among their distinct captions (chance =
+1/#distinct captions).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SCENE_OFFSET = 30_000_000  # 'sft' stream indices used here: SCENE_OFFSET + step * batch_size + j
+
+
+@dataclass
+class VisionPretrainConfig:
+    """Contrastive pretraining of the VLM's vision tower (defaults: ~2 CPU minutes on 2 threads)."""
+    steps: int = 250
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.05
+    embed_dim: int = 64
+    text_width: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    max_text_tokens: int = 48
+    eval_scenes: int = 100  # validation scenes for the retrieval check
+    seed: int = 0
+
+
+class ContrastiveVision(nn.Module):
+    """Image tower (the VLM's vision transformer) + mean-pool projection, text tower + projection, temperature."""
+
+    def __init__(self, vision_config, tokenizer, cfg: VisionPretrainConfig):
+        super().__init__()
+        from transformers import CLIPTextConfig, CLIPTextModel
+        from transformers.models.idefics3.modeling_idefics3 import Idefics3VisionTransformer
+
+        self.patch_size = vision_config.patch_size
+        self.vision = Idefics3VisionTransformer(vision_config)
+        self.image_proj = nn.Linear(vision_config.hidden_size, cfg.embed_dim, bias=False)
+        text_config = CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=cfg.text_width, intermediate_size=4 * cfg.text_width,
+            num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+            max_position_embeddings=cfg.max_text_tokens, projection_dim=cfg.embed_dim,
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        self.text = CLIPTextModel(text_config)
+        self.text_proj = nn.Linear(cfg.text_width, cfg.embed_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def encode_image(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None):
+        """pixel_values (B, 3, H, W) as the VLM processor makes them -> L2-normalised (B, embed_dim)."""
+        if pixel_attention_mask is None:
+            pixel_attention_mask = torch.ones(pixel_values.shape[0], *pixel_values.shape[2:], dtype=torch.bool)
+        p = self.patch_size
+        # the same patch mask Idefics3Model.get_image_features derives from the pixel mask
+        sub = pixel_attention_mask.unfold(1, p, p).unfold(2, p, p)
+        patch_mask = sub.sum(dim=(-1, -2)) > 0
+        h = self.vision(pixel_values=pixel_values, patch_attention_mask=patch_mask).last_hidden_state
+        m = patch_mask.view(h.shape[0], -1, 1).to(h.dtype)
+        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
+        return F.normalize(self.image_proj(pooled), dim=-1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """Right-padded ids ending in EOS -> L2-normalised (B, embed_dim), from the hidden state at EOS."""
+        h = self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        last = attention_mask.sum(1) - 1
+        pooled = h[torch.arange(h.shape[0]), last]
+        return F.normalize(self.text_proj(pooled), dim=-1)
+
+
+def encode_captions(tokenizer, captions: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Captions -> (input_ids, attention_mask): tokens (no specials) truncated to max_tokens-1, + EOS, right-padded."""
+    rows = [list(tokenizer(c, add_special_tokens=False)["input_ids"])[: max_tokens - 1] + [tokenizer.eos_token_id]
+            for c in captions]
+    n = max(len(r) for r in rows)
+    ids = torch.full((len(rows), n), tokenizer.pad_token_id, dtype=torch.long)
+    am = torch.zeros((len(rows), n), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        am[i, : len(r)] = 1
+    return ids, am
+
+
+def preprocess_images(image_processor, images: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """PIL images -> (pixel_values (B, 3, H, W), pixel_attention_mask (B, H, W)) through the VLM's image processor,
+    one image per sample exactly as the VLM's processor calls it."""
+    out = image_processor(images=[[im] for im in images], return_tensors="pt")
+    pv = out["pixel_values"]
+    if pv.shape[1] != 1:
+        raise ValueError(f"expected one crop per image (no image splitting), got {pv.shape[1]}")
+    mask = out.get("pixel_attention_mask")
+    mask = mask[:, 0].bool() if mask is not None else torch.ones(pv.shape[0], *pv.shape[3:], dtype=torch.bool)
+    return pv[:, 0], mask
+
+
+def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
+                     captions: list[str]) -> torch.Tensor:
+    """Symmetric InfoNCE; every pair with an identical caption is a positive (soft targets). Equals open_clip's
+    ClipLoss when all captions differ."""
+    logits = logit_scale.exp().clamp(max=100) * img @ txt.T
+    index = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    ids = torch.tensor([index[c] for c in captions])
+    same = (ids[:, None] == ids[None, :]).float()
+    target = same / same.sum(1, keepdim=True)  # symmetric, so it serves both directions
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+@torch.no_grad()
+def retrieval_top1(model: ContrastiveVision, image_processor, tokenizer, images: list, captions: list[str],
+                   max_tokens: int = 48) -> dict:
+    """Image->text top-1 among the distinct captions of the given scenes; a hit retrieves the image's own caption."""
+    was = model.training
+    model.eval()
+    distinct = list(dict.fromkeys(captions))
+    pv, pm = preprocess_images(image_processor, images)
+    a = model.encode_image(pv, pm)
+    b = model.encode_text(*encode_captions(tokenizer, distinct, max_tokens))
+    best = (a @ b.T).argmax(1).tolist()
+    hits = sum(distinct[j] == c for j, c in zip(best, captions))
+    model.train(was)
+    return {"top1": hits / len(captions), "chance": 1 / len(distinct), "n": len(captions), "distinct": len(distinct)}
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def pretrain_vision(vision_config, processor, cfg: VisionPretrainConfig, *, world_seed: int = 0,
+                    scene_kwargs: dict | None = None, progress: bool = True, log_every: int = 0):
+    """Train the tower contrastively on fresh 'sft'-stream scenes. Returns (tower, metrics).
+
+    `scene_kwargs` go to `sample_scene` (image_size, min/max_objects, max_overlap, kinds) for both the training
+    scenes and the validation scenes of the retrieval check, so they match the world the VLM will see.
+    """
+    from tqdm.auto import tqdm
+
+    from .world.captions import reference_caption
+    from .world.scenes import render_scene, sample_scene
+
+    kw = dict(scene_kwargs or {})
+    tok, improc = processor.tokenizer, processor.image_processor
+    torch.manual_seed(cfg.seed)
+    model = ContrastiveVision(vision_config, tok, cfg)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg.steps, cfg.warmup_steps))
+    losses = []
+    t0 = time.time()
+    bar = tqdm(range(cfg.steps), desc="vision pretrain", disable=not progress)
+    for step in bar:
+        scenes = [sample_scene(world_seed, "sft", SCENE_OFFSET + step * cfg.batch_size + j, **kw)
+                  for j in range(cfg.batch_size)]
+        pv, pm = preprocess_images(improc, [render_scene(s) for s in scenes])
+        caps = [reference_caption(s.to_dict()["objects"], s.width) for s in scenes]
+        ids, am = encode_captions(tok, caps, cfg.max_text_tokens)
+        loss = contrastive_loss(model.encode_image(pv, pm), model.encode_text(ids, am), model.logit_scale, caps)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"vision pretraining step {step}: loss is {loss.item()}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if log_every and (step % log_every == 0 or step == cfg.steps - 1):
+            print(f"vision pretrain step {step} loss {losses[-1]:.4f} ({time.time() - t0:.0f}s)", flush=True)
+    train_sec = time.time() - t0
+    model.eval()
+    val = [sample_scene(world_seed, "val", i, **kw) for i in range(cfg.eval_scenes)]
+    ret = retrieval_top1(model, improc, tok, [render_scene(s) for s in val],
+                         [reference_caption(s.to_dict()["objects"], s.width) for s in val], cfg.max_text_tokens)
+    k = max(1, min(10, len(losses) // 5))
+    metrics = {"loss_first": sum(losses[:k]) / k, "loss_last": sum(losses[-k:]) / k,
+               "val_retrieval_top1": ret["top1"], "val_chance": ret["chance"], "val_scenes": ret["n"],
+               "val_distinct_captions": ret["distinct"], "logit_scale": round(model.logit_scale.exp().item(), 3),
+               "minutes": round(train_sec / 60, 2), "config": asdict(cfg), "losses": [round(x, 4) for x in losses]}
+    return model.vision, metrics
+
+
+def load_into_vlm(vlm, tower_state: dict) -> None:
+    """Copy a pretrained tower's weights into the VLM's vision transformer (strict: names and shapes must match)."""
+    target = vlm.model.vision_model if hasattr(vlm, "model") and hasattr(vlm.model, "vision_model") else vlm.vision_model
+    target.load_state_dict(tower_state, strict=True)
+
+
+def ensure_pretrained_vision(vlm, processor, cfg: VisionPretrainConfig, cache_dir: str | Path, *, world_seed: int = 0,
+                             scene_kwargs: dict | None = None, key_parts=(), progress: bool = True) -> dict:
+    """Pretrain (or reuse from <cache_dir>/vision/<key>/) the tower of `vlm` and load it in place; returns metrics.
+
+    The key hashes the vision config, the tokenizer's vocabulary, the pretraining config, the scenes and any
+    `key_parts` the caller adds."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    from .records import write_text_atomic
+
+    vision_config = vlm.config.vision_config
+    parts = [vision_config.to_dict(), asdict(cfg), world_seed, scene_kwargs or {}, len(processor.tokenizer),
+             processor.image_processor.to_dict(), list(key_parts), 1]
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    out = Path(cache_dir) / "vision" / key
+    meta_path, weights = out / "metrics.json", out / "tower.safetensors"
+    if meta_path.exists() and weights.exists():
+        load_into_vlm(vlm, load_file(str(weights)))
+        return json.loads(meta_path.read_text())
+    tower, metrics = pretrain_vision(vision_config, processor, cfg, world_seed=world_seed,
+                                     scene_kwargs=scene_kwargs, progress=progress)
+    state = {k: v.detach().clone().contiguous() for k, v in tower.state_dict().items()}
+    load_into_vlm(vlm, state)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = weights.with_suffix(".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(weights)
+    metrics = {"key": key, "weights": str(weights), **metrics}
+    write_text_atomic(meta_path, json.dumps(metrics, indent=1))
+    return metrics
