@@ -87,7 +87,7 @@ def tiny_cfg(tiny_cache, tmp_path):
 
 
 PIPE = ["train.max_steps=3", "train.batch_size=4", "train.eval_every=0", "train.save_every=0", "eval.n_samples=2",
-        "eval.bootstrap=50", "eval.batch_size=8", "pairs.val_fraction=0.2"]
+        "eval.bootstrap=50", "eval.batch_size=8", "pairs.val_fraction=0.2", "variants=[no_context,mdpo]"]
 
 
 @pytest.fixture(scope="session")

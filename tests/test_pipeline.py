@@ -15,13 +15,18 @@ from vlm_dpo.pipeline import run_pipeline
 def test_metrics_json_is_complete(pipeline_run):
     _, out, result = pipeline_run
     m = json.loads((out / "metrics.json").read_text())
-    assert set(m["models"]) == {"sft", "dpo", "rft"}
+    assert set(m["models"]) == {"sft", "dpo", "rft", "dpo_no_context", "dpo_mdpo"}
     for name, mm in m["models"].items():
         for k in ("chair_i", "chair_s", "recall", "pope_f1", "mean_words"):
             assert isinstance(mm[k], (int, float)), (name, k)
             lo, hi = mm["ci"][k]
             assert lo <= hi
     assert m["pairs"]["pairs"] > 0 and m["train"]["steps"] == 3
+    for name, mm in m["models"].items():  # see-don't-copy metrics for every model
+        assert "precision_ungrounded" in mm and "echo_rate" in mm and "recovery_rate" in mm, name
+    import vlm_dpo.pairs.dataset as ds
+
+    assert all(p["source"] != "context" for p in ds.load_pairs(out / "variants" / "no_context" / "pairs.parquet"))
     assert set(m["timing_s"]) >= {"world+detector", "detect", "vlm_sft", "describe", "pairs", "dpo", "eval"}
     assert result["metrics"] == str(out / "metrics.json")
 

@@ -20,6 +20,7 @@ from .models import TinyVLMSpec
 from .offline import default_cache_dir
 from .pairs.stage import PairsConfig
 from .train.loop import TrainConfig
+from .vision_pretrain import VisionPretrainConfig
 from .world.export import WorldSpec
 
 
@@ -64,6 +65,9 @@ class SFTConfig:
     weight_decay: float = 0.0
     grounded_share: float = 0.8  # share of SFT prompts that carry the grounding context
     detection_drop: float = 0.05  # drop objects from the SFT grounding context, like a detector's misses
+    # share of grounded examples whose context gains one absent object the target does not name (a detector's
+    # false positive): teaches looking at the image over copying the context
+    false_detection: float = 0.1
     qa_share: float = 0.2  # share of examples that are POPE-style yes/no questions (so POPE can be asked)
     seed: int = 0
     log_every: int = 50
@@ -79,6 +83,9 @@ class VLMConfig:
     spec: TinyVLMSpec = field(default_factory=TinyVLMSpec)
     sft: SFTConfig = field(default_factory=SFTConfig)
     hallucination: HallucinationConfig = field(default_factory=HallucinationConfig)
+    # contrastive image-text pretraining of the embedded VLM's vision tower before SFT (vision_pretrain.py)
+    pretrain_vision: bool = True
+    vision_pretrain: VisionPretrainConfig = field(default_factory=VisionPretrainConfig)
 
 
 @dataclass
@@ -119,6 +126,9 @@ class Config:
     rft: RFTConfig = field(default_factory=RFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
+    # Extra DPO runs the pipeline trains and evaluates beside the main one (see pipeline.VARIANTS):
+    # "no_context" (without context-robustness pairs), "mdpo" (with mDPO's image-conditional term).
+    variants: list[str] = field(default_factory=list)
 
 
 class ConfigError(ValueError):

@@ -5,6 +5,7 @@ is reused across runs (the first run pays minutes, later runs seconds).
     <cache>/worlds/<key>/      the world (see world/export.py)
     <cache>/detector/<key>/    best.pt + metrics.json
     <cache>/vlm/<key>/         model/ (save_pretrained), metrics.json, sft_log.jsonl
+    <cache>/vision/<key>/      tower.safetensors + metrics.json: the contrastively pretrained vision tower
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -64,11 +66,34 @@ def tokenizer_corpus(seed: int = 0, n: int = 3000) -> list[str]:
     return texts
 
 
+def names_kind(text: str, kind: str) -> bool:
+    """Does `text` name `kind` (singular or plural, as a whole word)?"""
+    from .world.captions import PLURALS
+
+    words = set(re.findall(r"[a-z]+", text.lower()))
+    return kind in words or PLURALS.get(kind, kind + "s") in words
+
+
+def false_detection(scene: dict, text: str, rng: random.Random) -> dict | None:
+    """A detection of one kind absent from the scene and not named in `text` (the example's prompt + target),
+    at a random place and object-like size; None when every kind is present or named."""
+    present = {o["label"] for o in scene["objects"]}
+    kinds = [k for k in KINDS if k not in present and not names_kind(text, k)]
+    if not kinds:
+        return None
+    w, h = scene["width"], scene["height"]
+    bh = rng.uniform(0.17, 0.30) * h
+    bw = min(0.45 * w, bh * rng.uniform(0.5, 1.6))
+    x1, y1 = rng.uniform(0.02 * w, 0.98 * w - bw), rng.uniform(0.02 * h, 0.98 * h - bh)
+    return {"label": rng.choice(kinds), "score": 1.0, "box": [round(v, 1) for v in (x1, y1, x1 + bw, y1 + bh)]}
+
+
 class WorldSFTData:
     """SFT examples from fresh in-memory scenes (an 'sft' seed stream, disjoint from train/val/test).
 
     Targets mix reference captions with systematically corrupted ones (co-occurrence, counts, vagueness) so
-    the model hallucinates the way real VLMs do. Grounding contexts drop a share of objects, like a detector.
+    the model hallucinates the way real VLMs do. Grounding contexts drop a share of objects and gain an absent
+    one in a share of examples (never named by the target), like a detector's misses and false positives.
     """
 
     def __init__(self, cfg):
@@ -84,12 +109,18 @@ class WorldSFTData:
         rng = random.Random(f"sft-example/{cfg.vlm.sft.seed}/{index}")
         grounded = rng.random() < cfg.vlm.sft.grounded_share
         dets = [d for d in gt_as_detections(s["objects"]) if rng.random() >= cfg.vlm.sft.detection_drop]
-        ground = grounding_text(dets, s["width"], s["height"], cfg.ground) if grounded else None
         if rng.random() < cfg.vlm.sft.qa_share:
             instruction, target = self.qa(s["objects"], rng)
         else:
             instruction = cfg.prompt.instruction
             target, _ = corrupted_caption(s["objects"], s["width"], rng, self.rates)
+        if grounded:
+            # its own stream, so false_detection=0 gives exactly the examples of before
+            frng = random.Random(f"sft-false-detection/{cfg.vlm.sft.seed}/{index}")
+            if frng.random() < cfg.vlm.sft.false_detection:
+                fake = false_detection(s, f"{instruction} {target}", frng)
+                dets = dets + ([fake] if fake else [])
+        ground = grounding_text(dets, s["width"], s["height"], cfg.ground) if grounded else None
         prompt = prompt_text(ground, PromptConfig(instruction, grounded=grounded))
         return SFTExample(render_scene(scene), prompt, target)
 
@@ -144,8 +175,21 @@ def heldout_quality(cfg, model_path: str, n: int = 100) -> dict:
 
 
 def vlm_key(cfg) -> str:
+    vision = asdict(cfg.vlm.vision_pretrain) if cfg.vlm.pretrain_vision else None
     return _key(asdict(cfg.world), asdict(cfg.vlm.spec), asdict(cfg.vlm.sft), asdict(cfg.vlm.hallucination),
-                asdict(cfg.ground), cfg.prompt.instruction, 2)
+                asdict(cfg.ground), cfg.prompt.instruction, vision, 3)
+
+
+def pretrain_embedded_vision(cfg, model, processor, progress: bool = True) -> dict:
+    """Contrastive pretraining of the embedded VLM's vision tower on world scenes (cached under
+    <cache>/vision/<key>/), loaded into `model` in place; returns its metrics."""
+    from .vision_pretrain import ensure_pretrained_vision
+
+    w = cfg.world
+    scene_kwargs = dict(image_size=w.image_size, min_objects=w.min_objects, max_objects=w.max_objects,
+                        max_overlap=w.max_overlap)
+    return ensure_pretrained_vision(model, processor, cfg.vlm.vision_pretrain, cfg.cache_dir, world_seed=w.seed,
+                                    scene_kwargs=scene_kwargs, key_parts=[asdict(cfg.vlm.spec)], progress=progress)
 
 
 def ensure_vlm(cfg, progress: bool = True) -> dict:
@@ -163,6 +207,7 @@ def ensure_vlm(cfg, progress: bool = True) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model, processor = build_tiny_idefics3(tokenizer_corpus(cfg.world.seed), cfg.vlm.spec, seed=cfg.vlm.sft.seed)
+    vision = pretrain_embedded_vision(cfg, model, processor, progress=progress) if cfg.vlm.pretrain_vision else None
     data = WorldSFTData(cfg)
     sft = cfg.vlm.sft
     history = run_sft(model, processor, data.batch, steps=sft.steps, lr=sft.lr, warmup_steps=sft.warmup_steps,
@@ -174,6 +219,8 @@ def ensure_vlm(cfg, progress: bool = True) -> dict:
             "sft_final_loss": sum(h["loss"] for h in history[-20:]) / max(1, len(history[-20:])),
             "sft_minutes": round(sum(h["sec"] for h in history) / 60, 2),
             "held_out": heldout_quality(cfg, str(cache / "model"))}
+    if vision is not None:
+        meta["vision_pretrain"] = {k: v for k, v in vision.items() if k not in ("losses", "config")}
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
     return meta
 

@@ -345,6 +345,46 @@ def run_eval(cfg, progress: bool = True) -> dict:
             "chair_i": {n: r["chair_i"] for n, r in results.items()}}
 
 
+def _variant_no_context(pairs: list[dict], tcfg):
+    """DPO without the context-robustness pairs (only mined + synthetic + human)."""
+    return [p for p in pairs if p["source"] != "context"], tcfg
+
+
+def _variant_mdpo(pairs: list[dict], tcfg):
+    """The same pairs plus mDPO's image-conditional term (box-masked corruption) and its anchor."""
+    tcfg.loss.weights = dict(tcfg.loss.loss_config().weights) | {"mdpo_image": 1.0, "mdpo_anchor": 1.0}
+    tcfg.loss.mixture = ""
+    return pairs, tcfg
+
+
+# DPO variants the pipeline can train beside the main run (pipeline.variants), each evaluated as dpo_<name>.
+VARIANTS = {"no_context": _variant_no_context, "mdpo": _variant_mdpo}
+
+
+def train_variants(cfg, out: Path, tcfg, key: str, progress: bool) -> dict[str, str]:
+    """Train each configured variant into <out>/variants/<name>/; returns name -> model path."""
+    import copy
+
+    from .pairs.dataset import load_pairs, save_pairs
+    from .train.loop import train_dpo
+
+    models = {}
+    for name in cfg.variants:
+        if name not in VARIANTS:
+            raise ValueError(f"unknown pipeline variant {name!r}; known: {sorted(VARIANTS)}")
+        vdir = out / "variants" / name
+        stage = Stage(out / "variants", name, _key(key, name)).reset_if_stale()
+        if not stage.done:
+            pairs, vcfg = VARIANTS[name](load_pairs(tcfg.pairs), copy.deepcopy(tcfg))
+            vdir.mkdir(parents=True, exist_ok=True)
+            vcfg.pairs = str(save_pairs(pairs, vdir / "pairs.parquet"))
+            vcfg.output_dir = str(vdir / "dpo")
+            train_dpo(vcfg, progress=progress)
+            stage.finish()
+        models[f"dpo_{name}"] = str(vdir / "dpo" / "model")
+    return models
+
+
 def run_pipeline(cfg, progress: bool = True) -> dict:
     """world -> detector -> detect -> VLM SFT -> describe -> pairs -> DPO (+ RFT baseline) -> eval -> report."""
     import time
@@ -403,10 +443,12 @@ def run_pipeline(cfg, progress: bool = True) -> dict:
             rft_stage.finish()
         models["rft"] = str(rft_stage.dir / "model")
     lap("rft")
+    models |= train_variants(cfg, out, tcfg, key, progress)
+    lap("variants")
 
     # Held-out evaluation: the pipeline's own grounded prompts from the detector on test scenes, truth from
     # the world's annotations (not from the detector that judged the training pairs).
-    eval_stage = Stage(out, "eval", _key(key, cfg.rft, cfg.eval)).reset_if_stale()
+    eval_stage = Stage(out, "eval", _key(key, cfg.rft, cfg.eval, cfg.variants)).reset_if_stale()
     items, scenes = eval_items(cfg, out)
     val_pairs = [p for p in load_pairs(tcfg.pairs) if p["split"] == "val"]
     results = evaluate_models(cfg, models, items, scenes, eval_stage.dir, val_pairs, world_root, progress)

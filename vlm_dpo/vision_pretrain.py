@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+POOLS = ("mean", "max", "meanmax")
 SCENE_OFFSET = 30_000_000  # 'sft' stream indices used here: SCENE_OFFSET + step * batch_size + j
 
 
@@ -54,6 +55,7 @@ class VisionPretrainConfig:
     text_heads: int = 4
     max_text_tokens: int = 48
     eval_scenes: int = 100  # validation scenes for the retrieval check
+    pool: str = "meanmax"  # patch features -> image feature: mean, max, or both concatenated (meanmax)
     seed: int = 0
 
 
@@ -67,7 +69,11 @@ class ContrastiveVision(nn.Module):
 
         self.patch_size = vision_config.patch_size
         self.vision = Idefics3VisionTransformer(vision_config)
-        self.image_proj = nn.Linear(vision_config.hidden_size, cfg.embed_dim, bias=False)
+        if cfg.pool not in POOLS:
+            raise ValueError(f"vision_pretrain.pool must be one of {POOLS}, got {cfg.pool!r}")
+        self.pool = cfg.pool
+        self.image_proj = nn.Linear(vision_config.hidden_size * (2 if cfg.pool == "meanmax" else 1), cfg.embed_dim,
+                                    bias=False)
         text_config = CLIPTextConfig(
             vocab_size=len(tokenizer), hidden_size=cfg.text_width, intermediate_size=4 * cfg.text_width,
             num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
@@ -89,14 +95,19 @@ class ContrastiveVision(nn.Module):
         patch_mask = sub.sum(dim=(-1, -2)) > 0
         h = self.vision(pixel_values=pixel_values, patch_attention_mask=patch_mask).last_hidden_state
         m = patch_mask.view(h.shape[0], -1, 1).to(h.dtype)
-        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
+        parts = []
+        if self.pool in ("mean", "meanmax"):
+            parts.append((h * m).sum(1) / m.sum(1).clamp(min=1))
+        if self.pool in ("max", "meanmax"):
+            parts.append((h - 1e4 * (1 - m)).amax(1))
+        pooled = torch.cat(parts, -1)
         return F.normalize(self.image_proj(pooled), dim=-1)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """Right-padded ids ending in EOS -> L2-normalised (B, embed_dim), from the hidden state at EOS."""
         h = self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        last = attention_mask.sum(1) - 1
-        pooled = h[torch.arange(h.shape[0]), last]
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
         return F.normalize(self.text_proj(pooled), dim=-1)
 
 

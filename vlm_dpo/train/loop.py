@@ -205,12 +205,20 @@ class DataOrder:
             raise ValueError(f"only {n} training pairs for a global batch of {self.global_bs}; lower batch_size")
         self.per_epoch = n // self.global_bs  # drop the ragged tail: every global batch has the same size
 
-    def indices(self, micro_step: int) -> list[int]:
+    def global_indices(self, micro_step: int) -> list[int]:
+        """All processes' pairs of one micro-step."""
         epoch, pos = divmod(micro_step, self.per_epoch)
         perm = list(range(self.n))
         random.Random(f"order/{self.seed}/{epoch}").shuffle(perm)
-        g = perm[pos * self.global_bs:(pos + 1) * self.global_bs]
-        return g[self.rank * self.bs:(self.rank + 1) * self.bs]
+        return perm[pos * self.global_bs:(pos + 1) * self.global_bs]
+
+    def indices(self, micro_step: int) -> list[int]:
+        """This process's slice of one micro-step."""
+        return self.global_indices(micro_step)[self.rank * self.bs:(self.rank + 1) * self.bs]
+
+    def used(self, micro_steps: int) -> list[int]:
+        """Every pair index the first `micro_steps` micro-steps touch (sorted, distinct)."""
+        return sorted({i for m in range(micro_steps) for i in self.global_indices(m)})
 
 
 def _param_groups(model, cfg: TrainConfig):
@@ -370,6 +378,8 @@ def train_dpo(cfg: TrainConfig, *, progress: bool = True, processor_loader=None)
     _freeze(model, cfg)
     model.to(accelerator.device)
 
+    order = DataOrder(len(train_pairs), cfg.batch_size, accelerator.num_processes, accelerator.process_index,
+                      cfg.seed)
     ref_model, ref_cache = None, None
     if use_ref and cfg.reference == "frozen" and accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
         raise ValueError("a frozen reference copy is not sharded under FSDP/DeepSpeed: use train.reference="
@@ -377,8 +387,10 @@ def train_dpo(cfg: TrainConfig, *, progress: bool = True, processor_loader=None)
     if use_ref and cfg.reference == "frozen":
         ref_model = frozen_copy(model)
     elif use_ref and cfg.reference == "precomputed":
+        # Only the pairs this run will visit (a short run on a big pair set sees a fraction of it).
+        used = [train_pairs[i] for i in order.used(cfg.max_steps * cfg.grad_accum)]
         with accelerator.main_process_first():  # main computes and saves; the others then load the file
-            ref_cache = precompute_reference(model, processor, train_pairs + val_pairs, cfg, image_root,
+            ref_cache = precompute_reference(model, processor, used + val_pairs, cfg, image_root,
                                              out / "reference", progress=progress and accelerator.is_main_process)
 
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -388,8 +400,6 @@ def train_dpo(cfg: TrainConfig, *, progress: bool = True, processor_loader=None)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     reward_shift = RewardShift()
-    order = DataOrder(len(train_pairs), cfg.batch_size, accelerator.num_processes, accelerator.process_index,
-                      cfg.seed)
     need_c = needs_corrupt(cfg)
 
     start = 0
