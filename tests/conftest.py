@@ -68,6 +68,7 @@ TINY_OVERRIDES = [
     "vlm.spec.vision_width=32", "vlm.spec.vision_heads=2", "vlm.spec.text_heads=2", "vlm.spec.text_kv_heads=1",
     "vlm.spec.vocab_size=400",
     "vlm.sft.steps=4", "vlm.sft.batch_size=4", "vlm.sft.warmup_steps=1",
+    "vlm.vision_pretrain.steps=2", "vlm.vision_pretrain.batch_size=4", "vlm.vision_pretrain.eval_scenes=6",
     "describe.n_samples=2", "describe.batch_size=4", "describe.max_new_tokens=8", "eval.clip_steps=3",
     "threads=2",
 ]

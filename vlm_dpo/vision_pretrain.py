@@ -7,12 +7,17 @@ CLIP-style start on the world itself:
 
   image tower  `Idefics3VisionTransformer` built from the VLM's own `Idefics3VisionConfig` (so the state_dict
                names and shapes are exactly those of `model.model.vision_model`), fed pixel_values from the
-               VLM processor's own image processor (the tower sees what it will see inside the VLM);
-               its post-layernorm patch features are MEAN-pooled and linearly projected. Mean pooling (not an
-               attention head or a CLS token) makes every patch token carry what is in it additively, which is
-               what the VLM consumes: all patch tokens, pixel-shuffled by the connector.
+               VLM processor's own image processor (the tower sees what it will see inside the VLM). Its
+               post-layernorm patch features (all of them, as the VLM's connector takes them) are pooled and
+               linearly projected. Pooling is MAX over patches by default: an object covers a few of the 64
+               patches, and a mean dilutes it under the table's variation; max trains every patch token to
+               fire on what it covers (the tokens the VLM reads); counts can still reach the pooled feature
+               through self-attention between patches. Measured at 150 steps x 64 on the world: val image->text top-1 0.06 (mean),
+               0.28 (mean+max concatenated, `meanmax`), 0.38 (max), chance 0.01. The connector's pixel shuffle
+               only regroups these same features, so pooling before it loses nothing.
   text tower   a tiny `CLIPTextModel` on the VLM's own BPE tokenizer (pad/bos/eos ids from it); a caption is
-               its tokens + EOS, right-padded; the feature is the hidden state at EOS, linearly projected.
+               its tokens + EOS, right-padded; the feature is the MEAN of its token states, projected (CLIP's
+               EOS-state pooling sat on a chance-level plateau for ~200 steps at this size).
   loss         symmetric InfoNCE with a learned temperature. Identical captions in a batch ("a red ball.")
                are all positives (soft targets spread over them); with unique captions this is exactly
                open_clip's `ClipLoss`.
@@ -55,12 +60,12 @@ class VisionPretrainConfig:
     text_heads: int = 4
     max_text_tokens: int = 48
     eval_scenes: int = 100  # validation scenes for the retrieval check
-    pool: str = "meanmax"  # patch features -> image feature: mean, max, or both concatenated (meanmax)
+    pool: str = "max"  # patch features -> image feature: mean, max, or both concatenated (meanmax)
     seed: int = 0
 
 
 class ContrastiveVision(nn.Module):
-    """Image tower (the VLM's vision transformer) + mean-pool projection, text tower + projection, temperature."""
+    """Image tower (the VLM's vision transformer) + pooled projection, text tower + projection, temperature."""
 
     def __init__(self, vision_config, tokenizer, cfg: VisionPretrainConfig):
         super().__init__()
@@ -104,7 +109,7 @@ class ContrastiveVision(nn.Module):
         return F.normalize(self.image_proj(pooled), dim=-1)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """Right-padded ids ending in EOS -> L2-normalised (B, embed_dim), from the hidden state at EOS."""
+        """Right-padded ids ending in EOS -> L2-normalised (B, embed_dim), from the mean of the real tokens' states."""
         h = self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         m = attention_mask.unsqueeze(-1).to(h.dtype)
         pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
@@ -194,7 +199,7 @@ def pretrain_vision(vision_config, processor, cfg: VisionPretrainConfig, *, worl
                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg.steps, cfg.warmup_steps))
     losses = []
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     bar = tqdm(range(cfg.steps), desc="vision pretrain", disable=not progress)
     for step in bar:
         scenes = [sample_scene(world_seed, "sft", SCENE_OFFSET + step * cfg.batch_size + j, **kw)
@@ -214,7 +219,7 @@ def pretrain_vision(vision_config, processor, cfg: VisionPretrainConfig, *, worl
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if log_every and (step % log_every == 0 or step == cfg.steps - 1):
             print(f"vision pretrain step {step} loss {losses[-1]:.4f} ({time.time() - t0:.0f}s)", flush=True)
-    train_sec = time.time() - t0
+    train_sec, cpu_sec = time.time() - t0, time.process_time() - c0
     model.eval()
     val = [sample_scene(world_seed, "val", i, **kw) for i in range(cfg.eval_scenes)]
     ret = retrieval_top1(model, improc, tok, [render_scene(s) for s in val],
@@ -223,7 +228,8 @@ def pretrain_vision(vision_config, processor, cfg: VisionPretrainConfig, *, worl
     metrics = {"loss_first": sum(losses[:k]) / k, "loss_last": sum(losses[-k:]) / k,
                "val_retrieval_top1": ret["top1"], "val_chance": ret["chance"], "val_scenes": ret["n"],
                "val_distinct_captions": ret["distinct"], "logit_scale": round(model.logit_scale.exp().item(), 3),
-               "minutes": round(train_sec / 60, 2), "config": asdict(cfg), "losses": [round(x, 4) for x in losses]}
+               "minutes": round(train_sec / 60, 2),
+               "cpu_minutes": round(cpu_sec / 60, 2), "threads": torch.get_num_threads(), "config": asdict(cfg), "losses": [round(x, 4) for x in losses]}
     return model.vision, metrics
 
 

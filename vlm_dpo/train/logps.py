@@ -82,6 +82,17 @@ LOGIT_RULES = {
     "cohere_compass": ("mul", "logit_scale"),
 }
 NO_SOFTCAP_FAMILIES = frozenset({"gemma3"})  # Gemma3ForConditionalGeneration does not apply final_logit_softcapping
+# Families whose base takes a custom 4-D attention mask and explicit 1-D `position_ids` straight through to a plain
+# causal text decoder (no bidirectional image/prefix attention), so a pair can be packed as one row
+# [prefix, chosen, rejected] (see `pack_pairs`). Tested: idefics3, llava, qwen2_vl (tests/train/test_shared_prefix.py).
+# smolvlm, idefics2, llava_next, mistral3, qwen2_5_vl use the same forward code (read, not tested): check once with
+# `pair_parity`. Not here, and why: paligemma and gemma3 (bidirectional attention over the image / prefix, which a
+# causal block mask would change), and anything not read.
+SHARED_PREFIX_FAMILIES = frozenset({"idefics3", "smolvlm", "idefics2", "llava", "llava_next", "mistral3",
+                                    "qwen2_vl", "qwen2_5_vl"})
+# Families with 3-D M-RoPE positions: the packed rows take the plain rows' `get_rope_index` ids, gathered.
+MROPE_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_vl"})
+PREFIX_ATTN_IMPLEMENTATIONS = frozenset({"sdpa", "eager"})
 _SCALING_FIELDS = ("logits_scaling", "logit_scale")
 _warned: set[str] = set()
 
@@ -116,6 +127,7 @@ class PairBatch:
     completion_lengths: torch.Tensor  # [2B]
     n_pairs: int
     row_keys: tuple[str, ...] = field(default=("input_ids", "attention_mask"))
+    pad_token_id: int | None = None  # what encode_pairs padded input_ids with (None: unknown)
 
     def row_inputs(self) -> dict:
         return {k: self.inputs[k] for k in self.row_keys}
@@ -228,23 +240,31 @@ def _reduce(token_logps: torch.Tensor, mask: torch.Tensor) -> LogpResult:
     b = mask.shape[0]
     counts = mask.sum(1)
     rows = mask.nonzero(as_tuple=True)[0]
-    sums = torch.zeros(b, dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
-    mean = sums / counts.clamp(min=1).to(sums.dtype)
+    # accumulate in float64: a row sum of fp32 terms then rounds once, so two paths whose per-token log-probs agree
+    # to ~1e-6 give sums that agree to about an ulp, not to the ulps that sequential fp32 rounding adds up
+    acc = torch.float64 if token_logps.device.type != "mps" else token_logps.dtype
+    sums = torch.zeros(b, dtype=acc, device=token_logps.device).index_add(0, rows, token_logps.to(acc))
+    mean = (sums / counts.clamp(min=1).to(acc)).to(token_logps.dtype)
+    sums = sums.to(token_logps.dtype)
     per_token = list(token_logps.split(counts.tolist()))
     return LogpResult(sums, mean, counts, per_token)
 
 
-def logps_from_hidden(model, hidden: torch.Tensor, labels: torch.Tensor) -> LogpResult:
-    """Completion log-probs from last hidden states [B, T, D]: the head runs on the N completion rows only."""
+def _head_logps(model, rows: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """log p(tgt[n] | rows[n]) for hidden rows [N, D]: the head, the family's logit post-processing, fp32."""
     _, head = base_and_head(model)
-    mask, tgt = _targets(labels)
-    rows = hidden[:, :-1][mask]  # [N, D]
     logits = head(rows)
     post = logit_postprocess(model)
     if post is not None:
         logits = post(logits)
-    logp = logits.float().log_softmax(-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-    return _reduce(logp, mask)
+    return logits.float().log_softmax(-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+
+
+def logps_from_hidden(model, hidden: torch.Tensor, labels: torch.Tensor) -> LogpResult:
+    """Completion log-probs from last hidden states [B, T, D]: the head runs on the N completion rows only."""
+    mask, tgt = _targets(labels)
+    rows = hidden[:, :-1][mask]  # [N, D]
+    return _reduce(_head_logps(model, rows, tgt), mask)
 
 
 def logps_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> LogpResult:
@@ -331,6 +351,7 @@ def encode_pairs(processor, images: list, prompts: list[str], chosen: list[str],
         completion_lengths=torch.cat([enc.completion_lengths, torch.tensor(rej_clens)]),
         n_pairs=n,
         row_keys=row_keys,
+        pad_token_id=int(pad),
     )
 
 
@@ -359,15 +380,183 @@ def shared_image_features(model, vision_inputs: dict):
     return out
 
 
-def pair_logps(model, batch: PairBatch, *, shared_vision: bool = True) -> tuple[LogpResult, LogpResult]:
+# ----------------------------------------------------------------------------------------------------------------
+# Shared prefix: one packed row per pair [prefix, chosen, rejected] with a block-causal mask (see module docstring)
+
+
+@dataclass
+class PackedPairs:
+    """B packed rows [prefix_i, chosen_i, rejected_i] and where each completion target's hidden state sits."""
+    inputs: dict  # per-token model inputs for the B packed rows: input_ids, 4-D attention_mask, position_ids, ...
+    index: torch.Tensor  # [N] flat index into the [B * width] hidden rows, one per target, in `_targets` order
+    targets: torch.Tensor  # [N] target ids
+    mask: torch.Tensor  # [2B, T-1] the `_targets` mask of the 2B-row labels (for `_reduce`)
+    segments: torch.Tensor  # [B, width] 0 prefix, 1 chosen, 2 rejected, -1 padding
+    width: int
+
+
+def _text_config(model):
+    cfg = unwrap_model(model).config
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
+def _prefix_layout_problem(batch: PairBatch) -> str | None:
+    """Why the batch cannot be packed (None: it can): right padding, and each pair's rows equal on the prompt."""
+    ids = batch.inputs.get("input_ids")
+    am = batch.inputs.get("attention_mask")
+    b = batch.n_pairs
+    if not torch.is_tensor(ids) or not torch.is_tensor(am) or ids.dim() != 2 or ids.shape[0] != 2 * b:
+        return "the batch has no [2B, T] input_ids / attention_mask"
+    lens = am.sum(1)
+    col = torch.arange(ids.shape[1], device=ids.device)[None]
+    if not torch.equal(am.bool(), col < lens[:, None]):
+        return "rows are not right-padded"
+    p = batch.prompt_lengths[:b].to(ids.device)
+    if not torch.equal(batch.prompt_lengths[b:].to(ids.device), p) or (lens[:b] < p).any() or (lens[b:] < p).any():
+        return "prompt lengths differ between a pair's rows"
+    in_prompt = col < p[:, None]
+    for k in batch.row_keys:
+        v = batch.inputs[k]
+        if not bool(((v[:b] == v[b:]) | ~in_prompt).all()):
+            return f"a pair's chosen and rejected rows differ on the prompt ({k})"
+    return None
+
+
+def shared_prefix_problem(model, batch: PairBatch | None = None) -> str | None:
+    """Why `pair_logps` cannot share the prefix for this model (and batch); None when it can."""
+    base, _ = base_and_head(model)
+    if base is None:
+        return "no separate base model"
+    fam = family_of(model)
+    if fam not in SHARED_PREFIX_FAMILIES:
+        return f"family {fam!r} is not in SHARED_PREFIX_FAMILIES"
+    if fam not in SHARED_VISION_FAMILIES:  # the packed rows take each image once, as the shared-vision path does
+        return f"family {fam!r} is not in SHARED_VISION_FAMILIES"
+    text = _text_config(model)
+    impl = getattr(text, "_attn_implementation", None) or "eager"
+    if impl not in PREFIX_ATTN_IMPLEMENTATIONS:
+        return f"attention implementation {impl!r} takes no custom 4-D mask (use sdpa or eager)"
+    kinds = set(getattr(text, "layer_types", None) or ())
+    if kinds - {"full_attention", "sliding_attention"}:
+        return f"layer types {sorted(kinds)}"
+    if batch is None:
+        return None
+    problem = _prefix_layout_problem(batch)
+    if problem is not None:
+        return problem
+    window = getattr(text, "sliding_window", None)
+    if window and getattr(text, "use_sliding_window", True) is not False:
+        longest = int(batch.inputs["attention_mask"].sum(1).max())
+        if longest > int(window):
+            return f"rows of {longest} tokens exceed the sliding window ({window})"
+    return None
+
+
+def pack_pairs(batch: PairBatch, *, positions: torch.Tensor | None = None,
+               float_mask_dtype: torch.dtype | None = None) -> PackedPairs:
+    """One row per pair: [prompt_i (p_i tokens), chosen completion, rejected completion], right-padded.
+
+    `attention_mask` is [B, 1, W, W]: a query sees the keys at or before it in the prefix and in its own segment
+    (a rejected token never sees the chosen tokens), padding keys never (a padding query sees only itself, so no
+    softmax row is empty). Boolean (True = attend, what sdpa takes), or additive 0 / finfo.min in
+    `float_mask_dtype` (eager). `position_ids` are each token's position in its own original row, so the rejected
+    completion continues from the prefix as if it followed it alone: its column (1-D RoPE), or, given the plain
+    rows' `positions` ([2B, T] or [k, 2B, T], e.g. Qwen2-VL's 3-D M-RoPE ids), those gathered.
+    """
+    b = batch.n_pairs
+    ids = batch.inputs["input_ids"]
+    dev = ids.device
+    lens = batch.inputs["attention_mask"].to(dev).sum(1)
+    n_c, n_r = lens[:b], lens[b:]
+    p = batch.prompt_lengths[:b].to(dev)
+    total = n_c + n_r - p
+    width = max(int(total.max()), 1)
+    j = torch.arange(width, device=dev)[None]  # [1, W]
+    pair = torch.arange(b, device=dev)[:, None]  # [B, 1]
+    in_c = j < n_c[:, None]  # the prefix and the chosen completion: row i's own columns
+    in_r = ~in_c & (j < total[:, None])  # the rejected completion: row B+i from column p_i on
+    valid = in_c | in_r
+    src_row = torch.where(in_r, pair + b, pair)
+    src_col = torch.where(in_r, j - n_c[:, None] + p[:, None], torch.where(in_c, j, torch.zeros_like(j)))
+
+    if batch.pad_token_id is not None:
+        pad = batch.pad_token_id
+    else:
+        pads = ids[batch.inputs["attention_mask"].to(dev) == 0]
+        pad = int(pads[0]) if pads.numel() else 0
+    inputs = {}
+    for k in batch.row_keys:
+        if k == "attention_mask":
+            continue
+        inputs[k] = batch.inputs[k][src_row, src_col].masked_fill(~valid, pad if k == "input_ids" else 0)
+
+    seg = torch.where(j < p[:, None], 0, torch.where(in_c, 1, torch.where(in_r, 2, -1)))
+    seg_q, seg_k = seg[:, :, None], seg[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool, device=dev).tril()
+    allowed = ((seg_k == 0) | (seg_k == seg_q)) & valid[:, None, :] & causal
+    allowed |= torch.eye(width, dtype=torch.bool, device=dev)
+    allowed = allowed[:, None]
+    if float_mask_dtype is not None:
+        allowed = torch.zeros(allowed.shape, dtype=float_mask_dtype, device=dev).masked_fill(
+            ~allowed, torch.finfo(float_mask_dtype).min)
+    inputs["attention_mask"] = allowed
+    if positions is None:
+        inputs["position_ids"] = src_col
+    else:
+        inputs["position_ids"] = positions.to(dev)[..., src_row, src_col].masked_fill(~valid, 0)
+
+    mask, tgt = _targets(batch.labels.to(dev))
+    r, t = mask.nonzero(as_tuple=True)
+    rej = r >= b
+    pr = torch.where(rej, r - b, r)
+    col = torch.where(rej & (t >= p[pr]), t - p[pr] + n_c[pr], t)
+    return PackedPairs(inputs=inputs, index=pr * width + col, targets=tgt, mask=mask, segments=seg, width=width)
+
+
+def mrope_positions(model, batch: PairBatch) -> torch.Tensor:
+    """The [3, 2B, T] M-RoPE position ids the plain forward would build for the 2B rows (the base's own
+    `get_rope_index`, with the vision grids repeated for 2B rows as in the plain forward)."""
+    base, _ = base_and_head(model)
+    fn = base.get_rope_index
+    params = inspect.signature(fn).parameters
+    kwargs = {k: _repeat2(v) for k, v in batch.vision_inputs().items() if k in params}
+    kwargs |= {k: v for k, v in batch.row_inputs().items() if k in params}
+    return fn(**kwargs)[0]
+
+
+def _shared_prefix_logps(model, batch: PairBatch) -> LogpResult:
+    base, _ = base_and_head(model)
+    impl = getattr(_text_config(model), "_attn_implementation", None) or "eager"
+    positions = mrope_positions(model, batch) if family_of(model) in MROPE_FAMILIES else None
+    packed = pack_pairs(batch, positions=positions, float_mask_dtype=None if impl == "sdpa" else base.dtype)
+    hidden = _base_forward(base, {**packed.inputs, **batch.vision_inputs()})
+    rows = hidden.reshape(-1, hidden.shape[-1])[packed.index]
+    return _reduce(_head_logps(model, rows, packed.targets), packed.mask)
+
+
+def pair_logps(model, batch: PairBatch, *, shared_vision: bool = True,
+               shared_prefix: bool = True) -> tuple[LogpResult, LogpResult]:
     """(chosen, rejected) completion log-probs of a PairBatch.
 
-    With `shared_vision` (default) and a family in SHARED_VISION_FAMILIES, the vision encoder runs once per pair;
-    otherwise (or `shared_vision=False`) each image is encoded twice in one plain forward.
+    With `shared_prefix` and `shared_vision` (both default) and a family in SHARED_PREFIX_FAMILIES and
+    SHARED_VISION_FAMILIES (sdpa or eager attention), each pair is one packed row: image + prompt once, both
+    completions after it (so the vision encoder also runs once per pair). Otherwise, with `shared_vision` and a
+    family in SHARED_VISION_FAMILIES, the vision encoder runs once per pair and the 2B rows run in full; with
+    `shared_vision=False` each image is encoded twice in one plain forward (the reference for both levers).
     """
     b = batch.n_pairs
     vision = batch.vision_inputs()
-    if shared_vision and vision and supports_shared_vision(model):
+    on = shared_prefix and shared_vision
+    problem = shared_prefix_problem(model, batch) if on else "off"
+    if problem is not None and on and not problem.startswith("family"):
+        key = f"prefix:{family_of(model)}:{problem}"
+        if key not in _warned:
+            _warned.add(key)
+            warnings.warn(f"{family_of(model)}: not sharing the prompt prefix ({problem}); chosen and rejected run "
+                          f"as separate rows", stacklevel=2)
+    if problem is None:
+        res = _shared_prefix_logps(model, batch)
+    elif shared_vision and vision and supports_shared_vision(model):
         base, _ = base_and_head(model)
         mm = {"image": shared_image_features(model, vision)}
         extra = {k: _repeat2(v) for k, v in vision.items() if not k.startswith("pixel_")}
@@ -392,8 +581,8 @@ def head_parity(model, inputs: dict, labels: torch.Tensor) -> float:
 
 @torch.no_grad()
 def pair_parity(model, batch: PairBatch) -> float:
-    """Max |shared-vision - plain| over per-token log-probs of a pair batch."""
-    c1, r1 = pair_logps(model, batch, shared_vision=True)
-    c2, r2 = pair_logps(model, batch, shared_vision=False)
+    """Max |default path (shared prefix / shared vision where supported) - plain| over per-token log-probs."""
+    c1, r1 = pair_logps(model, batch, shared_vision=True, shared_prefix=True)
+    c2, r2 = pair_logps(model, batch, shared_vision=False, shared_prefix=False)
     pairs = list(zip(c1.per_token + r1.per_token, c2.per_token + r2.per_token))
     return max((a - r).abs().max().item() if a.numel() else 0.0 for a, r in pairs)

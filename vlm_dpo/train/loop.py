@@ -94,6 +94,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16 (where the device supports it)
     gradient_checkpointing: bool = False
     shared_vision: bool = True  # one vision-encoder pass per pair
+    shared_prefix: bool = True  # image + prompt once per pair, both completions after it (supported families)
     max_length: int = 0  # 0 = no limit; prompts (image tokens included) are never truncated
     dtype: str = "float32"
     eval_every: int = 50
@@ -179,11 +180,11 @@ def _to(batch: "TrainBatch", device) -> "TrainBatch":
     return batch
 
 
-def batch_logps(model, batch: TrainBatch, shared_vision: bool):
+def batch_logps(model, batch: TrainBatch, shared_vision: bool, shared_prefix: bool = True):
     """Policy (or reference) log-probs of one batch: (chosen, rejected, chosen_under_corrupt or None)."""
     from .logps import completion_logps, pair_logps
 
-    chosen, rejected = pair_logps(model, batch.encoded, shared_vision=shared_vision)
+    chosen, rejected = pair_logps(model, batch.encoded, shared_vision=shared_vision, shared_prefix=shared_prefix)
     corrupt = None
     if batch.corrupt is not None:
         corrupt = completion_logps(model, batch.corrupt.inputs, batch.corrupt.labels)
@@ -322,7 +323,7 @@ def precompute_reference(model, processor, pairs: list[dict], cfg: TrainConfig, 
             rows = pairs[start:start + bs]
             # the corruption RNG is keyed by pair position so the cached value matches any later batch order
             batch = make_batch(rows, processor, cfg, model_type, image_root, step=-1 - start, need_corrupt=corrupt)
-            c, r, cc = batch_logps(model, _to(batch, model.device), cfg.shared_vision)
+            c, r, cc = batch_logps(model, _to(batch, model.device), cfg.shared_vision, cfg.shared_prefix)
             out["chosen"].append(c.sum.float().cpu())
             out["rejected"].append(r.sum.float().cpu())
             if corrupt:
@@ -414,7 +415,7 @@ def train_dpo(cfg: TrainConfig, *, progress: bool = True, processor_loader=None)
                                                       "batch_size": cfg.batch_size, "reference": cfg.reference})
 
     def logps_of(batch: TrainBatch, policy_model) -> PreferenceLogps:
-        c, r, cc = batch_logps(policy_model, batch, cfg.shared_vision)
+        c, r, cc = batch_logps(policy_model, batch, cfg.shared_vision, cfg.shared_prefix)
         refs = {}
         if use_ref:
             if ref_cache is not None:
@@ -424,7 +425,7 @@ def train_dpo(cfg: TrainConfig, *, progress: bool = True, processor_loader=None)
             else:
                 with torch.no_grad(), no_grad_ctx(cfg.reference, accelerator.unwrap_model(model)):
                     rc, rr, rcc = batch_logps(ref_model if ref_model is not None else policy_model, batch,
-                                              cfg.shared_vision)
+                                              cfg.shared_vision, cfg.shared_prefix)
                 refs = {"ref_chosen": rc.sum.detach(), "ref_rejected": rr.sum.detach(),
                         "ref_chosen_corrupt": rcc.sum.detach() if rcc is not None else None}
         return PreferenceLogps(

@@ -50,10 +50,12 @@ class Group:
     count: int
     color: str | None  # None when the group's objects differ in colour
     cx: float  # mean box centre x (pixels)
+    first_cx: float  # centre x of the group's leftmost object
 
 
 def group_objects(objects: list[dict]) -> list[Group]:
-    """Objects -> one group per kind, ordered left to right by mean centre."""
+    """Objects -> one group per kind, ordered by each group's leftmost object: the order the grounding
+    context lists them in (ground.grounding_text), so a caption can follow its context word for word."""
     by_label: OrderedDict[str, list[dict]] = OrderedDict()
     for o in objects:
         by_label.setdefault(o["label"], []).append(o)
@@ -61,9 +63,9 @@ def group_objects(objects: list[dict]) -> list[Group]:
     for label, objs in by_label.items():
         colors = {o.get("color") for o in objs}
         color = colors.pop() if len(colors) == 1 else None
-        cx = sum((o["box"][0] + o["box"][2]) / 2 for o in objs) / len(objs)
-        groups.append(Group(label, len(objs), color, cx))
-    groups.sort(key=lambda g: (g.cx, g.label))
+        centres = [(o["box"][0] + o["box"][2]) / 2 for o in objs]
+        groups.append(Group(label, len(objs), color, sum(centres) / len(centres), min(centres)))
+    groups.sort(key=lambda g: (g.first_cx, g.label))
     return groups
 
 

@@ -1,0 +1,226 @@
+"""Contrastive pretraining of the embedded VLM's vision tower, and the SFT grounding contexts' false detections."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+import torch
+
+from vlm_dpo.models import TinyVLMSpec, build_tiny_idefics3, save_model
+from vlm_dpo.vision_pretrain import (ContrastiveVision, VisionPretrainConfig, contrastive_loss, encode_captions,
+                                     ensure_pretrained_vision, load_into_vlm, preprocess_images, pretrain_vision)
+from vlm_dpo.world.captions import reference_caption
+from vlm_dpo.world.scenes import KINDS, render_scene, sample_scene
+
+# 32 px (16 patches), a 32-wide 2-layer tower; one object of two kinds in six colours: 12 distinct captions, a
+# setting where retrieval is far above chance after a few dozen steps, every seed.
+SPEC = TinyVLMSpec(image_size=32, patch_size=8, scale_factor=2, vision_width=32, vision_layers=2, vision_heads=2,
+                   text_width=32, text_layers=1, text_heads=2, text_kv_heads=1, text_mlp=64, vocab_size=400)
+SCENES = dict(image_size=64, max_objects=1, kinds=("ball", "book"))
+TINY = dict(embed_dim=32, text_width=32, text_layers=1, text_heads=2, eval_scenes=60)
+
+
+@functools.lru_cache(maxsize=None)
+def _corpus() -> tuple[str, ...]:
+    from vlm_dpo.embedded import tokenizer_corpus
+
+    return tuple(tokenizer_corpus(0, n=60))
+
+
+def tiny_vlm(seed: int = 0, spec: TinyVLMSpec = SPEC):
+    return build_tiny_idefics3(list(_corpus()), spec, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    model, processor = tiny_vlm()
+    cfg = VisionPretrainConfig(steps=80, batch_size=32, lr=3e-3, warmup_steps=10, **TINY)
+    tower, metrics = pretrain_vision(model.config.vision_config, processor, cfg, scene_kwargs=SCENES, progress=False)
+    return tower, metrics, processor
+
+
+def test_pretraining_loss_falls_and_retrieval_beats_chance(pretrained):
+    _, m, _ = pretrained
+    assert m["loss_last"] < m["loss_first"] - 0.5, m
+    assert m["val_distinct_captions"] == 12 and m["val_scenes"] == 60
+    assert m["val_retrieval_top1"] >= max(0.3, 3 * m["val_chance"]), m
+    assert m["minutes"] >= 0 and len(m["losses"]) == 80
+
+
+def test_pretrained_tower_goes_into_the_vlm_and_survives_save_and_load(pretrained, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    tower, _, _ = pretrained
+    model, processor = tiny_vlm(seed=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    load_into_vlm(model, tower.state_dict())
+    vision = tower.state_dict()
+    for k, v in model.state_dict().items():  # the tower changed, nothing else did
+        if k.startswith("model.vision_model."):
+            assert torch.equal(v, vision[k.removeprefix("model.vision_model.")])
+        else:
+            assert torch.equal(v, before[k]), k
+    save_model(model, processor, tmp_path / "m")
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "m")
+    got = loaded.model.vision_model.state_dict()
+    assert got.keys() == vision.keys()
+    assert all(torch.equal(got[k], vision[k]) for k in vision)
+    # and the loaded VLM still runs end to end on a world image
+    from vlm_dpo.ground import render_prompt
+
+    im = render_scene(sample_scene(0, "val", 0, image_size=64))
+    enc = processor(text=[render_prompt(processor, "Describe the objects on the table.")], images=[[im]],
+                    return_tensors="pt")
+    with torch.no_grad():
+        assert torch.isfinite(loaded(**enc).logits).all()
+
+
+def test_strict_load_rejects_another_tower_shape(pretrained):
+    tower, _, _ = pretrained
+    other, _ = tiny_vlm(spec=TinyVLMSpec(**{**SPEC.__dict__, "vision_width": 64, "vision_heads": 2}))
+    with pytest.raises(RuntimeError):
+        load_into_vlm(other, tower.state_dict())
+
+
+def test_pretraining_is_deterministic_from_the_seed():
+    model, processor = tiny_vlm()
+
+    def run(seed):
+        cfg = VisionPretrainConfig(steps=3, batch_size=8, seed=seed, **{**TINY, "eval_scenes": 8})
+        return pretrain_vision(model.config.vision_config, processor, cfg, scene_kwargs=SCENES, progress=False)
+
+    (t1, m1), (t2, m2), (t3, m3) = run(0), run(0), run(1)
+    assert m1["losses"] == m2["losses"] and m1["val_retrieval_top1"] == m2["val_retrieval_top1"]
+    s1, s2, s3 = t1.state_dict(), t2.state_dict(), t3.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert not all(torch.equal(s1[k], s3[k]) for k in s1)
+
+
+def test_images_are_preprocessed_exactly_like_the_vlm_processor_does():
+    from vlm_dpo.ground import render_prompt
+
+    _, processor = tiny_vlm()
+    ims = [render_scene(sample_scene(0, "sft", 30_000_000 + i, image_size=96)) for i in range(3)]
+    pv, mask = preprocess_images(processor.image_processor, ims)
+    enc = processor(text=[render_prompt(processor, "x")] * 3, images=[[im] for im in ims], return_tensors="pt")
+    assert pv.shape == (3, 3, 32, 32) and torch.equal(pv, enc["pixel_values"][:, 0])
+    assert mask.all() and mask.shape == (3, 32, 32)
+
+
+def test_captions_end_in_eos_and_the_text_model_uses_the_tokenizers_ids():
+    model, processor = tiny_vlm()
+    tok = processor.tokenizer
+    ids, am = encode_captions(tok, ["a red ball.", "two blue books and a green ball."], 48)
+    lengths = am.sum(1)
+    assert (ids[torch.arange(2), lengths - 1] == tok.eos_token_id).all()
+    assert (ids[am == 0] == tok.pad_token_id).all() and lengths[0] < lengths[1]
+    assert encode_captions(tok, ["a red ball. " * 40], 10)[0].shape == (1, 10)
+    cv = ContrastiveVision(model.config.vision_config, tok, VisionPretrainConfig(**TINY))
+    c = cv.text.config
+    assert (c.pad_token_id, c.bos_token_id, c.eos_token_id, c.vocab_size) == (
+        tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, len(tok))
+    with pytest.raises(ValueError):
+        ContrastiveVision(model.config.vision_config, tok, VisionPretrainConfig(pool="cls"))
+
+
+def test_contrastive_loss_is_clip_loss_and_treats_identical_captions_as_positives():
+    from open_clip.loss import ClipLoss
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    b = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    scale = torch.tensor(2.0)
+    caps = [f"c{i}" for i in range(6)]
+    assert torch.allclose(contrastive_loss(a, b, scale, caps), ClipLoss()(a, b, scale.exp()))
+    dup = ["x", "y", "x", "z", "y", "w"]
+    swapped = b[[2, 4, 0, 3, 1, 5]]  # swapping texts among identical captions changes nothing
+    assert torch.allclose(contrastive_loss(a, b, scale, dup), contrastive_loss(a, swapped, scale, dup))
+
+
+def test_ensure_pretrained_vision_caches_and_loads(tmp_path, monkeypatch):
+    import vlm_dpo.vision_pretrain as vp
+
+    cfg = VisionPretrainConfig(steps=2, batch_size=4, **{**TINY, "eval_scenes": 6})
+    m1, processor = tiny_vlm()
+    meta = ensure_pretrained_vision(m1, processor, cfg, tmp_path, scene_kwargs=SCENES, progress=False)
+    assert json.loads((tmp_path / "vision" / meta["key"] / "metrics.json").read_text())["key"] == meta["key"]
+
+    def no_training(*a, **k):
+        raise AssertionError("should come from the cache")
+
+    monkeypatch.setattr(vp, "pretrain_vision", no_training)
+    m2, _ = tiny_vlm(seed=1)
+    assert ensure_pretrained_vision(m2, processor, cfg, tmp_path, scene_kwargs=SCENES, progress=False) == meta
+    s1, s2 = m1.model.vision_model.state_dict(), m2.model.vision_model.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+# --- hooks: config, cache key, SFT contexts with a false detection ------------------------------------------
+
+def _cfg(*overrides):
+    from vlm_dpo.config import load_config
+
+    return load_config(None, ["world.image_size=64", *overrides])
+
+
+def test_vlm_key_tracks_the_pretraining():
+    from vlm_dpo.embedded import vlm_key
+
+    on, off = _cfg(), _cfg("vlm.pretrain_vision=false")
+    assert on.vlm.pretrain_vision and vlm_key(on) != vlm_key(off)
+    assert vlm_key(_cfg("vlm.vision_pretrain.steps=7")) != vlm_key(on)
+    assert vlm_key(_cfg("vlm.pretrain_vision=false", "vlm.vision_pretrain.steps=7")) == vlm_key(off)
+    assert vlm_key(_cfg("vlm.sft.false_detection=0.5")) != vlm_key(on)
+
+
+def _context_kinds(prompt: str) -> set[str]:
+    from vlm_dpo.embedded import names_kind
+
+    ctx = prompt.split("Detected:", 1)[1] if "Detected:" in prompt else ""
+    return {k for k in KINDS if names_kind(ctx, k)}
+
+
+def test_false_detections_are_deterministic_absent_and_never_in_the_target():
+    from vlm_dpo.embedded import WorldSFTData, names_kind
+
+    always = WorldSFTData(_cfg("vlm.sft.false_detection=1.0", "vlm.sft.grounded_share=1.0",
+                               "vlm.sft.detection_drop=0.0"))
+    never = WorldSFTData(_cfg("vlm.sft.false_detection=0.0", "vlm.sft.grounded_share=1.0",
+                              "vlm.sft.detection_drop=0.0"))
+    w = always.cfg.world
+    added = 0
+    for i in range(40):
+        ex, again, plain = always.example(i), always.example(i), never.example(i)
+        assert (ex.prompt, ex.target) == (again.prompt, again.target)
+        assert ex.target == plain.target  # the false detection draws from its own stream
+        present = {o.label for o in sample_scene(w.seed, "sft", i, image_size=w.image_size,
+                                                 min_objects=w.min_objects, max_objects=w.max_objects,
+                                                 max_overlap=w.max_overlap).objects}
+        assert _context_kinds(plain.prompt) == present  # no drop, no false detection
+        fake = _context_kinds(ex.prompt) - present
+        assert len(fake) <= 1 and _context_kinds(ex.prompt) >= present
+        if fake:
+            added += 1
+            (kind,) = fake
+            assert not names_kind(ex.target, kind), (ex.prompt, ex.target)
+    assert added >= 35  # only a scene whose every absent kind is named by the target gets none
+
+
+def test_false_detection_rate_applies_to_grounded_examples_only():
+    from vlm_dpo.embedded import WorldSFTData
+
+    data = WorldSFTData(_cfg("vlm.sft.false_detection=0.5", "vlm.sft.detection_drop=0.0"))
+    w = data.cfg.world
+    grounded = fakes = 0
+    for i in range(200):
+        ex = data.example(i)
+        if "Detected:" not in ex.prompt:
+            continue
+        grounded += 1
+        present = {o.label for o in sample_scene(w.seed, "sft", i, image_size=w.image_size,
+                                                 min_objects=w.min_objects, max_objects=w.max_objects,
+                                                 max_overlap=w.max_overlap).objects}
+        fakes += bool(_context_kinds(ex.prompt) - present)
+    assert 120 < grounded < 200 and 0.3 < fakes / grounded < 0.65
