@@ -46,7 +46,7 @@ class EvalConfig:
     # hf-hub: id otherwise (with clip_pretrained, e.g. "openai"); "" = skip CLIPScore.
     clip_model: str = "embedded"
     clip_pretrained: str = ""
-    clip_steps: int = 300  # training steps of the embedded tiny CLIP
+    clip_steps: int = 150  # training steps of the embedded tiny CLIP
     # See-don't-copy metrics (eval/grounding.py): contexts with controlled noise, the detector's natural
     # errors, and prompts without any context.
     robustness: bool = True

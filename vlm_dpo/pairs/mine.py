@@ -46,6 +46,7 @@ class MineConfig:
     synthetic_per_image: int = 1  # synthetic pairs per image (kinds drawn in turn)
     context: list[str] = field(default_factory=lambda: ["inject_false", "drop_true"])
     context_per_image: int = 1
+    adversarial_top: int = 3  # absent objects are drawn from the 3 labels co-occurring most with the scene
     seed: int = 0
 
 
@@ -71,12 +72,19 @@ class Cooccurrence:
                 self.pair[(a, b)] += 1
                 self.pair[(b, a)] += 1
 
-    def adversarial_absent(self, present: set[str], candidates: list[str]) -> str | None:
-        """The absent label co-occurring most with the present ones (ties: the more frequent, then name)."""
+    def adversarial_absent(self, present: set[str], candidates: list[str], rng: random.Random | None = None,
+                           top: int = 1) -> str | None:
+        """The absent label co-occurring most with the present ones (ties: the more frequent, then name).
+
+        With `rng` and `top` > 1, one of the `top` most co-occurring labels at random: still adversarial,
+        but the same label is not injected into every pair (which would teach a word, not a rule)."""
         absent = [c for c in candidates if c not in present]
         if not absent:
             return None
-        return max(absent, key=lambda c: (sum(self.pair[(p, c)] for p in present), self.single[c], c))
+        ranked = sorted(absent, key=lambda c: (-sum(self.pair[(p, c)] for p in present), -self.single[c], c))
+        if rng is None or top <= 1:
+            return ranked[0]
+        return rng.choice(ranked[:top])
 
 
 def _judge_dict(caption: str, dets: list[dict], vocab: Vocabulary, judge: JudgeConfig) -> dict:
@@ -138,7 +146,7 @@ _NUM = {w: i for i, w in enumerate(NUMBER_WORDS)}
 
 
 def add_object(caption: str, present: set[str], ctx: "SyntheticContext") -> str | None:
-    extra = ctx.cooc.adversarial_absent(present, ctx.labels)
+    extra = ctx.cooc.adversarial_absent(present, ctx.labels, ctx.rng, ctx.top)
     if extra is None:
         return None
     return caption.rstrip(". ") + f" and {noun_phrase(extra, 1, None)}."
@@ -179,6 +187,7 @@ class SyntheticContext:
     labels: list[str]
     cooc: Cooccurrence
     rng: random.Random
+    top: int = 1  # adversarial absent labels drawn from the `top` most co-occurring
 
 
 def synthetic_pairs(rec: dict, best: str, dets: list[dict], vocab: Vocabulary, judge: JudgeConfig,
@@ -218,7 +227,7 @@ def context_pairs(rec: dict, best: str, dets: list[dict], width: int, height: in
         if len(out) >= cfg.context_per_image:
             break
         if kind == "inject_false":
-            extra = ctx.cooc.adversarial_absent(present, ctx.labels)
+            extra = ctx.cooc.adversarial_absent(present, ctx.labels, ctx.rng, ctx.top)
             if extra is None:
                 continue
             x = ctx.rng.uniform(0, width * 0.8)

@@ -78,7 +78,8 @@ def build_pairs(cfg: PairsConfig, out_dir: str | Path, *, ground: GroundingConfi
         vocab = vocabulary_for(cfg.vocabulary, list(dets.values()))
         cooc = Cooccurrence([[vocab.canonical(d["label"]) or d["label"] for d in r["detections"]
                               if d.get("score", 1.0) >= cfg.judge.min_score] for r in dets.values()])
-        ctx = SyntheticContext(vocab, list(vocab.classes), cooc, random.Random(f"synthetic/{cfg.mine.seed}"))
+        ctx = SyntheticContext(vocab, list(vocab.classes), cooc, random.Random(f"synthetic/{cfg.mine.seed}"),
+                               cfg.mine.adversarial_top)
         for rec in tqdm(caption_recs, desc="pairs", disable=not progress):
             where = f"{cfg.captions} image {rec.get('image_id')}"
             det = dets.get(rec["image_id"])
