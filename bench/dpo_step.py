@@ -368,14 +368,22 @@ def _sync(device: str) -> None:
 # Our side
 
 
-def full_logits_pair_logps(model, batch, shared_vision: bool):
-    """The completion-only head switched off: the model's own forward builds [2B, T, vocab] logits (vision shared or
-    not, as in our path), then the same reduction."""
-    from vlm_dpo.train.logps import (_repeat2, logps_from_logits, shared_image_features,
-                                     supports_shared_vision)
+def full_logits_pair_logps(model, batch, shared_vision: bool, shared_prefix: bool = True):
+    """The completion-only head switched off: the model's own forward builds full logits (prefix shared, vision
+    shared or neither, as in our path: [B, W, vocab] over the packed rows, or [2B, T, vocab]), then the same
+    reduction."""
+    from vlm_dpo.train.logps import (_reduce, _repeat2, _text_config, logps_from_logits, pack_pairs,
+                                     shared_image_features, shared_prefix_problem, supports_shared_vision)
 
     b = batch.n_pairs
     vision = batch.vision_inputs()
+    if shared_prefix and shared_vision and shared_prefix_problem(model, batch) is None:
+        impl = getattr(_text_config(model), "_attn_implementation", None) or "eager"
+        packed = pack_pairs(batch, float_mask_dtype=None if impl == "sdpa" else next(model.parameters()).dtype)
+        logits = model(**packed.inputs, **vision, use_cache=False).logits
+        logits = logits.reshape(-1, logits.shape[-1])[packed.index].float()
+        res = _reduce(logits.log_softmax(-1).gather(-1, packed.targets.unsqueeze(-1)).squeeze(-1), packed.mask)
+        return res.rows(0, b), res.rows(b, 2 * b)
     if shared_vision and vision and supports_shared_vision(model):
         mm = {"image": shared_image_features(model, vision)}
         extra = {k: _repeat2(v) for k, v in vision.items() if not k.startswith("pixel_")}
@@ -428,7 +436,7 @@ class OursWorker:
         self.cfg = TrainConfig(
             reference=mode, lr=opts["lr"], weight_decay=0.0, batch_size=opts["batch_size"], grad_accum=1,
             max_steps=10**6, warmup_steps=0, schedule="constant", max_grad_norm=1.0,
-            shared_vision=opts["shared_vision"],
+            shared_vision=opts["shared_vision"], shared_prefix=opts.get("shared_prefix", True),
             loss=LossSettings(weights={"simpo": 1.0} if mode == "none" else {"sigmoid": 1.0}, beta=BETA),
             lora=LoRASettings(enabled=mode == "lora_disabled"), dtype=dtype)
         self.loss_cfg = self.cfg.loss.loss_config()
@@ -479,9 +487,9 @@ class OursWorker:
 
         def run(m):
             if full:
-                c, r = full_logits_pair_logps(m, batch.encoded, self.cfg.shared_vision)
+                c, r = full_logits_pair_logps(m, batch.encoded, self.cfg.shared_vision, self.cfg.shared_prefix)
                 return c, r
-            c, r, _ = batch_logps(m, batch, self.cfg.shared_vision)
+            c, r, _ = batch_logps(m, batch, self.cfg.shared_vision, self.cfg.shared_prefix)
             return c, r
 
         c, r = run(self.model)
@@ -528,8 +536,15 @@ class OursWorker:
         dt = time.perf_counter() - t0
         enc = batch.encoded
         self.step_i += 1
+        text_tokens = int(enc.inputs["attention_mask"].sum())
+        executed = text_tokens
+        if self.cfg.shared_prefix and self.cfg.shared_vision:
+            from vlm_dpo.train.logps import shared_prefix_problem
+
+            if shared_prefix_problem(self.model, enc) is None:  # packed: each prompt once (B*P + 2B*C tokens)
+                executed -= int(enc.prompt_lengths[:enc.n_pairs].sum())
         return {"t": dt, "collate": t_collate, "loss": metrics["loss"],
-                "text_tokens": int(enc.inputs["attention_mask"].sum()),
+                "text_tokens": text_tokens, "executed_text_tokens": executed,
                 "scored_tokens": int((enc.labels != -100).sum()),
                 "images": int(enc.n_pairs)}
 
@@ -703,12 +718,16 @@ def worker_entry(conn, opts, threads):
 def arms_for(args) -> list[dict]:
     base = {"device": args.device, "dtype": args.dtype, "batch_size": args.batch_size, "lr": args.lr,
             "total_steps": args.warmup + args.steps}
-    ours = base | {"side": "ours", "arm": "ours", "reference": args.mode, "shared_vision": True, "head": "completion"}
+    ours = base | {"side": "ours", "arm": "ours", "reference": args.mode, "shared_vision": True, "shared_prefix": True,
+                   "head": "completion"}
     trl_ref = "lora_disabled" if args.mode == "lora_disabled" else "frozen"
     arms = [ours, base | {"side": "trl", "arm": "trl", "reference": trl_ref}]
     levers = args.levers == "on" or (args.levers == "auto" and args.size == "small")
     if levers:
-        arms.append(ours | {"arm": "lever:no_shared_vision", "shared_vision": False})
+        # shared prefix off: shared vision stays on (the previous main configuration)
+        arms.append(ours | {"arm": "lever:no_shared_prefix", "shared_prefix": False})
+        # shared vision off: the plain 2B-row forward; the shared prefix needs shared vision, so it is off too
+        arms.append(ours | {"arm": "lever:no_shared_vision", "shared_vision": False, "shared_prefix": False})
         arms.append(ours | {"arm": "lever:full_logits_head", "head": "full"})
         if args.mode == "precomputed":
             arms.append(ours | {"arm": "lever:frozen_reference", "reference": "frozen"})
@@ -774,14 +793,15 @@ def summarize(args, setup, arms: list[Arm]) -> dict:
     coll_t = _median([s["collate"] for s in timed(trl)])
     pb = info["params_by_part"]
     tt = _median([s["text_tokens"] for s in timed(ours)])
+    tt_exec = _median([s.get("executed_text_tokens", s["text_tokens"]) for s in timed(ours)])
     sc = _median([s["scored_tokens"] for s in timed(ours)])
     patches, itok = info["vision_patches_per_image"], info["image_tokens_per_pair"]
     # The DPO step's model FLOPs, counted per sequence (images twice) with a reference forward, for both sides.
     flops = model_flops(pb, tt, sc, 2 * bs, patches, itok, train_images=2 * bs, ref_images=2 * bs, ref=True)
-    executed = model_flops(pb, tt, sc, bs, patches, itok, train_images=bs, ref_images=bs,
+    executed = model_flops(pb, tt_exec, sc, bs, patches, itok, train_images=bs, ref_images=bs,
                            ref=args.mode in ("frozen", "lora_disabled"))
     peak = args.peak_tflops or (CUDA_PEAK_TFLOPS[args.dtype] if args.device == "cuda" else 0.0)
-    levers_on = {"shared_vision": True, "completion_only_head": True, "reference": args.mode}
+    levers_on = {"shared_vision": True, "shared_prefix": True, "completion_only_head": True, "reference": args.mode}
     out = {
         "ours_pairs_per_s": round(pps(ours), 4),
         "trl_pairs_per_s": round(pps(trl), 4),
@@ -793,7 +813,7 @@ def summarize(args, setup, arms: list[Arm]) -> dict:
         "ours_loss_first_batch": first_ours, "trl_loss_first_batch": first_trl,
         "loss_comparable": comparable,
         "image_tokens_per_pair": itok,
-        "mode": "+".join([f"reference={args.mode}", "shared_vision", "completion_only_head"]),
+        "mode": "+".join([f"reference={args.mode}", "shared_vision", "shared_prefix", "completion_only_head"]),
         "levers_on": levers_on,
         "trl_side": ("DPOTrainer.train(), LoRA policy, adapter-disabled reference" if args.mode == "lora_disabled"
                      else "DPOTrainer.train(), frozen reference copy"),
@@ -816,6 +836,7 @@ def summarize(args, setup, arms: list[Arm]) -> dict:
         "trl_setup_mb": round(trl.ready.get("setup_mb", 0.0), 1),
         "memory_method": ours.final["memory_method"],
         "completion_tokens": setup["completion_tokens"], "text_tokens_per_step": tt,
+        "ours_executed_text_tokens_per_step": tt_exec,
         "vision_patches_per_image": patches,
         "model_flops_per_step": flops,
         "flops_formula": ("per step, both sides: 6*N*D (policy fwd+bwd) + 2*N*D (reference fwd), where N*D = "

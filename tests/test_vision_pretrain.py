@@ -224,3 +224,24 @@ def test_false_detection_rate_applies_to_grounded_examples_only():
                                                  max_overlap=w.max_overlap).objects}
         fakes += bool(_context_kinds(ex.prompt) - present)
     assert 120 < grounded < 200 and 0.3 < fakes / grounded < 0.65
+
+
+def test_ensure_vlm_pretrains_the_tower_before_sft_and_reports_it(tmp_path):
+    """The hook end to end at toy sizes: metrics.json carries vision_pretrain; with freeze_vision the saved
+    VLM's tower is exactly the cached pretrained one."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    from vlm_dpo.config import load_config
+    from vlm_dpo.embedded import ensure_vlm
+
+    from conftest import TINY_OVERRIDES
+
+    cfg = load_config(None, TINY_OVERRIDES + [f"cache_dir={tmp_path}", "vlm.sft.steps=2", "vlm.sft.freeze_vision=true"])
+    meta = ensure_vlm(cfg, progress=False)
+    vp = meta["vision_pretrain"]
+    assert {"loss_first", "loss_last", "val_retrieval_top1", "val_chance", "minutes"} <= vp.keys()
+    assert json.loads((tmp_path / "vlm").glob("*/metrics.json").__next__().read_text())["vision_pretrain"] == vp
+    tower = load_file(vp["weights"])
+    got = AutoModelForImageTextToText.from_pretrained(meta["model"]).model.vision_model.state_dict()
+    assert all(torch.equal(got[k], tower[k]) for k in tower)

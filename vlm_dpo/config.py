@@ -68,6 +68,7 @@ class SFTConfig:
     # share of grounded examples whose context gains one absent object the target does not name (a detector's
     # false positive): teaches looking at the image over copying the context
     false_detection: float = 0.1
+    freeze_vision: bool = False  # keep the vision tower fixed during SFT (e.g. to keep a pretrained one intact)
     qa_share: float = 0.2  # share of examples that are POPE-style yes/no questions (so POPE can be asked)
     seed: int = 0
     log_every: int = 50

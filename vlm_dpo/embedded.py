@@ -210,8 +210,11 @@ def ensure_vlm(cfg, progress: bool = True) -> dict:
     vision = pretrain_embedded_vision(cfg, model, processor, progress=progress) if cfg.vlm.pretrain_vision else None
     data = WorldSFTData(cfg)
     sft = cfg.vlm.sft
+    if sft.freeze_vision:
+        model.model.vision_model.requires_grad_(False)
     history = run_sft(model, processor, data.batch, steps=sft.steps, lr=sft.lr, warmup_steps=sft.warmup_steps,
                       weight_decay=sft.weight_decay, seed=sft.seed, progress=progress)
+    model.requires_grad_(True)
     save_model(model, processor, cache / "model")
     write_jsonl_atomic(cache / "sft_log.jsonl", history)
     meta = {"model": str(cache / "model"), "parameters": count_parameters(model),

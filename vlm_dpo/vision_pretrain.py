@@ -48,7 +48,9 @@ SCENE_OFFSET = 30_000_000  # 'sft' stream indices used here: SCENE_OFFSET + step
 
 @dataclass
 class VisionPretrainConfig:
-    """Contrastive pretraining of the VLM's vision tower (defaults: ~2 CPU minutes on 2 threads)."""
+    """Contrastive pretraining of the VLM's vision tower. Defaults measured on the default world and tower:
+    2.5 CPU-minutes (3.5 wall minutes on 2 threads shared with another job, so about 1.5-2 on 2 free threads),
+    loss 4.26 -> 1.07, val image->text top-1 0.61 among 97 distinct captions (chance 0.01)."""
     steps: int = 250
     batch_size: int = 64
     lr: float = 2e-3

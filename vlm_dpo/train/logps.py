@@ -1,4 +1,4 @@
-"""Completion log-probabilities for DPO, with the LM head applied only where it is needed and one vision pass per pair.
+"""Completion log-probabilities for DPO: the LM head only where it is needed, one vision pass and one prefix per pair.
 
 Completion log-probs (`completion_logps`)
 -----------------------------------------
@@ -50,6 +50,57 @@ Every other family, or `shared_vision=False`, takes the plain path: the vision t
 (`PairBatch.plain_inputs()`, concatenation along dim 0, valid for every layout we know: [B, ...] images,
 [B, N, ...] image lists, Qwen's flat [patches, D] with [B, 3] grids) and one ordinary base forward runs, encoding
 each image twice.
+
+Shared prefix: one packed row per pair (`pack_pairs`, `pair_logps(..., shared_prefix=True)`, the default)
+---------------------------------------------------------------------------------------------------------
+Chosen and rejected also share every text-model activation of the image + prompt prefix (~90% of a row in a
+captioning pair: 64-68 image tokens and a grounded prompt before a ~13-token caption), and the shared-vision path
+still runs that prefix through the text model twice. Where the family allows it, `pair_logps` therefore runs
+each pair as ONE row
+
+    [ prefix_i (p_i tokens: the chosen row's first p_i columns) | chosen completion | rejected completion | pad ]
+
+built by `pack_pairs` by gathering columns of the 2B-row PairBatch (right-padded to the longest pair), with
+  * a block-causal 4-D `attention_mask` [B, 1, W, W]: every token sees the causal prefix; a chosen token sees the
+    chosen tokens before it; a rejected token sees the rejected tokens before it and never a chosen one; nobody
+    sees padding (a padding query sees only itself so that no softmax row is empty and no NaN reaches backward).
+    Boolean for sdpa (what transformers' own sdpa mask is), additive 0 / finfo.min for eager; transformers passes
+    a 4-D mask to the attention unchanged;
+  * explicit `position_ids`: each token's position in its own original row, so the rejected completion continues
+    at p_i, p_i + 1, ... exactly as if it followed the prefix alone: the column index for 1-D RoPE families, and
+    for Qwen2-VL / 2.5-VL (`MROPE_FAMILIES`) the 3-D M-RoPE ids that the model's own `get_rope_index` builds for
+    the plain 2B rows, gathered at the same (row, column) as the tokens;
+  * the vision tensors of the B images passed as they are: each packed row holds its image tokens once, so the
+    vision encoder also runs once per pair (the model scatters the features itself, as in a plain forward).
+The completion targets keep their 2B-row order: the hidden state predicting a target is the packed position of the
+token before it - for a rejected completion's first token, the prefix's last token (shared with the chosen
+branch); for later rejected tokens, column t of the rejected row lives at n_c + (t - p_i) in the packed row. The
+head then runs on those N rows only, as above. It is one ordinary forward of the model's base, so autograd is the
+model's own: the prefix activations receive the gradients of both branches (summed, as in the plain path),
+gradient checkpointing works unchanged, and log-probs and gradients equal the plain path's to float32 rounding
+(tests/train/test_shared_prefix.py: per-token log-probs within 1e-5, parameter gradients within 1e-5 relative).
+The text model sees B*P + 2B*C real tokens instead of 2B*(P + C) (plus padding to the longest packed row).
+
+Why a packed row and not a KV cache of the prefix: the cache route (prefix rows with `use_cache=True`, then the
+2B completion rows with `past_key_values` repeated per branch) needs two forwards, a cache kept in the autograd
+graph, its own causal-mask/position bookkeeping per family, and does not combine with gradient checkpointing
+(transformers turns `use_cache` off under it); the packed row is one ordinary forward whose only changes are the
+mask and the positions. Attention over a packed row costs (P + 2C)^2 instead of 2 (P + C)^2 score entries, smaller.
+
+When it applies (`shared_prefix_problem(model, batch)` says why not; the fallback is the shared-vision path above):
+  * `shared_prefix` and `shared_vision` are on (`shared_vision=False` stays the fully plain reference path);
+  * the family is in SHARED_PREFIX_FAMILIES (a causal text decoder that takes a custom 4-D mask and explicit
+    positions straight through; tested: idefics3, llava, qwen2_vl) and in SHARED_VISION_FAMILIES. PaliGemma and
+    Gemma 3 are not: they attend bidirectionally over the image / prefix, which a causal block mask would change.
+    An unlisted family falls back silently;
+  * the text model's attention implementation is sdpa or eager (flash-attention kernels take no 4-D mask and
+    flex attention wants a BlockMask: those fall back, with a one-time warning), its layer types are full or
+    sliding attention, and no row is longer than a sliding window (within it, the window masks nothing);
+  * the batch is right-padded and each pair's two rows are equal on the prompt (what `encode_pairs` builds);
+    otherwise a one-time warning and the fallback.
+
+Sums: `_reduce` accumulates each row's log-probs in float64 and rounds once, so paths whose per-token log-probs
+agree to ~1e-6 give sums that agree to about one float32 ulp.
 """
 
 from __future__ import annotations
