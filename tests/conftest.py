@@ -61,17 +61,7 @@ def no_network(monkeypatch):
     yield
 
 
-TINY_OVERRIDES = [
-    "world.n_train=24", "world.n_val=6", "world.n_test=10", "world.image_size=96",
-    "detector.epochs=1", "detector.imgsz=64", "detector.batch=8",
-    "vlm.spec.vision_layers=1", "vlm.spec.text_layers=1", "vlm.spec.text_width=64", "vlm.spec.text_mlp=128",
-    "vlm.spec.vision_width=32", "vlm.spec.vision_heads=2", "vlm.spec.text_heads=2", "vlm.spec.text_kv_heads=1",
-    "vlm.spec.vocab_size=400",
-    "vlm.sft.steps=4", "vlm.sft.batch_size=4", "vlm.sft.warmup_steps=1",
-    "vlm.vision_pretrain.steps=2", "vlm.vision_pretrain.batch_size=4", "vlm.vision_pretrain.eval_scenes=6",
-    "describe.n_samples=2", "describe.batch_size=4", "describe.max_new_tokens=8", "eval.clip_steps=3",
-    "threads=2",
-]
+from tiny_config import PIPE, TINY_OVERRIDES  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -87,8 +77,7 @@ def tiny_cfg(tiny_cache, tmp_path):
     return load_config(None, TINY_OVERRIDES + [f"cache_dir={tiny_cache}", f"out={tmp_path / 'run'}"])
 
 
-PIPE = ["train.max_steps=3", "train.batch_size=4", "train.eval_every=0", "train.save_every=0", "eval.n_samples=2",
-        "eval.bootstrap=50", "eval.batch_size=8", "pairs.val_fraction=0.2", "variants=[no_context,mdpo]"]
+
 
 
 @pytest.fixture(scope="session")
@@ -102,19 +91,3 @@ def pipeline_run(tmp_path_factory, tiny_cache):
     cfg = load_config(None, TINY_OVERRIDES + PIPE + [f"cache_dir={cache}", f"out={out}"])
     result = run_pipeline(cfg, progress=False)
     return cfg, out, result
-
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
-
-
-def chromium_or_skip():
-    """Browser tests need Debian's chromium (scripts/test.sh installs it). Outside CI a missing browser skips;
-    in CI (CI=true) it fails, so a broken install cannot hide the browser tests."""
-    from pathlib import Path
-
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} missing in CI: scripts/test.sh should have installed it")
-        pytest.skip(f"{CHROMIUM} is not installed (scripts/test.sh installs it)")

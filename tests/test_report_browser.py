@@ -1,6 +1,6 @@
 """The report page opens from disk in a real headless browser with no errors and all images loaded."""
 
-from conftest import CHROMIUM, CHROMIUM_ARGS, chromium_or_skip
+from browser_util import CHROMIUM, CHROMIUM_ARGS, chromium_or_skip
 
 
 def test_report_loads_in_headless_chromium(pipeline_run):

@@ -235,7 +235,7 @@ def test_ensure_vlm_pretrains_the_tower_before_sft_and_reports_it(tmp_path):
     from vlm_dpo.config import load_config
     from vlm_dpo.embedded import ensure_vlm
 
-    from conftest import TINY_OVERRIDES
+    from tiny_config import TINY_OVERRIDES
 
     cfg = load_config(None, TINY_OVERRIDES + [f"cache_dir={tmp_path}", "vlm.sft.steps=2", "vlm.sft.freeze_vision=true"])
     meta = ensure_vlm(cfg, progress=False)

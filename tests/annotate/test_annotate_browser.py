@@ -30,7 +30,7 @@ WAIT = 20_000  # ms, for expectations (two shared CPU cores)
 
 @pytest.fixture(autouse=True)
 def _needs_chromium():
-    from conftest import chromium_or_skip
+    from browser_util import chromium_or_skip
 
     chromium_or_skip()
 
