@@ -5,7 +5,7 @@
     python bench/sampling.py --size small --images 4 --n 8 --max-new-tokens 24
     python bench/sampling.py --size tiny --images 2 --n 3 --max-new-tokens 8 --repeats 1   # the smoke test
 
-Both arms call `vlm_dpo.describe._generate` (processor, left padding, sampling at temperature/top_p) on the same
+Both arms call `vlm_dpo.describe.generate_captions` (processor, left padding, sampling at temperature/top_p) on the same
 random-weight SmolVLM-architecture model as bench/dpo_step.py, with `min_new_tokens = max_new_tokens` so every
 sample has the same length whatever the random weights emit. Warm-up once per arm, then `--repeats` alternations
 A B A B; the median time per arm is reported. A forward hook on the vision tower counts the images it encodes:
@@ -24,7 +24,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -57,7 +56,7 @@ def main(argv=None) -> dict:
     common._quiet()
     torch.set_num_threads(args.threads)
 
-    from vlm_dpo.describe import _generate
+    from vlm_dpo.describe import generate_captions
     from vlm_dpo.world.scenes import render_scene, sample_scene
 
     model, processor, spec = common.build_model(args.size)
@@ -68,7 +67,7 @@ def main(argv=None) -> dict:
     scenes = [sample_scene(5, "test", i, image_size=spec.image_size, min_objects=2) for i in range(args.images)]
     images = [render_scene(s) for s in scenes]
     texts = ["Describe the objects on the table."] * args.images
-    cfg = SimpleNamespace(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+    gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
 
     encoded = {"n": 0}
 
@@ -83,10 +82,10 @@ def main(argv=None) -> dict:
             torch.cuda.synchronize()
 
     def batched():
-        return _generate(model, processor, images, texts, do_sample=True, n=args.n, cfg=cfg)
+        return generate_captions(model, processor, images, texts, do_sample=True, n=args.n, **gen)
 
     def one_at_a_time():
-        return [[_generate(model, processor, [im], [t], do_sample=True, n=1, cfg=cfg)[0][0] for _ in range(args.n)]
+        return [[generate_captions(model, processor, [im], [t], do_sample=True, n=1, **gen)[0][0] for _ in range(args.n)]
                 for im, t in zip(images, texts)]
 
     arms = {"batched": batched, "sequential": one_at_a_time}

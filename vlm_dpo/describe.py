@@ -21,16 +21,19 @@ from .ground import render_prompt
 from .records import ResumableJsonl
 
 
-def _generate(model, processor, images, texts, *, do_sample: bool, n: int, cfg) -> list[list[str]]:
+def generate_captions(model, processor, images, texts, *, max_new_tokens: int, do_sample: bool, n: int = 1,
+                      temperature: float = 1.0, top_p: float = 1.0) -> list[list[str]]:
+    """n captions per (image, user text), from one batched `generate` (num_return_sequences shares the
+    prompt's encoding across the n samples). Used by describe and by evaluation alike."""
     prompts = [render_prompt(processor, t) for t in texts]
     tok = processor.tokenizer
     tok.padding_side = "left"  # the generated token must follow each prompt's last real token
     enc = processor(text=prompts, images=[[im] for im in images], padding=True, return_tensors="pt")
     enc = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in enc.items()}
-    kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=do_sample, num_return_sequences=n,
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=n,
                   pad_token_id=tok.pad_token_id)
     if do_sample:
-        kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
+        kwargs.update(temperature=temperature, top_p=top_p)
     with torch.inference_mode():
         out = model.generate(**enc, **kwargs)
     texts_out = processor.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -42,8 +45,10 @@ def describe(model, processor, items: list[dict], cfg) -> list[dict]:
     """Captions for `items` (dicts with image_id, path, prompt, grounding); `cfg` is a DescribeConfig."""
     images = [open_image(it["path"]) for it in items]
     texts = [it["prompt"] for it in items]
-    greedy = _generate(model, processor, images, texts, do_sample=False, n=1, cfg=cfg) if cfg.greedy else None
-    samples = (_generate(model, processor, images, texts, do_sample=True, n=cfg.n_samples, cfg=cfg)
+    settings = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+    greedy = (generate_captions(model, processor, images, texts, do_sample=False, n=1, **settings)
+              if cfg.greedy else None)
+    samples = (generate_captions(model, processor, images, texts, do_sample=True, n=cfg.n_samples, **settings)
                if cfg.n_samples > 0 else [[] for _ in items])
     gen = {k: v for k, v in asdict(cfg).items() if k in ("n_samples", "temperature", "top_p", "max_new_tokens", "seed")}
     model_id = getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")

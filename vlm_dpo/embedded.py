@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .detect import train_embedded_detector
-from .ground import GroundingConfig, PromptConfig, grounding_text, prompt_text
+from .ground import PromptConfig, grounding_text, prompt_text
 from .models import build_tiny_idefics3, count_parameters, save_model
 from .records import write_jsonl_atomic, write_text_atomic
 from .sft import SFTExample, run_sft

@@ -15,7 +15,6 @@ Each metric is also computed per caption (`per_caption`), so bootstrap intervals
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 from ..judge import JudgeConfig, Vocabulary, parse_caption, score_caption
@@ -87,16 +86,7 @@ def bootstrap_ci(groups: list[list[CaptionStats]], metric: str, n_boot: int = 10
                  alpha: float = 0.05) -> tuple[float, float]:
     """Percentile bootstrap interval of an `aggregate` metric, resampling images (each group = one image's
     captions), so several samples of one image move together."""
-    rng = random.Random(seed)
-    vals = []
-    for _ in range(n_boot):
-        pick = [groups[rng.randrange(len(groups))] for _ in groups]
-        v = aggregate([s for g in pick for s in g])[metric]
-        if v is not None:
-            vals.append(v)
-    if not vals:
-        return (float("nan"), float("nan"))
-    vals.sort()
-    lo = vals[int(alpha / 2 * (len(vals) - 1))]
-    hi = vals[int((1 - alpha / 2) * (len(vals) - 1))]
-    return (lo, hi)
+    from .bootstrap import percentile_ci
+
+    ci = percentile_ci(groups, lambda pick: aggregate([s for g in pick for s in g])[metric], n_boot, seed, alpha)
+    return ci if ci is not None else (float("nan"), float("nan"))

@@ -11,7 +11,6 @@ contrastive loss, saves it in open_clip's `local-dir` layout, and it loads back 
 from __future__ import annotations
 
 import json
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path

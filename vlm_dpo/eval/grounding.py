@@ -67,18 +67,10 @@ def rates(counts: list[tuple[int, int, int, int]]) -> dict:
 
 
 def bootstrap_rates(counts: list[tuple[int, int, int, int]], n_boot: int = 1000, seed: int = 0) -> dict:
-    rng = random.Random(seed)
-    samples = {"echo_rate": [], "recovery_rate": []}
-    for _ in range(n_boot):
-        r = rates([counts[rng.randrange(len(counts))] for _ in counts])
-        for k in samples:
-            if r[k] is not None:
-                samples[k].append(r[k])
-    ci = {}
-    for k, v in samples.items():
-        v.sort()
-        ci[k] = (v[int(0.025 * (len(v) - 1))], v[int(0.975 * (len(v) - 1))]) if v else None
-    return ci
+    from .bootstrap import percentile_ci
+
+    return {k: percentile_ci(counts, lambda pick, k=k: rates(pick)[k], n_boot, seed)
+            for k in ("echo_rate", "recovery_rate")}
 
 
 def precision_counts(caption: str, objects: list[dict], vocab: Vocabulary) -> tuple[int, int]:

@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..describe import generate_captions
 from ..detect import open_image
-from ..ground import render_prompt
 from ..judge import Vocabulary
 from ..records import write_jsonl_atomic, write_text_atomic
+from .bootstrap import percentile_ci
 from .captions import aggregate, bootstrap_ci, caption_stats
 from .pope import make_probes, parse_answer, pope_metrics
 
@@ -54,31 +55,15 @@ class EvalConfig:
     noise_add: float = 0.05
 
 
-def _generate(model, processor, images, texts, *, max_new_tokens: int, do_sample: bool, n: int = 1,
-              temperature: float = 1.0) -> list[list[str]]:
-    tok = processor.tokenizer
-    tok.padding_side = "left"
-    prompts = [render_prompt(processor, t) for t in texts]
-    enc = processor(text=prompts, images=[[im] for im in images], padding=True, return_tensors="pt")
-    enc = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in enc.items()}
-    kw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=n,
-              pad_token_id=tok.pad_token_id)
-    if do_sample:
-        kw.update(temperature=temperature, top_p=1.0)
-    with torch.inference_mode():
-        out = model.generate(**enc, **kw)
-    texts_out = [t.strip() for t in processor.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
-    return [texts_out[i * n:(i + 1) * n] for i in range(len(images))]
-
-
 def generate_all(model, processor, items: list[dict], cfg: EvalConfig, *, do_sample: bool, n: int, desc: str,
                  progress: bool) -> list[list[str]]:
     out = []
     for bi, s in enumerate(tqdm(range(0, len(items), cfg.batch_size), desc=desc, disable=not progress)):
         chunk = items[s:s + cfg.batch_size]
         torch.manual_seed(cfg.seed * 7919 + bi)
-        out += _generate(model, processor, [open_image(it["path"]) for it in chunk], [it["prompt"] for it in chunk],
-                         max_new_tokens=cfg.max_new_tokens, do_sample=do_sample, n=n, temperature=cfg.temperature)
+        out += generate_captions(model, processor, [open_image(it["path"]) for it in chunk],
+                                 [it["prompt"] for it in chunk], max_new_tokens=cfg.max_new_tokens,
+                                 do_sample=do_sample, n=n, temperature=cfg.temperature)
     return out
 
 
@@ -141,18 +126,13 @@ def robustness_metrics(model, processor, items, scenes, greedy, rob: dict, vocab
         for k, v in bootstrap_rates(counts, cfg.bootstrap, cfg.seed).items():
             ci[f"{tag}{k}"] = v
     pc = [precision_counts(c[0], sc["objects"], vocab) for c, sc in zip(ungrounded, scenes)]
-    named = sum(n for _, n in pc)
-    out["precision_ungrounded"] = sum(t for t, _ in pc) / named if named else 0.0
-    import random
 
-    rng = random.Random(cfg.seed)
-    boots = []
-    for _ in range(cfg.bootstrap):
-        pick = [pc[rng.randrange(len(pc))] for _ in pc]
-        nn = sum(n for _, n in pick)
-        boots.append(sum(t for t, _ in pick) / nn if nn else 0.0)
-    boots.sort()
-    ci["precision_ungrounded"] = (boots[int(0.025 * (len(boots) - 1))], boots[int(0.975 * (len(boots) - 1))])
+    def precision(pick):
+        named = sum(n for _, n in pick)
+        return sum(t for t, _ in pick) / named if named else 0.0
+
+    out["precision_ungrounded"] = precision(pc)
+    ci["precision_ungrounded"] = percentile_ci(pc, precision, cfg.bootstrap, cfg.seed)
     out["robustness_ci"] = ci
     write_jsonl_atomic(out_dir / f"{name}.robustness.jsonl", [
         {"image_id": it["image_id"], "noisy_prompt": ni["prompt"], "noisy_caption": n[0], "errors": e,
@@ -161,28 +141,17 @@ def robustness_metrics(model, processor, items, scenes, greedy, rob: dict, vocab
     return out
 
 
-def _mean_ci(values: list[float], n_boot: int, seed: int) -> tuple[float, float]:
-    import random
-
-    rng = random.Random(seed)
-    means = sorted(sum(values[rng.randrange(len(values))] for _ in values) / len(values) for _ in range(n_boot))
-    return (means[int(0.025 * (n_boot - 1))], means[int(0.975 * (n_boot - 1))])
+def _mean_ci(values: list[float], n_boot: int, seed: int) -> tuple[float, float] | None:
+    return percentile_ci(values, lambda pick: sum(pick) / len(pick), n_boot, seed)
 
 
-def bootstrap_pope_f1(rows: list[dict], n_boot: int, seed: int) -> tuple[float, float]:
-    import random
-
+def bootstrap_pope_f1(rows: list[dict], n_boot: int, seed: int) -> tuple[float, float] | None:
+    """F1 interval resampling images (all probes of an image together)."""
     by_img: dict[str, list[dict]] = {}
     for r in rows:
         by_img.setdefault(r["image_id"], []).append(r)
-    groups = list(by_img.values())
-    rng = random.Random(seed)
-    vals = []
-    for _ in range(n_boot):
-        pick = [r for _ in groups for r in groups[rng.randrange(len(groups))]]
-        vals.append(pope_metrics([r["parsed"] for r in pick], [r["answer"] for r in pick])["f1"])
-    vals.sort()
-    return (vals[int(0.025 * (len(vals) - 1))], vals[int(0.975 * (len(vals) - 1))])
+    return percentile_ci(list(by_img.values()), lambda pick: pope_metrics(
+        [r["parsed"] for g in pick for r in g], [r["answer"] for g in pick for r in g])["f1"], n_boot, seed)
 
 
 def evaluate_model(model_path: str, name: str, items: list[dict], scenes: list[dict], cfg: EvalConfig,

@@ -31,7 +31,7 @@ from itertools import combinations
 
 from ..ground import GroundingConfig, PromptConfig, grounding_text, prompt_text
 from ..judge import JudgeConfig, Vocabulary, parse_caption, score_caption
-from ..world.captions import NUMBER_WORDS, VAGUE_CAPTIONS, join_phrases, noun_phrase, reference_caption
+from ..world.captions import NUMBER_WORDS, VAGUE_CAPTIONS, noun_phrase, reference_caption
 from .dataset import make_pair
 
 
