@@ -62,6 +62,14 @@ def test_cli_config_error_and_help(capsys):
         assert cmd in r.stdout
 
 
+def test_cli_overrides_may_follow_options(tmp_path, capsys, tiny_cache):
+    code = main(["detect", "--out", str(tmp_path / "o"), f"cache_dir={tiny_cache}", f"data.images={tmp_path / 'x'}",
+                 "--quiet"])
+    assert code == 1 and "image folder not found" in capsys.readouterr().err  # the override after --out applied
+    with pytest.raises(SystemExit):
+        main(["detect", "--out", str(tmp_path / "o"), "--bogus"])
+
+
 def test_cli_bad_input_is_one_clear_line(tmp_path, capsys, tiny_cache):
     code = main(["detect", f"data.images={tmp_path / 'nope'}", f"cache_dir={tiny_cache}", f"out={tmp_path / 'o'}",
                  "--quiet"])

@@ -103,8 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    config, overrides = args.config, list(args.overrides)
+    parser = build_parser()
+    # key=value overrides may also follow options (`pipeline CONFIG --out DIR k=v`): argparse leaves those over.
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if e.startswith("-") or "=" not in e]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    config, overrides = args.config, list(args.overrides) + extra
     if config is not None and "=" in config:  # no config file, only overrides
         overrides.insert(0, config)
         config = None
