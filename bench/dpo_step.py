@@ -41,19 +41,8 @@ from pathlib import Path
 SIZES = ("tiny", "small", "256m")
 MODES = ("frozen", "lora_disabled", "precomputed", "none")
 BETA = 0.1
-# A chat template that renders the user turn and the generation prompt exactly like vlm_dpo.models.CHAT_TEMPLATE
-# (so our prompts are untouched) and the assistant turn as "Assistant: <text><end_of_utterance>" with no newline,
-# so TRL's collator, which tokenises the rendered assistant turn, scores exactly our completion ids
-# (" " + text + EOS). See tests/train/test_trl_parity.py for the same alignment.
-TRL_TEMPLATE = (
-    "{% for message in messages %}{{ message['role'] | capitalize }}:"
-    "{% if message['role'] == 'assistant' %} {% endif %}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<end_of_utterance>{% if message['role'] != 'assistant' %}{{ '\\n' }}{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
-)
+# TRL's side gets a template whose assistant turn tokenises to exactly our completion ids (see the constant).
+from vlm_dpo.models import TRL_ALIGNED_CHAT_TEMPLATE as TRL_TEMPLATE  # noqa: E402
 # Nominal dense peak (TFLOP/s) used for MFU when --peak-tflops is not given: H100/H200 SXM bf16 / tf32-free fp32.
 CUDA_PEAK_TFLOPS = {"bf16": 989.0, "fp32": 67.0}
 

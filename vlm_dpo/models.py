@@ -27,6 +27,20 @@ CHAT_TEMPLATE = (
     "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 
+# The same template with the assistant turn rendered as "Assistant: <text><end_of_utterance>" (no newline after
+# it). User turns and the generation prompt render exactly as CHAT_TEMPLATE does, so TRL's collator, which
+# tokenises the rendered assistant turn, scores exactly our completion ids (" " + text + EOS). Used where TRL is
+# the oracle (tests/train/test_trl_parity.py, bench/dpo_step.py).
+TRL_ALIGNED_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | capitalize }}:"
+    "{% if message['role'] == 'assistant' %} {% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_utterance>{% if message['role'] != 'assistant' %}{{ '\\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
 
 class ModelLoadError(RuntimeError):
     pass

@@ -31,7 +31,7 @@ pytest.importorskip("trl")
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
 from vlm_dpo.detect import open_image  # noqa: E402
-from vlm_dpo.models import CHAT_TEMPLATE, load_model_and_processor  # noqa: E402
+from vlm_dpo.models import TRL_ALIGNED_CHAT_TEMPLATE, CHAT_TEMPLATE, load_model_and_processor  # noqa: E402
 from vlm_dpo.pairs.dataset import load_pairs, resolve_image  # noqa: E402
 from vlm_dpo.pairs.io import export_trl  # noqa: E402
 from vlm_dpo.train.logps import IGNORE, completion_logps, encode_pairs, pair_logps  # noqa: E402
@@ -46,15 +46,7 @@ SUM_RTOL = 1e-6
 
 # The tiny template with a SmolVLM-style assistant turn ("Assistant: text<end_of_utterance>", no newline after
 # it). The user turn and the generation prompt render exactly as CHAT_TEMPLATE renders them (asserted below).
-ASSISTANT_VARIANT = (
-    "{% for message in messages %}{{ message['role'] | capitalize }}:"
-    "{% if message['role'] == 'assistant' %} {% endif %}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<end_of_utterance>{% if message['role'] != 'assistant' %}{{ '\\n' }}{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
-)
+ASSISTANT_VARIANT = TRL_ALIGNED_CHAT_TEMPLATE
 
 
 def _nudge(model, seed=1, scale=0.02):
