@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+# No OMP_WAIT_POLICY here: the pipeline's own process runs faster with OpenMP's default (brief spinning);
+# its worker processes set PASSIVE themselves (vlm_dpo/parallel.py).
 exec .venv/bin/vlm-dpo pipeline configs/demo.yaml "$@"

@@ -60,3 +60,24 @@ def test_real_checkpoint_configs_name_real_models():
         assert cfg.train.reference in ("precomputed", "lora_disabled")
     lora = load_config(Path(__file__).resolve().parents[1] / "configs" / "smolvlm_256m_lora.yaml")
     assert lora.train.lora.enabled and lora.train.reference == "lora_disabled"
+
+
+def test_base_file_is_merged_under_the_config(tmp_path):
+    (tmp_path / "parent.yaml").write_text("out: runs/p\ndescribe:\n  n_samples: 6\n  temperature: 0.7\n")
+    (tmp_path / "sub").mkdir()
+    child = tmp_path / "sub" / "child.yaml"
+    child.write_text("base: ../parent.yaml\ndescribe:\n  n_samples: 2\n")
+    cfg = load_config(child, ["world.seed=4"])
+    assert (cfg.out, cfg.describe.n_samples, cfg.describe.temperature, cfg.world.seed) == ("runs/p", 2, 0.7, 4)
+    (tmp_path / "parent.yaml").write_text("base: sub/child.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(child)
+    child.write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml.*not found"):
+        load_config(child)
+
+
+def test_see_dont_copy_is_the_demo_plus_variants():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    demo, see = load_config(root / "demo.yaml"), load_config(root / "see_dont_copy.yaml")
+    assert see.variants == ["no_context", "mdpo"] and see.vlm == demo.vlm and see.train == demo.train

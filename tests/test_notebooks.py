@@ -1,6 +1,5 @@
 """The notebooks execute headless on a tiny run and fail if any cell fails; they are stored without outputs."""
 
-import os
 from pathlib import Path
 
 import nbformat

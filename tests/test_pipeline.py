@@ -27,7 +27,7 @@ def test_metrics_json_is_complete(pipeline_run):
     import vlm_dpo.pairs.dataset as ds
 
     assert all(p["source"] != "context" for p in ds.load_pairs(out / "variants" / "no_context" / "pairs.parquet"))
-    assert set(m["timing_s"]) >= {"world+detector", "detect", "vlm_sft", "describe", "pairs", "dpo", "eval"}
+    assert set(m["timing_s"]) >= {"world", "vlm_sft", "detector", "detect", "describe", "pairs", "dpo", "eval"}
     assert result["metrics"] == str(out / "metrics.json")
 
 
@@ -41,6 +41,24 @@ def test_report_and_its_images_exist(pipeline_run):
     for s in srcs:
         assert (out / "report" / s).exists(), s
     assert "CHAIR_i" in page and "rft" in page
+
+
+def test_detector_side_job_trains_in_a_worker_process(tmp_path):
+    """The pipeline's side job (detector, then the CLIPScore model) in a 1-thread worker, on an empty cache."""
+    from tiny_config import TINY_OVERRIDES
+
+    from vlm_dpo.embedded import detector_needs_training, ensure_world
+    from vlm_dpo.parallel import Background
+    from vlm_dpo.pipeline import _detector_then_clip
+
+    cfg = load_config(None, TINY_OVERRIDES + [f"cache_dir={tmp_path / 'cache'}", f"out={tmp_path / 'run'}"])
+    world = ensure_world(cfg, progress=False)
+    assert detector_needs_training(cfg, world)
+    with Background(_detector_then_clip, (cfg, world, True), threads=1) as job:
+        pass
+    det = job.result()
+    assert Path(det["weights"]).exists() and not detector_needs_training(cfg, world)
+    assert list((tmp_path / "cache" / "clip").glob("*/"))  # the CLIPScore model is cached for eval
 
 
 def test_rerun_skips_finished_stages(pipeline_run):

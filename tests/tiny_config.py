@@ -9,8 +9,10 @@ TINY_OVERRIDES = [
     "vlm.sft.steps=4", "vlm.sft.batch_size=4", "vlm.sft.warmup_steps=1",
     "vlm.vision_pretrain.steps=2", "vlm.vision_pretrain.batch_size=4", "vlm.vision_pretrain.eval_scenes=6",
     "describe.n_samples=2", "describe.batch_size=4", "describe.max_new_tokens=8", "eval.clip_steps=3",
-    "threads=2",
+    "threads=2", "describe.workers=1", "eval.workers=1", "concurrent_stages=false",
 ]
 
 PIPE = ["train.max_steps=3", "train.batch_size=4", "train.eval_every=0", "train.save_every=0", "eval.n_samples=2",
-        "eval.bootstrap=50", "eval.batch_size=8", "pairs.val_fraction=0.2", "variants=[no_context,mdpo]"]
+        "eval.bootstrap=50", "eval.batch_size=8", "pairs.val_fraction=0.2", "variants=[no_context,mdpo]",
+        # the pipeline run goes through the worker processes as users' runs do
+        "describe.workers=2", "eval.workers=2", "concurrent_stages=true"]

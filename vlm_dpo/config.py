@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from .annotate import AnnotateConfig
@@ -99,6 +99,9 @@ class DescribeConfig:
     batch_size: int = 32  # images per generate call
     seed: int = 0
     limit: int = 0  # 0 = every image of the split
+    # Generation processes (1 torch thread each; small-model generation is per-op overhead, so two 1-thread
+    # processes beat one 2-thread one). 0 = auto: one per CPU core up to 4 on CPU, 1 on an accelerator.
+    workers: int = 0
 
 
 @dataclass
@@ -115,6 +118,9 @@ class Config:
     out: str = "runs/demo"
     cache_dir: str = field(default_factory=default_cache_dir)
     threads: int = 0  # torch threads; 0 = leave torch's default
+    # Pipeline: train the embedded detector in a 1-thread process beside the VLM build (neither uses a second
+    # core well: YOLO's step is Python-bound, the tiny VLM's ops are small), and the RFT baseline beside DPO.
+    concurrent_stages: bool = True
     data: DataConfig = field(default_factory=DataConfig)
     world: WorldSpec = field(default_factory=WorldSpec)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -149,19 +155,30 @@ def _open_plain_dicts(node) -> None:
                 _open_plain_dicts(child)
 
 
+def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list:
+    """A YAML file's layers: those of its `base:` file (a path relative to it), then its own keys."""
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: `base:` files form a cycle ({' -> '.join(str(p) for p in seen)})")
+    layer = OmegaConf.load(path)
+    base = layer.pop("base", None) if isinstance(layer, DictConfig) else None
+    if base is None:
+        return [layer]
+    return _yaml_layers(path.parent / str(base), seen + (path.resolve(),)) + [layer]
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (),
                 schema: type = Config):
-    """Schema defaults <- YAML file <- `key=value` overrides, validated into a `schema` instance."""
+    """Schema defaults <- YAML file (after its `base:` file, if any) <- `key=value` overrides, validated into
+    a `schema` instance."""
     base = OmegaConf.structured(schema)
     OmegaConf.set_struct(base, True)
     _open_plain_dicts(base)
     layers = [base]
     try:
         if path is not None:
-            p = Path(path)
-            if not p.exists():
-                raise ConfigError(f"{p}: config file not found")
-            layers.append(OmegaConf.load(p))
+            layers += _yaml_layers(Path(path))
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"overrides must look like key=value, got {bad}")

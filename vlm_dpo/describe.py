@@ -59,16 +59,54 @@ def describe(model, processor, items: list[dict], cfg) -> list[dict]:
     } for i, it in enumerate(items)]
 
 
-def describe_to_jsonl(model, processor, items: list[dict], cfg, out_path: str | Path, progress: bool = True) -> Path:
-    """`describe` over all items into a resumable JSONL; finished batches are skipped on rerun."""
+def describe_to_jsonl(model, processor, items: list[dict], cfg, out_path: str | Path, progress: bool = True,
+                      shard: tuple[int, int] = (0, 1)) -> Path:
+    """`describe` over all items into a resumable JSONL; finished batches are skipped on rerun.
+
+    shard=(k, n) does only the batches whose index is k modulo n; every batch keeps the seed of its index in
+    the full list, so n shards together write what one process would (see describe_parallel).
+    """
     out_path = Path(out_path)
+    k, n = shard
     with ResumableJsonl(out_path, key="image_id") as w:
         if w.finished:
             return out_path
-        chunks = [items[i:i + cfg.batch_size] for i in range(0, len(items), cfg.batch_size)]
-        for bi, chunk in enumerate(tqdm(chunks, desc="describe", disable=not progress)):
+        chunks = [(bi, items[i:i + cfg.batch_size]) for bi, i in enumerate(range(0, len(items), cfg.batch_size))]
+        for bi, chunk in tqdm(chunks[k::n], desc="describe", disable=not progress):
             if all(str(it["image_id"]) in w.done for it in chunk):
                 continue
             torch.manual_seed(cfg.seed * 1_000_003 + bi)
             w.write_many(describe(model, processor, chunk, cfg))
+    return out_path
+
+
+def _describe_shard(model_path: str, items: list[dict], cfg, out_path: str, shard: tuple[int, int], dtype: str,
+                    device: str, progress: bool) -> str:
+    from .models import load_model_and_processor
+
+    model, processor = load_model_and_processor(model_path, dtype=dtype, device=device)
+    model.eval()
+    return str(describe_to_jsonl(model, processor, items, cfg, out_path, progress=progress, shard=shard))
+
+
+def describe_parallel(model_path: str, items: list[dict], cfg, out_path: str | Path, *, workers: int,
+                      dtype: str = "float32", device: str = "cpu", progress: bool = True) -> Path:
+    """describe_to_jsonl split over `workers` 1-thread processes (vlm_dpo.parallel), then merged in item order.
+
+    Each shard is its own resumable file next to `out_path`, so an interrupted run redoes only unfinished
+    batches; the merged file appears atomically once every shard is complete.
+    """
+    from .parallel import run_parallel
+    from .records import read_jsonl, write_jsonl_atomic
+
+    out_path = Path(out_path)
+    if out_path.exists():
+        return out_path
+    parts = [out_path.with_name(f"{out_path.stem}.shard{k}of{workers}.jsonl") for k in range(workers)]
+    run_parallel(_describe_shard, [(model_path, items, cfg, str(p), (k, workers), dtype, device, progress and k == 0)
+                                   for k, p in enumerate(parts)], workers=workers, threads=1)
+    by_id = {str(r["image_id"]): r for p in parts for r in read_jsonl(p)}
+    write_jsonl_atomic(out_path, [by_id[str(it["image_id"])] for it in items])
+    for p in parts:
+        p.unlink()
     return out_path

@@ -120,14 +120,17 @@ def _detector_key(world_spec, det_cfg) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def embedded_detector_cached(world_spec, det_cfg, cache_dir: str | Path) -> bool:
+    cache = Path(cache_dir) / "detector" / _detector_key(world_spec, det_cfg)
+    return (cache / "metrics.json").exists() and (cache / "best.pt").exists()
+
+
 def train_embedded_detector(world_root: str | Path, world_spec, det_cfg, cache_dir: str | Path,
                             *, threads: int = 0) -> dict:
     """Train YOLO (from its yaml) on the world, cache `best.pt` and its metrics; reuse the cache when present.
 
     Returns {"weights": path, "map50": held-out test mAP50, "map50_95": ..., "minutes": training time}.
     """
-    import time
-
     import torch
 
     cache = Path(cache_dir) / "detector" / _detector_key(world_spec, det_cfg)
@@ -135,8 +138,17 @@ def train_embedded_detector(world_root: str | Path, world_spec, det_cfg, cache_d
     if metrics_path.exists() and (cache / "best.pt").exists():
         return json.loads(metrics_path.read_text())
     configure_offline(cache_dir)
-    if threads:
-        torch.set_num_threads(threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        return _train(world_root, det_cfg, cache)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(world_root, det_cfg, cache: Path) -> dict:
+    import time
+
     model = load_yolo(det_cfg.arch)
     run_dir = cache / "run"
     t0 = time.time()
@@ -156,5 +168,5 @@ def train_embedded_detector(world_root: str | Path, world_spec, det_cfg, cache_d
     (cache / "best.pt.tmp").replace(cache / "best.pt")
     metrics = {"weights": str(cache / "best.pt"), "map50": float(res.box.map50), "map50_95": float(res.box.map),
                "minutes": round(minutes, 2), "epochs": det_cfg.epochs, "imgsz": det_cfg.imgsz}
-    write_text_atomic(metrics_path, json.dumps(metrics, indent=1))
+    write_text_atomic(cache / "metrics.json", json.dumps(metrics, indent=1))
     return metrics

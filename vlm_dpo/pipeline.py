@@ -107,8 +107,9 @@ def describe_items(cfg, split: str, detections_path: Path, grounded: bool | None
 def run_describe(cfg, split: str, progress: bool = True, out_name: str | None = None,
                  grounded: bool | None = None, model=None, processor=None) -> Path:
     """Captions JSONL for one split, from its detections (run_detect first, or it runs here)."""
-    from .describe import describe_to_jsonl
+    from .describe import describe_parallel, describe_to_jsonl
     from .models import load_model_and_processor
+    from .parallel import auto_workers
 
     out = setup_run(cfg)
     det_path = out / "detections" / f"{split}.jsonl"
@@ -117,11 +118,17 @@ def run_describe(cfg, split: str, progress: bool = True, out_name: str | None = 
     items, counts = describe_items(cfg, split, det_path, grounded)
     if not items:
         raise DataError(f"{det_path}: no usable images to describe ({counts})")
-    if model is None:
-        model, processor = load_model_and_processor(vlm_path(cfg, progress), dtype=cfg.vlm.dtype, device=cfg.vlm.device)
-    model.eval()
-    path = describe_to_jsonl(model, processor, items, cfg.describe,
-                             out / "captions" / (out_name or f"{split}.jsonl"), progress=progress)
+    out_path = out / "captions" / (out_name or f"{split}.jsonl")
+    workers = auto_workers(cfg.describe.workers, cfg.vlm.device)
+    if model is None and workers > 1:
+        path = describe_parallel(vlm_path(cfg, progress), items, cfg.describe, out_path, workers=workers,
+                                 dtype=cfg.vlm.dtype, device=cfg.vlm.device, progress=progress)
+    else:
+        if model is None:
+            model, processor = load_model_and_processor(vlm_path(cfg, progress), dtype=cfg.vlm.dtype,
+                                                        device=cfg.vlm.device)
+        model.eval()
+        path = describe_to_jsonl(model, processor, items, cfg.describe, out_path, progress=progress)
     write_text_atomic(path.with_suffix(".counts.json"), json.dumps(counts, indent=1))
     return path
 
@@ -301,6 +308,14 @@ def robustness_inputs(cfg, items: list[dict], scenes: list[dict]) -> dict:
     }
 
 
+def _evaluate_in_worker(cfg, path: str, name: str, items, scenes, out_dir: Path, rob) -> dict:
+    from .embedded import ensure_clip
+    from .eval.run import evaluate_model
+
+    return evaluate_model(path, name, items, scenes, cfg.eval, out_dir, progress=False, device=cfg.vlm.device,
+                          clip=ensure_clip(cfg, progress=False), robustness=rob)
+
+
 def evaluate_models(cfg, models: dict[str, str], items: list[dict], scenes: list[dict], out_dir: Path,
                     val_pairs: list[dict], image_root: Path, progress: bool = True) -> dict:
     """Every metric for every model; preference metrics use the first model as the reference."""
@@ -308,12 +323,21 @@ def evaluate_models(cfg, models: dict[str, str], items: list[dict], scenes: list
     from .eval.run import evaluate_model
 
     from .embedded import ensure_clip
+    from .parallel import auto_workers, run_parallel
 
-    clip = ensure_clip(cfg, progress)
     rob = robustness_inputs(cfg, items, scenes) if cfg.eval.robustness else None
-    results = {name: evaluate_model(path, name, items, scenes, cfg.eval, out_dir, progress=progress,
-                                    device=cfg.vlm.device, clip=clip, robustness=rob)
-               for name, path in models.items()}
+    workers = auto_workers(cfg.eval.workers, cfg.vlm.device, jobs=len(models))
+    if workers > 1:
+        ensure_clip(cfg, progress)  # trained once here (cached) before the workers load it
+        jobs = [(cfg, path, name, items, scenes, out_dir, rob) for name, path in models.items()]
+        done = run_parallel(_evaluate_in_worker, jobs, workers=workers, threads=1,
+                            desc="evaluate models" if progress else None)
+        results = dict(zip(models, done))
+    else:
+        clip = ensure_clip(cfg, progress)
+        results = {name: evaluate_model(path, name, items, scenes, cfg.eval, out_dir, progress=progress,
+                                        device=cfg.vlm.device, clip=clip, robustness=rob)
+                   for name, path in models.items()}
     if val_pairs:
         tables = {name: pair_logps_table(path, val_pairs, image_root) for name, path in models.items()}
         ref = tables[next(iter(models))]
@@ -385,12 +409,24 @@ def train_variants(cfg, out: Path, tcfg, key: str, progress: bool) -> dict[str, 
     return models
 
 
+def _detector_then_clip(cfg, world_root: Path, side_job: bool) -> dict:
+    """The detector; as the pipeline's side job (a 1-thread process), also the CLIPScore model that the
+    evaluation stage will load from the cache."""
+    from .embedded import ensure_clip, ensure_detector
+
+    detector = ensure_detector(cfg, world_root)
+    if side_job:
+        ensure_clip(cfg, progress=False)
+    return detector
+
+
 def run_pipeline(cfg, progress: bool = True) -> dict:
     """world -> detector -> detect -> VLM SFT -> describe -> pairs -> DPO (+ RFT baseline) -> eval -> report."""
     import time
 
-    from .embedded import ensure_detector, ensure_vlm, ensure_world
+    from .embedded import detector_needs_training, ensure_vlm, ensure_world, vlm_is_cached
     from .pairs.dataset import load_pairs
+    from .parallel import Background
     from .pairs.stage import build_pairs
     from .report import plot_curves, write_report
     from .train.loop import train_dpo
@@ -405,16 +441,22 @@ def run_pipeline(cfg, progress: bool = True) -> dict:
         t = time.time()
 
     world_root = ensure_world(cfg, progress)
-    detector = ensure_detector(cfg, world_root)
-    lap("world+detector")
+    lap("world")
+    # The detector (then the CLIPScore model) trains in its own 1-thread process while this one builds the VLM,
+    # when both are to be built; otherwise each runs here when needed.
+    both = cfg.concurrent_stages and detector_needs_training(cfg, world_root) and not vlm_is_cached(cfg)
+    # Each builds with one thread either way (embedded.BUILD_THREADS), so the results do not depend on this.
+    with Background(_detector_then_clip, (cfg, world_root, both), threads=1, enabled=both) as det_job:
+        vlm = ensure_vlm(cfg, progress)
+        lap("vlm_sft")
+        detector = det_job.result()
+    lap("detector")  # what was left of it after the VLM: its wait
     key = _key(cfg.world, cfg.detector, cfg.data)
     detect_stage = Stage(out, "detections", key).reset_if_stale()
     run_detect(cfg, "train", progress)
     run_detect(cfg, cfg.eval.split, progress)
     detect_stage.finish()
     lap("detect")
-    vlm = ensure_vlm(cfg, progress)
-    lap("vlm_sft")
     key = _key(key, cfg.ground, cfg.prompt, cfg.vlm, cfg.describe)
     describe_stage = Stage(out, "captions", key).reset_if_stale()
     run_describe(cfg, "train", progress)

@@ -21,7 +21,6 @@ exact collated batch (left-flushed rows, its completion mask, the extra newline 
 `completion_logps`, which is the comparison on identical token sequences that does not depend on the variant.
 """
 
-import copy
 
 import pytest
 import torch

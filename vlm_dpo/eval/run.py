@@ -53,6 +53,8 @@ class EvalConfig:
     robustness: bool = True
     noise_drop: float = 0.1
     noise_add: float = 0.05
+    # Processes evaluating models side by side, 1 torch thread each (see vlm_dpo.parallel); 0 = auto.
+    workers: int = 0
 
 
 def generate_all(model, processor, items: list[dict], cfg: EvalConfig, *, do_sample: bool, n: int, desc: str,
