@@ -118,8 +118,8 @@ class Config:
     out: str = "runs/demo"
     cache_dir: str = field(default_factory=default_cache_dir)
     threads: int = 0  # torch threads; 0 = leave torch's default
-    # Pipeline: train the embedded detector in a 1-thread process beside the VLM build (neither uses a second
-    # core well: YOLO's step is Python-bound, the tiny VLM's ops are small), and the RFT baseline beside DPO.
+    # Pipeline: train the embedded detector (then the tiny CLIP) in a 1-thread process beside the VLM build
+    # (neither uses a second core well: YOLO's step is Python-bound, the tiny VLM's ops are small).
     concurrent_stages: bool = True
     data: DataConfig = field(default_factory=DataConfig)
     world: WorldSpec = field(default_factory=WorldSpec)

@@ -131,19 +131,14 @@ def train_embedded_detector(world_root: str | Path, world_spec, det_cfg, cache_d
 
     Returns {"weights": path, "map50": held-out test mAP50, "map50_95": ..., "minutes": training time}.
     """
-    import torch
+    from .parallel import torch_threads
 
     cache = Path(cache_dir) / "detector" / _detector_key(world_spec, det_cfg)
-    metrics_path = cache / "metrics.json"
-    if metrics_path.exists() and (cache / "best.pt").exists():
-        return json.loads(metrics_path.read_text())
+    if embedded_detector_cached(world_spec, det_cfg, cache_dir):
+        return json.loads((cache / "metrics.json").read_text())
     configure_offline(cache_dir)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads or before)
-    try:
+    with torch_threads(threads):
         return _train(world_root, det_cfg, cache)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _train(world_root, det_cfg, cache: Path) -> dict:

@@ -17,8 +17,7 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-
-from .detect import train_embedded_detector
+from .detect import embedded_detector_cached, train_embedded_detector
 from .ground import PromptConfig, grounding_text, prompt_text
 from .models import build_tiny_idefics3, count_parameters, save_model
 from .records import write_jsonl_atomic, write_text_atomic
@@ -53,8 +52,6 @@ def ensure_detector(cfg, world_root: Path) -> dict:
 
 def detector_needs_training(cfg, world_root: Path) -> bool:
     """Would ensure_detector train (the embedded detector, not cached yet)?"""
-    from .detect import embedded_detector_cached
-
     return cfg.detector.model == "embedded" and not embedded_detector_cached(cfg.world, cfg.detector, cfg.cache_dir)
 
 
@@ -206,11 +203,15 @@ def pretrain_embedded_vision(cfg, model, processor, progress: bool = True) -> di
                                     scene_kwargs=scene_kwargs, key_parts=[asdict(cfg.vlm.spec)], progress=progress)
 
 
+def _vlm_cache(cfg) -> Path:
+    return Path(cfg.cache_dir) / "vlm" / vlm_key(cfg)
+
+
 def vlm_is_cached(cfg) -> bool:
     """Is the VLM ready without building (a user's model, or the embedded one already cached)?"""
     if cfg.vlm.model != "embedded":
         return True
-    cache = Path(cfg.cache_dir) / "vlm" / vlm_key(cfg)
+    cache = _vlm_cache(cfg)
     return (cache / "metrics.json").exists() and (cache / "model").exists()
 
 
@@ -218,9 +219,9 @@ def ensure_vlm(cfg, progress: bool = True) -> dict:
     """Path of the VLM to use: the cached embedded one (built + SFT on first use) or the user's model id/path."""
     if cfg.vlm.model != "embedded":
         return {"model": cfg.vlm.model}
-    cache = Path(cfg.cache_dir) / "vlm" / vlm_key(cfg)
+    cache = _vlm_cache(cfg)
     meta_path = cache / "metrics.json"
-    if meta_path.exists() and (cache / "model").exists():
+    if vlm_is_cached(cfg):
         meta = json.loads(meta_path.read_text())
         if "held_out" not in meta:  # a cache from before this check existed
             meta["held_out"] = heldout_quality(cfg, meta["model"])
@@ -255,21 +256,27 @@ def _build_vlm(cfg, cache: Path, meta_path: Path, progress: bool) -> dict:
     return meta
 
 
-def ensure_clip(cfg, progress: bool = True):
-    """(model, preprocess, tokenizer) for CLIPScore, or None when eval.clip_model is empty."""
-    from .eval.clipscore import ClipTrainConfig, load_clip, train_tiny_clip
+def clip_model_name(cfg, progress: bool = True) -> str:
+    """The open_clip name for CLIPScore ("" = skip); "embedded" is trained here first (once, cached) and named
+    by its local-dir. The pipeline's side job calls this to train it without loading it."""
+    from .eval.clipscore import ClipTrainConfig, train_tiny_clip
+    from .parallel import torch_threads
 
     name = cfg.eval.clip_model
-    if not name:
-        return None
-    if name == "embedded":
-        world_root = ensure_world(cfg, progress=False)
-        train_cfg = ClipTrainConfig(steps=cfg.eval.clip_steps)
-        out = Path(cfg.cache_dir) / "clip" / _key(asdict(cfg.world), asdict(train_cfg), 1)
-        from .parallel import torch_threads
+    if name != "embedded":
+        return name
+    world_root = ensure_world(cfg, progress=False)
+    train_cfg = ClipTrainConfig(steps=cfg.eval.clip_steps)
+    out = Path(cfg.cache_dir) / "clip" / _key(asdict(cfg.world), asdict(train_cfg), 1)
+    with torch_threads(BUILD_THREADS):
+        meta = train_tiny_clip(world_root, out, train_cfg, world_seed=cfg.world.seed,
+                               image_size=cfg.world.image_size, progress=progress)
+    return meta["model"]
 
-        with torch_threads(BUILD_THREADS):
-            meta = train_tiny_clip(world_root, out, train_cfg, world_seed=cfg.world.seed,
-                                   image_size=cfg.world.image_size, progress=progress)
-        name = meta["model"]
-    return load_clip(name, cfg.eval.clip_pretrained or None)
+
+def ensure_clip(cfg, progress: bool = True):
+    """(model, preprocess, tokenizer) for CLIPScore, or None when eval.clip_model is empty."""
+    from .eval.clipscore import load_clip
+
+    name = clip_model_name(cfg, progress)
+    return load_clip(name, cfg.eval.clip_pretrained or None) if name else None

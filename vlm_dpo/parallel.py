@@ -54,6 +54,12 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(max(1, threads))
 
 
+def _spawn_pool(workers: int, threads: int) -> ProcessPoolExecutor:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read by each spawned worker's OpenMP at start
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                               initargs=(threads,))
+
+
 def run_parallel(fn: Callable[..., Any], jobs: Sequence[tuple], *, workers: int, threads: int = 1,
                  desc: str | None = None) -> list[Any]:
     """[fn(*job) for job in jobs], in `workers` processes of `threads` torch threads each.
@@ -63,10 +69,7 @@ def run_parallel(fn: Callable[..., Any], jobs: Sequence[tuple], *, workers: int,
     """
     if workers <= 1 or len(jobs) <= 1:
         return [fn(*job) for job in jobs]
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read by each spawned worker's OpenMP at start
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
-                             initargs=(threads,)) as pool:
+    with _spawn_pool(min(workers, len(jobs)), threads) as pool:
         futures = [pool.submit(fn, *job) for job in jobs]
         bar = None
         if desc:
@@ -102,9 +105,7 @@ class Background:
 
     def __enter__(self) -> "Background":
         if self.enabled:
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-            ctx = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker, initargs=(self.threads,))
+            self._pool = _spawn_pool(1, self.threads)
             self._future = self._pool.submit(self.fn, *self.args)
         return self
 

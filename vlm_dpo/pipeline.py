@@ -322,13 +322,13 @@ def evaluate_models(cfg, models: dict[str, str], items: list[dict], scenes: list
     from .eval.preference import pair_logps_table, preference_metrics
     from .eval.run import evaluate_model
 
-    from .embedded import ensure_clip
+    from .embedded import clip_model_name, ensure_clip
     from .parallel import auto_workers, run_parallel
 
     rob = robustness_inputs(cfg, items, scenes) if cfg.eval.robustness else None
     workers = auto_workers(cfg.eval.workers, cfg.vlm.device, jobs=len(models))
     if workers > 1:
-        ensure_clip(cfg, progress)  # trained once here (cached) before the workers load it
+        clip_model_name(cfg, progress)  # trained once here (cached) before the workers load it
         jobs = [(cfg, path, name, items, scenes, out_dir, rob) for name, path in models.items()]
         done = run_parallel(_evaluate_in_worker, jobs, workers=workers, threads=1,
                             desc="evaluate models" if progress else None)
@@ -412,11 +412,11 @@ def train_variants(cfg, out: Path, tcfg, key: str, progress: bool) -> dict[str, 
 def _detector_then_clip(cfg, world_root: Path, side_job: bool) -> dict:
     """The detector; as the pipeline's side job (a 1-thread process), also the CLIPScore model that the
     evaluation stage will load from the cache."""
-    from .embedded import ensure_clip, ensure_detector
+    from .embedded import clip_model_name, ensure_detector
 
     detector = ensure_detector(cfg, world_root)
     if side_job:
-        ensure_clip(cfg, progress=False)
+        clip_model_name(cfg, progress=False)
     return detector
 
 
