@@ -84,7 +84,7 @@ class VLMConfig:
     spec: TinyVLMSpec = field(default_factory=TinyVLMSpec)
     sft: SFTConfig = field(default_factory=SFTConfig)
     hallucination: HallucinationConfig = field(default_factory=HallucinationConfig)
-    # contrastive image-text pretraining of the embedded VLM's vision tower before SFT (vision_pretrain.py)
+    # contrastive (+ dense patch) pretraining of the embedded VLM's vision tower before SFT (vision_pretrain.py)
     pretrain_vision: bool = True
     vision_pretrain: VisionPretrainConfig = field(default_factory=VisionPretrainConfig)
 

@@ -5,7 +5,7 @@ is reused across runs (the first run pays minutes, later runs seconds).
     <cache>/worlds/<key>/      the world (see world/export.py)
     <cache>/detector/<key>/    best.pt + metrics.json
     <cache>/vlm/<key>/         model/ (save_pretrained), metrics.json, sft_log.jsonl
-    <cache>/vision/<key>/      tower.safetensors + metrics.json: the contrastively pretrained vision tower
+    <cache>/vision/<key>/      tower.safetensors + metrics.json: the pretrained vision tower (contrastive + dense)
 """
 
 from __future__ import annotations

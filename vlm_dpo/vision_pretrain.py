@@ -25,10 +25,22 @@ CLIP-style start on the world itself:
   data         fresh in-memory world scenes from the 'sft' seed stream at a large index offset (disjoint from
                train/val/test and from the SFT/tokenizer/CLIPScore offsets) with their reference captions,
                which name kinds, counts, colours and (for two far-apart groups) sides.
+  dense term   (dense_weight > 0) every patch token also predicts what covers its centre: the kind and the colour
+               of the topmost object whose box holds it, or the table. The world's boxes give these labels for
+               free, as a detection dataset would (region-level pretraining of the kind SigLIP 2 adds with LocCa).
+               Why: contrastive pretraining alone teaches this tower slowly. A linear probe of its features for
+               "kind k is in the image" reached precision/recall 0.68/0.57 after 250 steps, and the VLM built on
+               it named objects without a grounding context at precision 0.30: it could not see single objects,
+               so it copied the context. The dense term makes every token the VLM reads say what it covers.
+               Measured (presence read off the patch predictions, validation scenes): the dense term alone reaches
+               P/R 0.91/0.93 after 400 steps x 64; with the contrastive term at the defaults 0.82/0.85, and
+               retrieval rises too (top-1 0.83 vs 0.78 for 600 contrastive-only steps). The VLM built on it
+               names objects without a context at precision 0.60 instead of 0.30.
 
 Only the image tower is kept; `load_into_vlm` copies it into the VLM with a strict load. Held-out quality is
 image->text top-1 retrieval on the world's validation scenes among their distinct captions (chance =
-1/#distinct captions).
+1/#distinct captions) and, with the dense term, per-kind presence precision/recall read off the patch
+predictions (`val_presence_precision` / `val_presence_recall`).
 """
 
 from __future__ import annotations
@@ -43,16 +55,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .world.scenes import COLORS, KINDS, render_scene, sample_scene
+
 POOLS = ("mean", "max", "meanmax")
 SCENE_OFFSET = 30_000_000  # 'sft' stream indices used here: SCENE_OFFSET + step * batch_size + j
 
 
 @dataclass
 class VisionPretrainConfig:
-    """Contrastive pretraining of the VLM's vision tower. Defaults measured on the default world and tower:
-    2.5 CPU-minutes (3.5 wall minutes on 2 threads shared with another job, so about 1.5-2 on 2 free threads),
-    loss 4.26 -> 1.07, val image->text top-1 0.61 among 97 distinct captions (chance 0.01)."""
-    steps: int = 250
+    """Contrastive (+ dense) pretraining of the VLM's vision tower. Defaults measured on the default world and
+    tower, 1 thread: 3.7 minutes; val image->text top-1 0.83 among 97 distinct captions (chance 0.01); kinds
+    read off the patches at precision/recall 0.82/0.85 (dense_weight 4: 0.71 / 0.82/0.68; contrastive alone,
+    600 steps: top-1 0.78, a linear probe of the pooled features 0.68/0.57 at 250 steps)."""
+    steps: int = 400
     batch_size: int = 64
     lr: float = 2e-3
     warmup_steps: int = 20
@@ -64,6 +79,9 @@ class VisionPretrainConfig:
     max_text_tokens: int = 48
     eval_scenes: int = 100  # validation scenes for the retrieval check
     pool: str = "max"  # patch features -> image feature: mean, max, or both concatenated (meanmax)
+    # weight of the per-patch kind/colour term (0 = contrastive only); large because the gradient is clipped as
+    # a whole and the contrastive term's dominates it early
+    dense_weight: float = 10.0
     seed: int = 0
 
 
@@ -92,9 +110,18 @@ class ContrastiveVision(nn.Module):
         self.text = CLIPTextModel(text_config)
         self.text_proj = nn.Linear(cfg.text_width, cfg.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        # the dense term's heads: class 0 is the table, then KINDS / COLORS in order
+        self.patch_kind = self.patch_color = None
+        if cfg.dense_weight > 0:
+            self.patch_kind = nn.Linear(vision_config.hidden_size, len(KINDS) + 1)
+            self.patch_color = nn.Linear(vision_config.hidden_size, len(COLORS) + 1)
 
     def encode_image(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None):
         """pixel_values (B, 3, H, W) as the VLM processor makes them -> L2-normalised (B, embed_dim)."""
+        return self.pool_image(*self.patch_states(pixel_values, pixel_attention_mask))
+
+    def patch_states(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None):
+        """The tower's post-layernorm patch states (B, P, D) and which patches are real (B, P) bool."""
         if pixel_attention_mask is None:
             pixel_attention_mask = torch.ones(pixel_values.shape[0], *pixel_values.shape[2:], dtype=torch.bool)
         p = self.patch_size
@@ -102,7 +129,10 @@ class ContrastiveVision(nn.Module):
         sub = pixel_attention_mask.unfold(1, p, p).unfold(2, p, p)
         patch_mask = sub.sum(dim=(-1, -2)) > 0
         h = self.vision(pixel_values=pixel_values, patch_attention_mask=patch_mask).last_hidden_state
-        m = patch_mask.view(h.shape[0], -1, 1).to(h.dtype)
+        return h, patch_mask.view(h.shape[0], -1)
+
+    def pool_image(self, h: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
+        m = patch_mask.unsqueeze(-1).to(h.dtype)
         parts = []
         if self.pool in ("mean", "meanmax"):
             parts.append((h * m).sum(1) / m.sum(1).clamp(min=1))
@@ -117,6 +147,47 @@ class ContrastiveVision(nn.Module):
         m = attention_mask.unsqueeze(-1).to(h.dtype)
         pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
         return F.normalize(self.text_proj(pooled), dim=-1)
+
+    def dense_loss(self, h: torch.Tensor, patch_mask: torch.Tensor, kind: torch.Tensor, color: torch.Tensor):
+        """Mean cross-entropy of every real patch's kind and colour (labels from `patch_labels`)."""
+        m = patch_mask.reshape(-1)
+        flat = h.reshape(-1, h.shape[-1])[m]
+        return (F.cross_entropy(self.patch_kind(flat), kind.reshape(-1)[m])
+                + F.cross_entropy(self.patch_color(flat), color.reshape(-1)[m]))
+
+
+def patch_labels(scenes: list[dict], grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-patch targets of the dense term: (kind, colour) ids (B, grid*grid) of the object drawn last (so on top)
+    whose box holds the patch centre; 0 = table. Patches run row-major, as the tower's patch tokens do."""
+    centres = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
+    kind = torch.zeros(len(scenes), grid, grid, dtype=torch.long)
+    color = torch.zeros_like(kind)
+    for b, s in enumerate(scenes):
+        for o in s["objects"]:  # drawing order: a later object covers an earlier one
+            x1, y1, x2, y2 = o["box"]
+            rows = (centres >= y1 / s["height"]) & (centres <= y2 / s["height"])
+            cols = (centres >= x1 / s["width"]) & (centres <= x2 / s["width"])
+            inside = rows[:, None] & cols[None, :]
+            kind[b][inside] = KINDS.index(o["label"]) + 1
+            color[b][inside] = list(COLORS).index(o["color"]) + 1
+    return kind.view(len(scenes), -1), color.view(len(scenes), -1)
+
+
+@torch.no_grad()
+def presence_from_patches(model: ContrastiveVision, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor,
+                          scenes: list[dict]) -> dict:
+    """Does the tower see each kind? A kind is called present when some patch gives it probability > 0.5;
+    precision/recall of those calls against the scenes' kinds (the question a linear probe asks, answered by
+    the dense head itself)."""
+    was = model.training
+    model.eval()
+    h, m = model.patch_states(pixel_values, pixel_attention_mask)
+    prob = model.patch_kind(h).softmax(-1)[..., 1:] * m.unsqueeze(-1)
+    called = prob.amax(1) > 0.5
+    truth = torch.tensor([[any(o["label"] == k for o in s["objects"]) for k in KINDS] for s in scenes])
+    model.train(was)
+    tp, fp, fn = (called & truth).sum().item(), (called & ~truth).sum().item(), (~called & truth).sum().item()
+    return {"precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn)}
 
 
 def encode_captions(tokenizer, captions: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,7 +260,6 @@ def pretrain_vision(vision_config, processor, cfg: VisionPretrainConfig, *, worl
     from tqdm.auto import tqdm
 
     from .world.captions import reference_caption
-    from .world.scenes import render_scene, sample_scene
 
     kw = dict(scene_kwargs or {})
     tok, improc = processor.tokenizer, processor.image_processor
@@ -202,15 +272,21 @@ def pretrain_vision(vision_config, processor, cfg: VisionPretrainConfig, *, worl
                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg.steps, cfg.warmup_steps))
     losses = []
+    grid = vision_config.image_size // vision_config.patch_size
     t0, c0 = time.time(), time.process_time()
     bar = tqdm(range(cfg.steps), desc="vision pretrain", disable=not progress)
     for step in bar:
         scenes = [sample_scene(world_seed, "sft", SCENE_OFFSET + step * cfg.batch_size + j, **kw)
                   for j in range(cfg.batch_size)]
         pv, pm = preprocess_images(improc, [render_scene(s) for s in scenes])
-        caps = [reference_caption(s.to_dict()["objects"], s.width) for s in scenes]
+        dicts = [s.to_dict() for s in scenes]
+        caps = [reference_caption(d["objects"], d["width"]) for d in dicts]
         ids, am = encode_captions(tok, caps, cfg.max_text_tokens)
-        loss = contrastive_loss(model.encode_image(pv, pm), model.encode_text(ids, am), model.logit_scale, caps)
+        h, patch_mask = model.patch_states(pv, pm)
+        loss = contrastive_loss(model.pool_image(h, patch_mask), model.encode_text(ids, am), model.logit_scale, caps)
+        if cfg.dense_weight > 0:
+            kind, color = patch_labels(dicts, grid)
+            loss = loss + cfg.dense_weight * model.dense_loss(h, patch_mask, kind, color)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"vision pretraining step {step}: loss is {loss.item()}")
         opt.zero_grad(set_to_none=True)
@@ -225,13 +301,19 @@ def pretrain_vision(vision_config, processor, cfg: VisionPretrainConfig, *, worl
     train_sec, cpu_sec = time.time() - t0, time.process_time() - c0
     model.eval()
     val = [sample_scene(world_seed, "val", i, **kw) for i in range(cfg.eval_scenes)]
-    ret = retrieval_top1(model, improc, tok, [render_scene(s) for s in val],
-                         [reference_caption(s.to_dict()["objects"], s.width) for s in val], cfg.max_text_tokens)
+    val_dicts = [s.to_dict() for s in val]
+    val_images = [render_scene(s) for s in val]
+    ret = retrieval_top1(model, improc, tok, val_images,
+                         [reference_caption(d["objects"], d["width"]) for d in val_dicts], cfg.max_text_tokens)
+    presence = {}
+    if model.patch_kind is not None:
+        seen = presence_from_patches(model, *preprocess_images(improc, val_images), val_dicts)
+        presence = {"val_presence_precision": seen["precision"], "val_presence_recall": seen["recall"]}
     k = max(1, min(10, len(losses) // 5))
     metrics = {"loss_first": sum(losses[:k]) / k, "loss_last": sum(losses[-k:]) / k,
                "val_retrieval_top1": ret["top1"], "val_chance": ret["chance"], "val_scenes": ret["n"],
                "val_distinct_captions": ret["distinct"], "logit_scale": round(model.logit_scale.exp().item(), 3),
-               "minutes": round(train_sec / 60, 2), "cpu_minutes": round(cpu_sec / 60, 2),
+               **presence, "minutes": round(train_sec / 60, 2), "cpu_minutes": round(cpu_sec / 60, 2),
                "threads": torch.get_num_threads(), "config": asdict(cfg), "losses": [round(x, 4) for x in losses]}
     return model.vision, metrics
 
