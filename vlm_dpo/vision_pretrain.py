@@ -64,9 +64,9 @@ SCENE_OFFSET = 30_000_000  # 'sft' stream indices used here: SCENE_OFFSET + step
 @dataclass
 class VisionPretrainConfig:
     """Contrastive (+ dense) pretraining of the VLM's vision tower. Defaults measured on the default world and
-    tower, 1 thread: 3.7 minutes; val image->text top-1 0.83 among 97 distinct captions (chance 0.01); kinds
-    read off the patches at precision/recall 0.82/0.85 (dense_weight 4: 0.71 / 0.82/0.68; contrastive alone,
-    600 steps: top-1 0.78, a linear probe of the pooled features 0.68/0.57 at 250 steps)."""
+    tower, 1 thread: 3.8 minutes; val image->text top-1 0.83 among 97 distinct captions (chance 0.01); kinds
+    read off the patches at precision/recall 0.82/0.85. With dense_weight 4: top-1 0.71, kinds 0.82/0.68;
+    contrastive alone: top-1 0.78 at 600 steps, a linear probe of the pooled features 0.68/0.57 at 250."""
     steps: int = 400
     batch_size: int = 64
     lr: float = 2e-3
@@ -158,7 +158,9 @@ class ContrastiveVision(nn.Module):
 
 def patch_labels(scenes: list[dict], grid: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-patch targets of the dense term: (kind, colour) ids (B, grid*grid) of the object drawn last (so on top)
-    whose box holds the patch centre; 0 = table. Patches run row-major, as the tower's patch tokens do."""
+    whose box holds the patch centre; 0 = table. Patches run row-major, as the tower's patch tokens do. Box
+    coordinates are taken relative to the image, so this holds for square images (the world's), which the
+    processor resizes to exactly grid x grid patches."""
     centres = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
     kind = torch.zeros(len(scenes), grid, grid, dtype=torch.long)
     color = torch.zeros_like(kind)
