@@ -76,10 +76,9 @@ def test_presence_is_read_off_the_patch_predictions():
         cv.patch_kind.weight.zero_()
         cv.patch_kind.bias.fill_(-10.0)
         cv.patch_kind.bias[KINDS.index("ball") + 1] = 10.0
-    scenes = [sample_scene(0, "val", i, image_size=64, max_objects=1, kinds=("ball", "book")).to_dict()
-              for i in range(12)]
-    pv, pm = preprocess_images(processor.image_processor, [render_scene(sample_scene(
-        0, "val", i, image_size=64, max_objects=1, kinds=("ball", "book"))) for i in range(12)])
+    drawn = [sample_scene(0, "val", i, **SCENES) for i in range(12)]
+    scenes = [s.to_dict() for s in drawn]
+    pv, pm = preprocess_images(processor.image_processor, [render_scene(s) for s in drawn])
     got = presence_from_patches(cv, pv, pm, scenes)
     balls = sum(s["objects"][0]["label"] == "ball" for s in scenes)
     assert 0 < balls < 12
