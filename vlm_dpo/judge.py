@@ -495,6 +495,25 @@ def _coco_vocab() -> Vocabulary:
     return Vocabulary.from_labels(COCO_CLASSES, synonyms=table, colors=BASIC_COLORS, name="coco")
 
 
+VOCABULARIES = ("world", "coco", "detections")
+
+
+def resolve_vocabulary(name: str, detection_records: list[dict] | None = None) -> Vocabulary:
+    """The one place a vocabulary name becomes a Vocabulary: "world" (the embedded world's kinds), "coco"
+    (CHAIR's 80 classes and synonyms), "detections" (the labels the detector reported in `detection_records`).
+    An unknown name is an error, never a silent fallback."""
+    if name == "world":
+        return Vocabulary.world()
+    if name == "coco":
+        return Vocabulary.coco()
+    if name == "detections":
+        if detection_records is None:
+            raise ValueError("vocabulary 'detections' needs detection records")
+        labels = sorted({d["label"] for r in detection_records for d in r["detections"]})
+        return Vocabulary.from_labels(labels)
+    raise ValueError(f"unknown vocabulary {name!r}; known: {', '.join(VOCABULARIES)}")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Parsing
 # ---------------------------------------------------------------------------------------------------------------
