@@ -7,7 +7,6 @@ cost more than it saves; the loss is the model's own token cross-entropy on comp
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from .schedule import lr_lambda
 from .train.collate import encode
 
 
@@ -24,14 +24,6 @@ class SFTExample:
     image: object  # PIL image
     prompt: str  # user text (the chat template is applied in encode)
     target: str
-
-
-def cosine_lr(step: int, total: int, warmup: int) -> float:
-    """Linear warmup to 1, then cosine decay to 0.1 of the peak."""
-    if step < warmup:
-        return (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
 def run_sft(model, processor, batches: Callable[[int], list[SFTExample]], *, steps: int, lr: float,
@@ -46,7 +38,7 @@ def run_sft(model, processor, batches: Callable[[int], list[SFTExample]], *, ste
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, steps, warmup_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total=steps, warmup=warmup_steps, floor=0.1))  # decays to 0.1 of the peak
     history = []
     bar = tqdm(range(steps), desc="sft", disable=not progress)
     model_type = getattr(model.config, "model_type", "")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..families import family_for
 from ..ground import chat_messages
 
 IGNORE = -100
@@ -23,8 +24,8 @@ class ExampleTooLongError(ValueError):
 
 
 # Per-token fields some families return besides input_ids/attention_mask, and the value a completion token takes.
+# (A family's own completion values, e.g. PaliGemma's token_type_ids = 1, are its registry `completion_fill`.)
 PER_TOKEN_FILL = {"token_type_ids": 0, "mm_token_type_ids": 0}
-PALIGEMMA_SUFFIX = {"token_type_ids": 1}  # PaliGemma marks the suffix (completion) with 1
 
 
 @dataclass
@@ -60,7 +61,7 @@ def encode(processor, images: list, prompts: list[str], completions: list[str], 
     ids, am = proc["input_ids"], proc["attention_mask"]
     per_token = {k: v for k, v in proc.items() if k not in ("input_ids", "attention_mask")
                  and torch.is_tensor(v) and v.shape == ids.shape}
-    fill = PER_TOKEN_FILL | (PALIGEMMA_SUFFIX if model_type == "paligemma" else {})
+    fill = PER_TOKEN_FILL | family_for(model_type).completion_fill
     rows, label_rows, extra_rows, plens, clens = [], [], {k: [] for k in per_token}, [], []
     for i in range(len(prompts)):
         n = int(am[i].sum())

@@ -40,6 +40,8 @@ import torch.nn.functional as F
 Tensor = torch.Tensor
 LossFn = Callable[..., Tensor]
 
+CORRUPTIONS = ("mask_boxes", "crop")
+
 __all__ = [
     "LOSSES",
     "MIXTURES",
@@ -139,7 +141,14 @@ class LossConfig:
         anchor_delta: mDPO's anchor delta in ``mdpo_anchor`` (the paper uses 0).
         weights: which losses to use and with what weight, e.g. ``{"sigmoid": 1.0, "sft": 1.0}``.
             A string is accepted as a shortcut: the name of a :data:`MIXTURES` entry or of a single
-            loss (weight 1). Resolved to a dict at construction.
+            loss (weight 1). Resolved to a dict at construction; empty means ``{"sigmoid": 1.0}`` (the
+            default is empty so that a YAML file's weights replace it rather than merge into it).
+        mixture: the name of a :data:`MIXTURES` entry; when set it decides the weights.
+        corruption: how mDPO's corrupted image is made (``mask_boxes`` | ``crop``), for losses that
+            declare ``needs_corrupt``.
+
+    This is also the ``train.loss`` section of the YAML config. After changing ``weights`` or
+    ``mixture`` on an existing object, ``dataclasses.replace(cfg)`` resolves them again.
     """
 
     beta: float = 0.1
@@ -149,9 +158,15 @@ class LossConfig:
     length_alpha: float = 0.0
     sft_mean: bool = True
     anchor_delta: float = 0.0
-    weights: dict[str, float] | str = field(default_factory=lambda: {"sigmoid": 1.0})
+    weights: dict[str, float] = field(default_factory=dict)
+    mixture: str = ""
+    corruption: str = "mask_boxes"
 
     def __post_init__(self) -> None:
+        if self.mixture:
+            if self.mixture not in MIXTURES:
+                raise ValueError(f"unknown loss mixture {self.mixture!r}; known: {sorted(MIXTURES)}")
+            self.weights = dict(MIXTURES[self.mixture])
         if isinstance(self.weights, str):
             name = self.weights
             if name in MIXTURES:
@@ -163,10 +178,10 @@ class LossConfig:
                     f"unknown loss or mixture {name!r}; known losses: {sorted(LOSSES)}, mixtures: {sorted(MIXTURES)}"
                 )
         else:
-            self.weights = {str(k): float(v) for k, v in dict(self.weights).items()}
-        if not self.weights:
-            raise ValueError("LossConfig.weights is empty: name at least one loss")
+            self.weights = {str(k): float(v) for k, v in dict(self.weights).items()} or {"sigmoid": 1.0}
         _check_names(self.weights)
+        if self.corruption not in CORRUPTIONS:
+            raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {self.corruption!r}")
         if not self.beta > 0:
             raise ValueError(f"beta must be positive, got {self.beta}")
         if not 0.0 <= self.label_smoothing <= 0.5:
@@ -244,6 +259,32 @@ def _smoothed_bce(z: Tensor, eps: float) -> Tensor:
     return loss
 
 
+def declares(*, reference: bool, corrupt: bool = False, length_normalised: bool = False,
+             reward_shift: bool = False) -> Callable[[LossFn], LossFn]:
+    """Mark a loss with what it needs, so the trainer asks the loss instead of testing its name:
+    ``reference`` (reference log-probs), ``corrupt`` (log-probs under mDPO's corrupted image),
+    ``length_normalised`` (divides by completion token counts), ``reward_shift`` (takes BCO's delta)."""
+    def mark(fn: LossFn) -> LossFn:
+        fn.needs_reference = reference
+        fn.needs_corrupt = corrupt
+        fn.length_normalised = length_normalised
+        fn.needs_reward_shift = reward_shift
+        return fn
+    return mark
+
+
+def needs_reference(weights: Mapping[str, float]) -> bool:
+    """Does any of these losses read reference log-probs?"""
+    _check_names(weights)
+    return any(LOSSES[n].needs_reference for n in weights)
+
+
+def needs_corrupt(weights: Mapping[str, float]) -> bool:
+    """Does any of these losses read log-probs under a corrupted image?"""
+    _check_names(weights)
+    return any(LOSSES[n].needs_corrupt for n in weights)
+
+
 def _check_names(weights: Mapping[str, float]) -> None:
     unknown = [n for n in weights if n not in LOSSES]
     if unknown:
@@ -255,6 +296,7 @@ def _check_names(weights: Mapping[str, float]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+@declares(reference=True)
 def sigmoid(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
     """DPO (Rafailov et al. 2023, "Direct Preference Optimization"), conservative with label smoothing.
 
@@ -268,6 +310,7 @@ def sigmoid(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
     return _smoothed_bce(cfg.beta * (r_w - r_l), cfg.label_smoothing)
 
 
+@declares(reference=True, length_normalised=True)
 def ipo(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
     """IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human Preferences").
 
@@ -283,6 +326,7 @@ def ipo(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
     return (h_avg - 1.0 / (2.0 * tau)) ** 2
 
 
+@declares(reference=True)
 def hinge(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
     """SLiC hinge loss (Zhao et al. 2023, "SLiC-HF: Sequence Likelihood Calibration with Human Feedback").
 
@@ -293,6 +337,7 @@ def hinge(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
     return torch.relu(1.0 - cfg.beta * (r_w - r_l))
 
 
+@declares(reference=True)
 def robust(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
     """Robust DPO (Chowdhury et al. 2024, "Provably Robust DPO: Aligning Language Models with Noisy Feedback").
 
@@ -308,6 +353,7 @@ def robust(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
     return ((1.0 - eps) * -F.logsigmoid(z) - eps * -F.logsigmoid(-z)) / (1.0 - 2.0 * eps)
 
 
+@declares(reference=False, length_normalised=True)
 def simpo(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
     """SimPO (Meng et al. 2024, "SimPO: Simple Preference Optimization with a Reference-Free Reward").
 
@@ -323,6 +369,7 @@ def simpo(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
     return _smoothed_bce(cfg.beta * (avg_w - avg_l) - cfg.simpo_gamma, cfg.label_smoothing)
 
 
+@declares(reference=True)
 def rdpo(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
     """R-DPO, length-regularised DPO (Park et al. 2024, "Disentangling Length from Quality in DPO").
 
@@ -335,6 +382,7 @@ def rdpo(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
     return _smoothed_bce(cfg.beta * (r_w - r_l) - penalty, cfg.label_smoothing)
 
 
+@declares(reference=True, reward_shift=True)
 def bco_pair(lp: PreferenceLogps, cfg: LossConfig, delta: float | Tensor = 0.0) -> Tensor:
     """Paired BCO (Jung et al. 2024, "Binary Classifier Optimization for Large Language Model Alignment").
 
@@ -350,6 +398,7 @@ def bco_pair(lp: PreferenceLogps, cfg: LossConfig, delta: float | Tensor = 0.0) 
     return -F.logsigmoid(cfg.beta * r_w - delta) - F.logsigmoid(-(cfg.beta * r_l - delta))
 
 
+@declares(reference=True)
 def nca_pair(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
     """Paired NCA (Chen et al. 2024, "Noise Contrastive Alignment of Language Models with Explicit Rewards").
 
@@ -362,6 +411,7 @@ def nca_pair(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
     return -F.logsigmoid(rho_w) - 0.5 * F.logsigmoid(-rho_w) - 0.5 * F.logsigmoid(-rho_l)
 
 
+@declares(reference=True)
 def apo_zero(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
     """APO-zero (D'Oosterlinck et al. 2024, "Anchored Preference Optimization and Contrastive Revisions").
 
@@ -373,6 +423,7 @@ def apo_zero(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
     return (1.0 - torch.sigmoid(cfg.beta * r_w)) + torch.sigmoid(cfg.beta * r_l)
 
 
+@declares(reference=False, length_normalised=True)
 def sft(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
     """NLL of the chosen caption: RPO's regulariser (Pang et al. 2024, "Iterative Reasoning Preference
     Optimization"), MPO's generation loss.
@@ -387,6 +438,7 @@ def sft(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
     return -lp.policy_chosen
 
 
+@declares(reference=True, corrupt=True)
 def mdpo_image(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
     """mDPO conditional preference on the image (Wang et al. 2024, "mDPO: Conditional Preference
     Optimization for Multimodal Large Language Models").
@@ -399,6 +451,7 @@ def mdpo_image(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
     return -F.logsigmoid(cfg.beta * ((lp.policy_chosen - ref_w) - (pol_c - ref_c)))
 
 
+@declares(reference=True)
 def mdpo_anchor(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
     """mDPO anchored preference (Wang et al. 2024, mDPO): keep the chosen reward above an anchor.
 
@@ -425,7 +478,7 @@ LOSSES: dict[str, LossFn] = {
 }
 """Loss name -> per-pair loss function. New entries with the signature ``(lp, cfg) -> Tensor[B]`` may be added."""
 
-REFERENCE_FREE: frozenset[str] = frozenset({"simpo", "sft"})
+REFERENCE_FREE: frozenset[str] = frozenset(n for n, fn in LOSSES.items() if not fn.needs_reference)
 """Losses that never read reference log-probs (rewards are reported reference-free if only these are used)."""
 
 MIXTURES: dict[str, dict[str, float]] = {
@@ -481,7 +534,7 @@ def preference_loss(
     metrics: dict[str, Tensor] = {}
 
     delta: float = 0.0
-    if state is not None and any(LOSSES[n] is bco_pair for n in weights):
+    if state is not None and any(LOSSES[n].needs_reward_shift for n in weights):
         r_w, r_l = _logratios(lp, "bco_pair")
         delta = state.update(cfg.beta * torch.cat([r_w, r_l]))
         metrics["bco/delta"] = torch.tensor(delta)
@@ -489,7 +542,7 @@ def preference_loss(
     total: Tensor | None = None
     for name, weight in weights.items():
         fn = LOSSES[name]
-        per_pair = fn(lp, cfg, delta=delta) if fn is bco_pair else fn(lp, cfg)
+        per_pair = fn(lp, cfg, delta=delta) if fn.needs_reward_shift else fn(lp, cfg)
         term = per_pair.mean()
         metrics[f"loss/{name}"] = term.detach()
         total = weight * term if total is None else total + weight * term
