@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .schedule import lr_lambda
 from .world.scenes import COLORS, KINDS, render_scene, sample_scene
 
 POOLS = ("mean", "max", "meanmax")
@@ -245,13 +246,6 @@ def retrieval_top1(model: ContrastiveVision, image_processor, tokenizer, images:
     return {"top1": hits / len(captions), "chance": 1 / len(distinct), "n": len(captions), "distinct": len(distinct)}
 
 
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
 def pretrain_vision(vision_config, processor, cfg: VisionPretrainConfig, *, world_seed: int = 0,
                     scene_kwargs: dict | None = None, progress: bool = True, log_every: int = 0):
     """Train the tower contrastively on fresh 'sft'-stream scenes. Returns (tower, metrics).
@@ -272,7 +266,7 @@ def pretrain_vision(vision_config, processor, cfg: VisionPretrainConfig, *, worl
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg.steps, cfg.warmup_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total=cfg.steps, warmup=cfg.warmup_steps, floor=0.05))
     losses = []
     grid = vision_config.image_size // vision_config.patch_size
     t0, c0 = time.time(), time.process_time()
