@@ -1,0 +1,89 @@
+"""Stage and cache keys: one deterministic hash of everything that shaped an output.
+
+    key(*parts)                 dataclasses, dicts, lists, scalars -> 16 hex digits (JSON with sorted keys)
+    code_fingerprint(*modules)  hash of the source files of modules/packages: a key that covers the code which
+                                builds an asset, so editing that code builds a new one (no hand-bumped versions)
+    file_fingerprint(path)      hash of a file's content (big files: size + sampled chunks), never its mtime
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from types import ModuleType
+
+KEY_CHARS = 16
+# Files above this size are fingerprinted by their size and evenly spaced chunks instead of every byte.
+WHOLE_FILE_BYTES = 64 << 20
+CHUNK_BYTES = 1 << 20
+CHUNKS = 16
+
+
+def _plain(value):
+    """JSON-ready form: dataclasses as dicts, tuples as lists, paths as strings (recursively)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return _plain(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def key(*parts) -> str:
+    """A short, stable hash of `parts` (same parts -> same key, on any machine and Python run)."""
+    blob = json.dumps(_plain(list(parts)), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:KEY_CHARS]
+
+
+def _source_files(module: ModuleType | str) -> list[tuple[str, Path]]:
+    """(name, path) of the module's source file, or of every source file of a package."""
+    if isinstance(module, str):
+        __import__(module)
+        module = sys.modules[module]
+    path = Path(module.__file__)
+    if path.name == "__init__.py":
+        return [(f"{module.__name__}/{p.relative_to(path.parent).as_posix()}", p)
+                for p in sorted(path.parent.rglob("*.py"))]
+    return [(module.__name__, path)]
+
+
+def code_fingerprint(*modules: ModuleType | str) -> str:
+    """Hash of the source of the given modules (objects or dotted names); a package counts with all its files."""
+    h = hashlib.sha256()
+    for module in modules:
+        for name, path in _source_files(module):
+            h.update(name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:KEY_CHARS]
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """Hash of a file's content: every byte up to WHOLE_FILE_BYTES, else its size and CHUNKS evenly spaced
+    chunks (a changed weight file changes its size or, in practice, some sampled chunk)."""
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        if size <= WHOLE_FILE_BYTES:
+            for block in iter(lambda: f.read(CHUNK_BYTES), b""):
+                h.update(block)
+        else:
+            for i in range(CHUNKS):
+                f.seek((size - CHUNK_BYTES) * i // (CHUNKS - 1))
+                h.update(f.read(CHUNK_BYTES))
+    return h.hexdigest()[:KEY_CHARS]
+
+
+def path_fingerprint(path: str | Path) -> str | None:
+    """file_fingerprint of a file, of every file (with its relative name) of a folder, None when missing."""
+    path = Path(path)
+    if path.is_file():
+        return file_fingerprint(path)
+    if path.is_dir():
+        return key([(p.relative_to(path).as_posix(), file_fingerprint(p)) for p in sorted(path.rglob("*"))
+                    if p.is_file()])
+    return None

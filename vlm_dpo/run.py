@@ -1,0 +1,122 @@
+"""The run folder: every path a run reads or writes, named once.
+
+    config.yaml                       the resolved config of the last command
+    detections/<split>.jsonl          detect: per image {image_id, file, width, height, detections[...]}
+    captions/<split>.jsonl            describe: per image {prompt, grounding, greedy, samples[...], ...}
+    pairs/                            pairs.parquet, pairs.jsonl, stats.json
+    dpo/                              metrics.jsonl, checkpoints/, reference/, model/, summary.json
+    rft/                              model/, sft_log.jsonl: the rejection-sampling fine-tuning baseline
+    variants/<name>/                  pairs.parquet, dpo/: DPO variants trained beside the main run
+    eval/                             <model>.captions.jsonl, .pope.jsonl, .robustness.jsonl, .metrics.json
+    metrics.json                      every model's metrics (+ the pipeline's summary)
+    report/                           index.html, curves.png, gallery/
+    annotate/                         judgements.sqlite (the annotation app's store), judgements.jsonl (export)
+
+`RunFolder(path)` opens any run, finished or not (notebooks, explore.py); `RunFolder.setup(cfg)` is how a
+command starts one. Assets of the embedded world (world, detector, tiny VLM) live in the cache (embedded.py).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .records import write_text_atomic
+
+
+class RunFolder:
+    """Paths of one run folder (nothing is created until a stage writes)."""
+
+    def __init__(self, path: str | Path):
+        self.root = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.root)!r})"
+
+    @classmethod
+    def setup(cls, cfg) -> "RunFolder":
+        """The run folder of `cfg.out`, ready for a command: offline settings, torch threads, config.yaml."""
+        import torch
+
+        from .config import to_yaml
+        from .offline import configure_offline
+
+        configure_offline(cfg.cache_dir)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        run = cls(cfg.out)
+        run.root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run.config, to_yaml(cfg))
+        return run
+
+    config = property(lambda self: self.root / "config.yaml")
+
+    # detect / describe
+    detections_dir = property(lambda self: self.root / "detections")
+    captions_dir = property(lambda self: self.root / "captions")
+
+    def detections(self, split: str) -> Path:
+        return self.detections_dir / f"{split}.jsonl"
+
+    def captions(self, split: str) -> Path:
+        return self.captions_dir / f"{split}.jsonl"
+
+    # pairs
+    pairs_dir = property(lambda self: self.root / "pairs")
+    pairs = property(lambda self: self.pairs_dir / "pairs.parquet")
+    pairs_jsonl = property(lambda self: self.pairs_dir / "pairs.jsonl")
+    pair_stats = property(lambda self: self.pairs_dir / "stats.json")
+
+    # train
+    dpo = property(lambda self: self.root / "dpo")
+    dpo_model = property(lambda self: self.dpo / "model")
+    dpo_metrics = property(lambda self: self.dpo / "metrics.jsonl")
+    dpo_summary = property(lambda self: self.dpo / "summary.json")
+    rft = property(lambda self: self.root / "rft")
+    rft_model = property(lambda self: self.rft / "model")
+    variants = property(lambda self: self.root / "variants")
+
+    def variant(self, name: str) -> Path:
+        return self.variants / name
+
+    # eval / report
+    eval = property(lambda self: self.root / "eval")
+    metrics = property(lambda self: self.root / "metrics.json")
+    report = property(lambda self: self.root / "report")
+    report_index = property(lambda self: self.report / "index.html")
+    curves = property(lambda self: self.report / "curves.png")
+
+    def eval_captions(self, model: str) -> Path:
+        return self.eval / f"{model}.captions.jsonl"
+
+    # annotate
+    annotate = property(lambda self: self.root / "annotate")
+    judgements_db = property(lambda self: self.annotate / "judgements.sqlite")
+    judgements = property(lambda self: self.annotate / "judgements.jsonl")
+
+    def stage(self, folder: Path, key: str) -> "Stage":
+        """The done-marker of a stage folder of this run (see Stage)."""
+        return Stage(folder, key)
+
+
+class Stage:
+    """A pipeline stage folder with a done-marker keyed by everything upstream: a rerun with the same key
+    skips the stage, a changed key (config or inputs changed) reruns it and everything after it."""
+
+    def __init__(self, folder: Path, key: str):
+        self.dir = Path(folder)
+        self.key = key
+        self.marker = self.dir / ".done"
+
+    @property
+    def done(self) -> bool:
+        return self.marker.exists() and self.marker.read_text() == self.key
+
+    def reset_if_stale(self) -> "Stage":
+        """Remove outputs finished under another key; keep unmarked (interrupted) ones so they resume."""
+        if self.marker.exists() and self.marker.read_text() != self.key:
+            shutil.rmtree(self.dir)
+        return self
+
+    def finish(self) -> None:
+        write_text_atomic(self.marker, self.key)
