@@ -14,12 +14,13 @@ from pathlib import Path
 
 import accelerate
 
-from vlm_dpo.train.loop import LoRASettings, LossSettings, TrainConfig, train_dpo
+from vlm_dpo.train.losses import LossConfig
+from vlm_dpo.train.recipe import LoRAConfig, TrainConfig, train_dpo
 
 
 def main(path: str) -> None:
     raw = json.loads(Path(path).read_text())
-    nested = {"loss": LossSettings(**raw.pop("loss", {})), "lora": LoRASettings(**raw.pop("lora", {}))}
+    nested = {"loss": LossConfig(**raw.pop("loss", {})), "lora": LoRAConfig(**raw.pop("lora", {}))}
     cfg = TrainConfig(**raw, **nested)
 
     seen = {}

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 
 from vlm_dpo.records import read_jsonl
-from vlm_dpo.train.loop import TrainConfig, train_dpo
+from vlm_dpo.train.recipe import TrainConfig, train_dpo
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("dist_train.py")

@@ -6,8 +6,8 @@ import torch
 
 from tiny_models import tiny_idefics3, tiny_llava, tiny_qwen2_vl
 from vlm_dpo.models import save_model
-from vlm_dpo.train import loop as loop_mod
-from vlm_dpo.train.loop import TrainConfig, train_dpo
+from vlm_dpo.train import recipe as recipe_mod
+from vlm_dpo.train.recipe import TrainConfig, train_dpo
 
 BUILDERS = {"idefics3": tiny_idefics3, "qwen2_vl": tiny_qwen2_vl, "llava": tiny_llava}
 
@@ -18,14 +18,14 @@ def test_one_dpo_step_per_family(family, pair_root, tmp_path, monkeypatch):
     path = save_model(model, processor, tmp_path / family)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     seen = {}
-    real = loop_mod.frozen_copy
+    real = recipe_mod.frozen_copy
 
     def spy(m):
         ref = real(m)
         seen["ref"], seen["ref_before"] = ref, {k: v.clone() for k, v in ref.state_dict().items()}
         return ref
 
-    monkeypatch.setattr(loop_mod, "frozen_copy", spy)
+    monkeypatch.setattr(recipe_mod, "frozen_copy", spy)
     cfg = TrainConfig(model=str(path), pairs=str(pair_root / "pairs.parquet"), image_root=str(pair_root),
                       output_dir=str(tmp_path / "dpo"), batch_size=2, max_steps=1, warmup_steps=1, lr=1e-2,
                       eval_every=0, save_every=0, reference="frozen")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -18,7 +20,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.tiny_models import tiny_idefics3, tiny_llava, tiny_qwen2_vl  # noqa: E402
+from vlm_dpo import families  # noqa: E402
 from vlm_dpo.train import logps as L  # noqa: E402
+from vlm_dpo.train import pair_logps as P  # noqa: E402
 from vlm_dpo.train.collate import IGNORE, ExampleTooLongError, encode  # noqa: E402
 
 ATOL = 1e-5
@@ -145,7 +149,7 @@ def test_pair_logps_matches_separate_rows(built, shared):
     family, model, processor = built
     batch = _pairs(processor, model)
     with torch.no_grad():
-        chosen, rejected = L.pair_logps(model, batch, shared_vision=shared)
+        chosen, rejected = P.pair_logps(model, batch, shared_vision=shared)
     c = _enc(processor, model, CHOSEN)
     r = _enc(processor, model, REJECTED)
     _close(chosen, _full(model, c.inputs, c.labels))
@@ -160,7 +164,7 @@ def test_pair_gradients_match_plain_path(built):
     grads = []
     for shared in (True, False):
         model.zero_grad(set_to_none=True)
-        chosen, rejected = L.pair_logps(model, batch, shared_vision=shared)
+        chosen, rejected = P.pair_logps(model, batch, shared_vision=shared)
         (chosen.sum - 0.5 * rejected.mean).sum().backward()
         grads.append({n: p.grad.clone() for n, p in vision.named_parameters() if p.grad is not None})
     model.zero_grad(set_to_none=True)
@@ -179,9 +183,9 @@ def test_vision_runs_once_per_pair(built):
     batch = _pairs(processor, model)
     assert L.supports_shared_vision(model)
     with VisionCalls(model, family) as shared, torch.no_grad():
-        L.pair_logps(model, batch)
+        P.pair_logps(model, batch)
     with VisionCalls(model, family) as plain, torch.no_grad():
-        L.pair_logps(model, batch, shared_vision=False)
+        P.pair_logps(model, batch, shared_vision=False)
     assert shared.calls == [batch.n_pairs]
     assert plain.calls == [2 * batch.n_pairs]
 
@@ -190,11 +194,11 @@ def test_unknown_family_falls_back_to_plain(monkeypatch):
     model, processor = tiny_llava()
     batch = _pairs(processor, model)
     with torch.no_grad():
-        shared = L.pair_logps(model, batch)
-    monkeypatch.setattr(L, "SHARED_VISION_FAMILIES", frozenset())
+        shared = P.pair_logps(model, batch)
+    monkeypatch.setitem(families.FAMILIES, "llava", replace(families.FAMILIES["llava"], shared_vision=False))
     assert not L.supports_shared_vision(model)
     with VisionCalls(model, "llava") as calls, torch.no_grad():
-        fallback = L.pair_logps(model, batch)
+        fallback = P.pair_logps(model, batch)
     assert calls.calls == [2 * batch.n_pairs]
     _close(fallback[0], shared[0])
     _close(fallback[1], shared[1])
@@ -286,7 +290,7 @@ def test_encode_pairs_truncates_each_completion(built):
     room = max_length - full.prompt_lengths
     assert batch.completion_lengths.tolist() == torch.minimum(full.completion_lengths, room).tolist()
     with torch.no_grad():
-        chosen, rejected = L.pair_logps(model, batch)
+        chosen, rejected = P.pair_logps(model, batch)
     assert chosen.n_tokens.tolist() == batch.completion_lengths[:3].tolist()
     assert rejected.n_tokens.tolist() == batch.completion_lengths[3:].tolist()
 
@@ -315,9 +319,9 @@ def test_peft_wrapped_model_matches_full_forward():
     lora.eval()
     batch = L.encode_pairs(processor, _images(), PROMPTS, CHOSEN, REJECTED, model_type="llava")
     with torch.no_grad():
-        chosen, rejected = L.pair_logps(lora, batch)
+        chosen, rejected = P.pair_logps(lora, batch)
         ref = L.logps_from_logits(lora(**batch.plain_inputs()).logits, batch.labels)
-        base_only = L.pair_logps(tiny_llava()[0], batch)[0]
+        base_only = P.pair_logps(tiny_llava()[0], batch)[0]
     _close(chosen, ref.rows(0, 3))
     _close(rejected, ref.rows(3, 6))
     assert (chosen.sum - base_only.sum).abs().max() > 1e-5  # LoRA (non-zero init) was applied
@@ -364,14 +368,15 @@ def test_softcapping_family_matches_full_forward(monkeypatch):
     inputs = batch.plain_inputs()
     assert L.logit_postprocess(model) is not None
     assert L.head_parity(model, inputs, batch.labels) < ATOL
-    assert L.pair_parity(model, batch) < ATOL
+    assert P.pair_parity(model, batch) < ATOL
     with torch.no_grad():
-        chosen, rejected = L.pair_logps(model, batch)
+        chosen, rejected = P.pair_logps(model, batch)
     ref = _full(model, inputs, batch.labels)
     _close(chosen, ref.rows(0, 2))
     _close(rejected, ref.rows(2, 4))
     # without the soft-cap the head would silently diverge: this is what the parity check catches
-    monkeypatch.setattr(L, "NO_SOFTCAP_FAMILIES", frozenset({"paligemma"}))
+    monkeypatch.setitem(families.FAMILIES, "paligemma",
+                        replace(families.FAMILIES["paligemma"], softcap_in_forward=False))
     assert L.head_parity(model, inputs, batch.labels) > 1e-3
 
 

@@ -4,8 +4,8 @@ import torch
 
 from vlm_dpo.models import load_model_and_processor
 from vlm_dpo.records import read_jsonl
-from vlm_dpo.train import loop as loop_mod
-from vlm_dpo.train.loop import TrainConfig, train_dpo
+from vlm_dpo.train import recipe as recipe_mod
+from vlm_dpo.train.recipe import TrainConfig, train_dpo
 
 
 def cfg_for(tiny_policy, pair_root, tmp_path, **kw):
@@ -43,7 +43,7 @@ def test_training_moves_policy_and_raises_reward_accuracy(tiny_policy, pair_root
 
 def test_frozen_reference_stays_frozen(tiny_policy, pair_root, tmp_path, monkeypatch):
     seen = {}
-    real = loop_mod.frozen_copy
+    real = recipe_mod.frozen_copy
 
     def spy(model):
         ref = real(model)
@@ -51,7 +51,7 @@ def test_frozen_reference_stays_frozen(tiny_policy, pair_root, tmp_path, monkeyp
         seen["before"] = {k: v.clone() for k, v in ref.state_dict().items()}
         return ref
 
-    monkeypatch.setattr(loop_mod, "frozen_copy", spy)
+    monkeypatch.setattr(recipe_mod, "frozen_copy", spy)
     train_dpo(cfg_for(tiny_policy, pair_root, tmp_path, max_steps=2), progress=False)
     after = seen["ref"].state_dict()
     assert all(torch.equal(seen["before"][k], after[k]) for k in after)
@@ -64,7 +64,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_policy, pair_root, tmp_pat
 
     part = cfg_for(tiny_policy, pair_root, tmp_path / "b", max_steps=6, save_every=3, reference="precomputed")
     calls = {"n": 0}
-    real = loop_mod.preference_loss
+    real = recipe_mod.preference_loss
 
     def dies_at_step_5(*a, **k):
         calls["n"] += 1
@@ -72,12 +72,12 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_policy, pair_root, tmp_pat
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    loop_mod.preference_loss = dies_at_step_5
+    recipe_mod.preference_loss = dies_at_step_5
     try:
         with pytest.raises(KeyboardInterrupt):
             train_dpo(part, progress=False)
     finally:
-        loop_mod.preference_loss = real
+        recipe_mod.preference_loss = real
     assert (tmp_path / "b" / "dpo" / "checkpoints" / "step-3" / "trainer.json").exists()
     train_dpo(part, progress=False)
     resumed = [r["loss"] for r in read_jsonl(tmp_path / "b" / "dpo" / "metrics.jsonl") if "loss" in r]
@@ -123,13 +123,13 @@ def test_mdpo_image_term_trains(tiny_policy, pair_root, tmp_path):
 
 
 def test_nan_loss_stops_with_checkpoint_and_pair_ids(tiny_policy, pair_root, tmp_path, monkeypatch):
-    real = loop_mod.preference_loss
+    real = recipe_mod.preference_loss
 
     def nan_loss(*a, **k):
         loss, m = real(*a, **k)
         return loss * float("nan"), m
 
-    monkeypatch.setattr(loop_mod, "preference_loss", nan_loss)
+    monkeypatch.setattr(recipe_mod, "preference_loss", nan_loss)
     with pytest.raises(FloatingPointError, match=r"step 0 on pairs \['[0-9a-f]+'"):
         train_dpo(cfg_for(tiny_policy, pair_root, tmp_path), progress=False)
     assert (tmp_path / "dpo" / "checkpoints" / "nan-step-0").exists()

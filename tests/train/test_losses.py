@@ -339,8 +339,12 @@ def test_config_and_input_validation():
         LossConfig(beta=0.0)
     with pytest.raises(ValueError, match="label_smoothing"):
         LossConfig(label_smoothing=0.7)
-    with pytest.raises(ValueError, match="empty"):
-        LossConfig(weights={})
+    assert LossConfig(weights={}).weights == {"sigmoid": 1.0}  # empty = the default (YAML weights replace it)
+    assert LossConfig(weights={"sft": 1.0}, mixture="mpo").weights == MIXTURES["mpo"]  # a mixture decides
+    with pytest.raises(ValueError, match="mixture"):
+        LossConfig(mixture="nope")
+    with pytest.raises(ValueError, match="corruption"):
+        LossConfig(corruption="blur")
     with pytest.raises(ValueError, match="robust"):
         LOSSES["robust"](_one(), LossConfig(label_smoothing=0.5, weights="robust"))
     with pytest.raises(ValueError, match="rejected_tokens"):

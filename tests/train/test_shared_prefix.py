@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,9 @@ if str(ROOT) not in sys.path:
 from tests.tiny_models import tiny_idefics3, tiny_llava, tiny_qwen2_vl  # noqa: E402
 from tests.train.test_logps import (CHOSEN, PROMPTS, REJECTED, VisionCalls, _full, _images,  # noqa: E402
                                     _paligemma_pairs, _tiny_paligemma2)
+from vlm_dpo import families  # noqa: E402
 from vlm_dpo.train import logps as L  # noqa: E402
+from vlm_dpo.train import pair_logps as P  # noqa: E402
 from vlm_dpo.train.collate import IGNORE  # noqa: E402
 
 ATOL = 1e-5
@@ -68,7 +71,7 @@ def _pairs(processor, model, **kw):
 
 
 def _plain(model, batch):
-    return L.pair_logps(model, batch, shared_vision=False, shared_prefix=False)
+    return P.pair_logps(model, batch, shared_vision=False, shared_prefix=False)
 
 
 def _text_layers(model):
@@ -107,14 +110,14 @@ def test_batch_has_the_shapes_we_mean(built):
     assert len(set(batch.prompt_lengths[:b].tolist())) > 1
     cl = batch.completion_lengths
     assert (cl[:b] > cl[b:]).any() and (cl[:b] < cl[b:]).any()
-    assert L.shared_prefix_problem(model, batch) is None
+    assert P.shared_prefix_problem(model, batch) is None
 
 
 def test_shared_prefix_logps_match_plain_and_separate_rows(built):
     family, model, processor = built
     batch = _pairs(processor, model)
     with torch.no_grad():
-        chosen, rejected = L.pair_logps(model, batch)  # shared prefix is the default
+        chosen, rejected = P.pair_logps(model, batch)  # shared prefix is the default
         plain_c, plain_r = _plain(model, batch)
     _close(chosen, plain_c)
     _close(rejected, plain_r)
@@ -134,7 +137,7 @@ def test_single_pair_and_truncated_completions(built):
     assert (cut.completion_lengths < full.completion_lengths).any()
     for batch in (one, cut):
         with torch.no_grad():
-            got = L.pair_logps(model, batch)
+            got = P.pair_logps(model, batch)
             ref = _plain(model, batch)
         _close(got[0], ref[0])
         _close(got[1], ref[1])
@@ -144,11 +147,11 @@ def test_single_pair_and_truncated_completions(built):
 def test_eager_attention_takes_the_additive_mask(family):
     model, processor = BUILDERS[family].__wrapped__(0)
     model.set_attn_implementation("eager")
-    assert L._text_config(model)._attn_implementation == "eager"
+    assert P._text_config(model)._attn_implementation == "eager"
     batch = _pairs(processor, model)
-    assert L.shared_prefix_problem(model, batch) is None
+    assert P.shared_prefix_problem(model, batch) is None
     with torch.no_grad():
-        got = L.pair_logps(model, batch)
+        got = P.pair_logps(model, batch)
         ref = _plain(model, batch)
     _close(got[0], ref[0])
     _close(got[1], ref[1])
@@ -159,16 +162,16 @@ def test_mrope_positions_are_needed_and_used():
     (image tokens advance the text position by the grid side, not by their count)."""
     model, processor = tiny_qwen2_vl()
     batch = _pairs(processor, model)
-    pos3 = L.mrope_positions(model, batch)
+    pos3 = P.mrope_positions(model, batch)
     cols = torch.arange(pos3.shape[-1])
     am = batch.inputs["attention_mask"].bool()
     assert not torch.equal(pos3[0][am], cols.expand_as(pos3[0])[am])
-    packed = L.pack_pairs(batch, positions=pos3)
+    packed = P.pack_pairs(batch, positions=pos3)
     assert packed.inputs["position_ids"].shape == (3, batch.n_pairs, packed.width)
     with torch.no_grad():
         ref = _plain(model, batch)
         base, _ = L.base_and_head(model)
-        wrong = L.pack_pairs(batch)  # 1-D column positions
+        wrong = P.pack_pairs(batch)  # 1-D column positions
         hidden = L._base_forward(base, {**wrong.inputs, **batch.vision_inputs()})
         rows = hidden.reshape(-1, hidden.shape[-1])[wrong.index]
         bad = L._reduce(L._head_logps(model, rows, wrong.targets), wrong.mask)
@@ -181,7 +184,7 @@ def test_mrope_positions_are_needed_and_used():
 
 def _param_grads(model, batch, **kw):
     model.zero_grad(set_to_none=True)
-    chosen, rejected = L.pair_logps(model, batch, **kw)
+    chosen, rejected = P.pair_logps(model, batch, **kw)
     (chosen.sum - 0.5 * rejected.mean).sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
@@ -231,9 +234,9 @@ def test_prefix_runs_once(built):
     b = batch.n_pairs
     lens = batch.inputs["attention_mask"].sum(1)
     p = batch.prompt_lengths[:b]
-    packed = L.pack_pairs(batch)
+    packed = P.pack_pairs(batch)
     with TextTokens(model) as shared, VisionCalls(model, family) as vis, torch.no_grad():
-        L.pair_logps(model, batch)
+        P.pair_logps(model, batch)
     with TextTokens(model) as plain, torch.no_grad():
         _plain(model, batch)
     width = int((lens[:b] + lens[b:] - p).max())
@@ -252,7 +255,7 @@ def test_packed_layout(built):
     batch = _pairs(processor, model)
     b = batch.n_pairs
     ids, am = batch.inputs["input_ids"], batch.inputs["attention_mask"]
-    packed = L.pack_pairs(batch)
+    packed = P.pack_pairs(batch)
     mask = packed.inputs["attention_mask"]
     assert mask.dtype == torch.bool and mask.shape == (b, 1, packed.width, packed.width)
     for i in range(b):
@@ -292,10 +295,10 @@ def test_flag_off_is_the_previous_path(built):
     family, model, processor = built
     batch = _pairs(processor, model)
     with TextTokens(model) as seen, torch.no_grad():
-        off = L.pair_logps(model, batch, shared_prefix=False)
+        off = P.pair_logps(model, batch, shared_prefix=False)
     assert seen.shapes == [tuple(batch.inputs["input_ids"].shape)]
     with torch.no_grad():
-        ref = L.pair_logps(model, batch, shared_prefix=False)
+        ref = P.pair_logps(model, batch, shared_prefix=False)
     assert torch.equal(off[0].sum, ref[0].sum) and torch.equal(off[1].sum, ref[1].sum)
 
 
@@ -303,13 +306,13 @@ def test_unsupported_family_falls_back_to_plain():
     """PaliGemma attends bidirectionally over image + prefix: not packed, silently, and gives the plain numbers."""
     model = _tiny_paligemma2(softcap=0.05)
     batch = _paligemma_pairs()
-    assert L.shared_prefix_problem(model, batch).startswith("family")
+    assert P.shared_prefix_problem(model, batch).startswith("family")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with torch.no_grad():
-            got = L.pair_logps(model, batch)
+            got = P.pair_logps(model, batch)
     with torch.no_grad():
-        ref = L.pair_logps(model, batch, shared_prefix=False)
+        ref = P.pair_logps(model, batch, shared_prefix=False)
     assert torch.equal(got[0].sum, ref[0].sum) and torch.equal(got[1].sum, ref[1].sum)
 
 
@@ -317,11 +320,11 @@ def test_family_removed_from_the_list_falls_back(monkeypatch):
     model, processor = tiny_qwen2_vl()
     batch = _pairs(processor, model)
     with torch.no_grad():
-        shared = L.pair_logps(model, batch)
-    monkeypatch.setattr(L, "SHARED_PREFIX_FAMILIES", frozenset())
+        shared = P.pair_logps(model, batch)
+    monkeypatch.setitem(families.FAMILIES, "qwen2_vl", replace(families.FAMILIES["qwen2_vl"], shared_prefix=False))
     with TextTokens(model) as seen, torch.no_grad():
-        fallback = L.pair_logps(model, batch)
-        plain = L.pair_logps(model, batch, shared_prefix=False)
+        fallback = P.pair_logps(model, batch)
+        plain = P.pair_logps(model, batch, shared_prefix=False)
     assert seen.shapes == [tuple(batch.inputs["input_ids"].shape)] * 2
     assert torch.equal(fallback[0].sum, plain[0].sum) and torch.equal(fallback[1].sum, plain[1].sum)
     _close(fallback[0], shared[0])
@@ -332,36 +335,37 @@ def test_unsupported_attention_or_layout_warns_and_falls_back(monkeypatch):
     model, processor = tiny_llava()
     batch = _pairs(processor, model)
     with torch.no_grad():
-        ref = L.pair_logps(model, batch, shared_prefix=False)
-    monkeypatch.setattr(L, "_warned", set())
-    monkeypatch.setattr(L, "PREFIX_ATTN_IMPLEMENTATIONS", frozenset({"eager"}))
+        ref = P.pair_logps(model, batch, shared_prefix=False)
+    monkeypatch.setattr(P, "_warned", set())
+    monkeypatch.setattr(P, "PREFIX_ATTN_IMPLEMENTATIONS", frozenset({"eager"}))
     with pytest.warns(UserWarning, match="attention implementation 'sdpa'"), torch.no_grad():
-        got = L.pair_logps(model, batch)
+        got = P.pair_logps(model, batch)
     assert torch.equal(got[0].sum, ref[0].sum)
     monkeypatch.undo()
 
     # a pair whose rows differ on the prompt cannot share it
-    monkeypatch.setattr(L, "_warned", set())
+    monkeypatch.setattr(P, "_warned", set())
     ids = batch.inputs["input_ids"].clone()
     ids[batch.n_pairs, 1] = ids[batch.n_pairs, 2]
     odd = L.PairBatch(**{**batch.__dict__, "inputs": {**batch.inputs, "input_ids": ids}})
-    assert "differ on the prompt" in L.shared_prefix_problem(model, odd)
+    assert "differ on the prompt" in P.shared_prefix_problem(model, odd)
     with pytest.warns(UserWarning, match="differ on the prompt"), torch.no_grad():
-        got = L.pair_logps(model, odd)
+        got = P.pair_logps(model, odd)
     with torch.no_grad():
-        ref = L.pair_logps(model, odd, shared_prefix=False)
+        ref = P.pair_logps(model, odd, shared_prefix=False)
     assert torch.equal(got[0].sum, ref[0].sum) and torch.equal(got[1].sum, ref[1].sum)
 
 
 def test_pair_parity_and_loop_flag(built):
-    from vlm_dpo.train.loop import TrainBatch, TrainConfig, batch_logps
+    from vlm_dpo.train.batches import TrainBatch
+    from vlm_dpo.train.recipe import PairForward, TrainConfig
 
     family, model, processor = built
     batch = _pairs(processor, model)
-    assert L.pair_parity(model, batch) < ATOL
+    assert P.pair_parity(model, batch) < ATOL
     assert TrainConfig().shared_prefix is True
     tb = TrainBatch(pair_ids=["a", "b", "c", "d"], encoded=batch, corrupt=None, n_tokens=0)
     for flag, rows in ((True, batch.n_pairs), (False, 2 * batch.n_pairs)):
         with TextTokens(model) as seen, torch.no_grad():
-            batch_logps(model, tb, True, flag)
+            PairForward(model, shared_vision=True, shared_prefix=flag)(tb)
         assert seen.shapes[0][0] == rows

@@ -33,7 +33,8 @@ from vlm_dpo.detect import open_image  # noqa: E402
 from vlm_dpo.models import TRL_ALIGNED_CHAT_TEMPLATE, CHAT_TEMPLATE, load_model_and_processor  # noqa: E402
 from vlm_dpo.pairs.dataset import load_pairs, resolve_image  # noqa: E402
 from vlm_dpo.pairs.io import export_trl  # noqa: E402
-from vlm_dpo.train.logps import IGNORE, completion_logps, encode_pairs, pair_logps  # noqa: E402
+from vlm_dpo.train.logps import IGNORE, completion_logps, encode_pairs  # noqa: E402
+from vlm_dpo.train.pair_logps import pair_logps  # noqa: E402
 from vlm_dpo.train.losses import LossConfig, PreferenceLogps, preference_loss  # noqa: E402
 
 BETA = 0.1

@@ -1,3 +1,428 @@
-"""The DPO training recipe (work in progress: re-exports the loop while it is being restructured)."""
+"""The DPO training recipe on accelerate: one CPU, one GPU, or many through `accelerate launch`.
 
-from .loop import LoRASettings, LossSettings, TrainConfig, train_dpo  # noqa: F401
+    recipe = DPORecipe(cfg).setup()     # accelerator, pairs, policy (+ LoRA, freezing), reference, optimizer, resume
+    for step in range(recipe.start, cfg.max_steps):
+        record = recipe.train_step(step)  # one optimizer step: grad_accum micro-batches, clip, AdamW, schedule
+    recipe.evaluate(step)                 # preference metrics on the val pairs
+    recipe.save_checkpoint(step) / recipe.save_model()
+    train_dpo(cfg) == DPORecipe(cfg).run()  (what the CLI, the pipeline, the benchmark and the tests call)
+
+Written here rather than on TRL's Trainer because the forward pass is ours (one vision pass per pair, the prompt
+prefix once per pair where the family allows it, LM head at completion positions only, precomputed references);
+TRL is the correctness oracle in the tests (tests/train/test_trl_parity.py) and the peer in bench/dpo_step.py.
+The forward lives in `PairForward.forward`, the module `accelerator.prepare` wraps, so DDP's gradient sync (and
+autocast under mixed precision) apply as designed. Batches and data order: see batches.py.
+
+Output folder (`output_dir`):
+    metrics.jsonl                one line per logged step (train) and per evaluation (eval/...)
+    checkpoints/step-<N>/        accelerate state (model safetensors, optimizer, scheduler, RNG) + trainer.json
+    reference/ref-*.safetensors  precomputed reference log-probs (reference=precomputed)
+    model/                       final model (save_pretrained; LoRA merged when lora.merge_on_save), processor
+    summary.json                 final metrics and paths
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..families import family_of
+from ..pairs.dataset import load_pairs
+from ..records import read_jsonl, write_jsonl_atomic, write_text_atomic
+from ..schedule import lr_lambda
+from .batches import DataOrder, TrainBatch, make_batch
+from .logps import completion_logps
+from .losses import LossConfig, PreferenceLogps, RewardShift, needs_corrupt, needs_reference, preference_loss
+from .pair_logps import pair_logps
+from .reference import REFERENCE_KINDS, ReferenceCache, frozen_copy, model_fingerprint, no_grad_ctx
+
+
+@dataclass
+class LoRAConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    merge_on_save: bool = True
+
+
+@dataclass
+class TrainConfig:
+    model: str = ""  # HF id/path of the policy; empty = the pipeline's SFT model
+    pairs: str = ""  # pair file (parquet/jsonl); empty = <out>/pairs/pairs.parquet
+    image_root: str = ""  # root that relative image paths resolve against (and may not escape)
+    output_dir: str = ""  # empty = <out>/dpo
+    reference: str = "precomputed"  # frozen | lora_disabled | precomputed | none
+    loss: LossConfig = field(default_factory=LossConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    freeze_vision: bool = False  # vision tower / connector: the family's registry entry names them
+    freeze_projector: bool = False
+    lr: float = 1e-4
+    lr_vision: float = 0.0  # 0 = same as lr
+    lr_projector: float = 0.0  # 0 = same as lr
+    weight_decay: float = 0.0
+    batch_size: int = 16  # pairs per process per micro-step
+    grad_accum: int = 1
+    max_steps: int = 100
+    warmup_steps: int = 10
+    schedule: str = "cosine"  # cosine | linear | constant
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"  # no | bf16 | fp16 (where the device supports it)
+    gradient_checkpointing: bool = False
+    shared_vision: bool = True  # one vision-encoder pass per pair
+    shared_prefix: bool = True  # image + prompt once per pair, both completions after it (supported families)
+    max_length: int = 0  # 0 = no limit; prompts (image tokens included) are never truncated
+    dtype: str = "float32"
+    eval_every: int = 50
+    save_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    seed: int = 0
+    trackers: list[str] = field(default_factory=list)  # e.g. [tensorboard], [wandb]
+    resume: bool = True
+
+
+class PairForward(torch.nn.Module):
+    """The training forward as a module: (chosen, rejected, chosen under the corrupted image or None) log-probs
+    of a batch. `accelerator.prepare` wraps this module, so DDP / FSDP / DeepSpeed hooks and autocast run."""
+
+    def __init__(self, model, *, shared_vision: bool = True, shared_prefix: bool = True):
+        super().__init__()
+        self.model = model
+        self.shared_vision, self.shared_prefix = shared_vision, shared_prefix
+
+    def forward(self, batch: TrainBatch):
+        chosen, rejected = pair_logps(self.model, batch.encoded, shared_vision=self.shared_vision,
+                                      shared_prefix=self.shared_prefix)
+        corrupt = None
+        if batch.corrupt is not None:
+            corrupt = completion_logps(self.model, batch.corrupt.inputs, batch.corrupt.labels)
+        return chosen, rejected, corrupt
+
+
+def param_groups(model, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: language model (lr), vision tower (lr_vision), connector (lr_projector)."""
+    fam = family_of(model)
+    rest, vision, connector = [], [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (connector if fam.is_connector(name) else vision if fam.is_vision(name) else rest).append(p)
+    groups = [{"params": rest, "lr": cfg.lr}, {"params": vision, "lr": cfg.lr_vision or cfg.lr},
+              {"params": connector, "lr": cfg.lr_projector or cfg.lr}]
+    return [g for g in groups if g["params"]]
+
+
+def freeze(model, cfg: TrainConfig) -> None:
+    fam = family_of(model)
+    for name, p in model.named_parameters():
+        if (cfg.freeze_vision and fam.is_vision(name)) or (cfg.freeze_projector and fam.is_connector(name)):
+            p.requires_grad_(False)
+
+
+def precompute_reference(model, processor, pairs: list[dict], cfg: TrainConfig, image_root: Path, cache_dir: Path,
+                         progress: bool = True) -> ReferenceCache:
+    """Reference log-probs of every pair under `model` (the initial policy), cached on disk."""
+    corrupt = needs_corrupt(cfg.loss.weights)
+    fp = model_fingerprint(model)
+    ids = [p["pair_id"] for p in pairs]
+    path = ReferenceCache.path_for(cache_dir, fp, ids, corrupt)
+    if path.exists():
+        return ReferenceCache.load(path)
+    model_type = getattr(model.config, "model_type", "")
+    forward = PairForward(model, shared_vision=cfg.shared_vision, shared_prefix=cfg.shared_prefix)
+    out = {"chosen": [], "rejected": []} | ({"chosen_corrupt": []} if corrupt else {})
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in tqdm(range(0, len(pairs), cfg.batch_size), desc="reference", disable=not progress):
+            rows = pairs[start:start + cfg.batch_size]
+            # the corruption RNG is keyed by pair position so the cached value matches any later batch order
+            batch = make_batch(rows, processor, image_root=image_root, model_type=model_type,
+                               max_length=cfg.max_length, corruption=cfg.loss.corruption if corrupt else None,
+                               corrupt_key=f"corrupt/{cfg.seed}/{-1 - start}")
+            c, r, cc = forward(batch.to(model.device))
+            out["chosen"].append(c.sum.float().cpu())
+            out["rejected"].append(r.sum.float().cpu())
+            if corrupt:
+                out["chosen_corrupt"].append(cc.sum.float().cpu())
+    model.train(was_training)
+    cache = ReferenceCache({k: torch.cat(v) for k, v in out.items()}, ids)
+    cache.save(path, fp, ids)
+    return cache
+
+
+def list_checkpoints(out: Path) -> list[Path]:
+    ck = out / "checkpoints"
+    return sorted(ck.glob("step-*"), key=lambda p: int(p.name.split("-")[1])) if ck.exists() else []
+
+
+class DPORecipe:
+    """setup / train_step / evaluate / save_checkpoint / save_model / run. See the module docstring."""
+
+    def __init__(self, cfg: TrainConfig, *, progress: bool = True):
+        # replace() resolves loss weights / mixture again in case they were changed after construction
+        self.cfg = replace(cfg, loss=replace(cfg.loss))
+        self.progress = progress
+        self.start = 0
+
+    # -- setup ----------------------------------------------------------------------------------------------
+
+    def setup(self) -> "DPORecipe":
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        from ..models import load_model_and_processor
+
+        cfg = self.cfg
+        if cfg.reference not in REFERENCE_KINDS:
+            raise ValueError(f"train.reference must be one of {REFERENCE_KINDS}, got {cfg.reference!r}")
+        self.use_ref = needs_reference(cfg.loss.weights)
+        self.corruption = cfg.loss.corruption if needs_corrupt(cfg.loss.weights) else None
+        if self.use_ref and cfg.reference == "none":
+            raise ValueError(f"losses {list(cfg.loss.weights)} need a reference; set train.reference")
+        if cfg.reference == "lora_disabled" and not cfg.lora.enabled:
+            raise ValueError("train.reference=lora_disabled needs train.lora.enabled=true")
+        self.out = Path(cfg.output_dir)
+        self.accelerator = acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
+                                             mixed_precision=cfg.mixed_precision, log_with=cfg.trackers or None,
+                                             project_dir=str(self.out))
+        set_seed(cfg.seed)
+        self.image_root = Path(cfg.image_root or ".").resolve()
+        pairs = load_pairs(cfg.pairs)
+        self.train_pairs = [p for p in pairs if p.get("split", "train") == "train"]
+        self.val_pairs = [p for p in pairs if p.get("split") == "val"]
+        if not self.train_pairs:
+            raise ValueError(f"{cfg.pairs}: no pairs with split 'train'")
+
+        model, self.processor = load_model_and_processor(cfg.model, dtype=cfg.dtype, device="cpu")
+        self.model_type = getattr(model.config, "model_type", "")
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        if cfg.lora.enabled:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                                     lora_dropout=cfg.lora.dropout,
+                                                     target_modules=list(cfg.lora.target_modules)))
+        freeze(model, cfg)
+        model.to(acc.device)
+
+        self.order = DataOrder(len(self.train_pairs), cfg.batch_size, acc.num_processes, acc.process_index, cfg.seed)
+        self.ref_model, self.ref_cache = None, None
+        if self.use_ref and cfg.reference == "frozen" and acc.distributed_type.value in ("DEEPSPEED", "FSDP"):
+            raise ValueError("a frozen reference copy is not sharded under FSDP/DeepSpeed: use train.reference="
+                             "precomputed (or lora_disabled with LoRA)")
+        if self.use_ref and cfg.reference == "frozen":
+            self.ref_model = PairForward(frozen_copy(model), shared_vision=cfg.shared_vision,
+                                         shared_prefix=cfg.shared_prefix)
+        elif self.use_ref and cfg.reference == "precomputed":
+            # Only the pairs this run will visit (a short run on a big pair set sees a fraction of it).
+            used = [self.train_pairs[i] for i in self.order.used(cfg.max_steps * cfg.grad_accum)]
+            with acc.main_process_first():  # main computes and saves; the others then load the file
+                self.ref_cache = precompute_reference(model, self.processor, used + self.val_pairs, cfg,
+                                                      self.image_root, self.out / "reference",
+                                                      progress=self.progress and acc.is_main_process)
+
+        optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(total=cfg.max_steps, warmup=cfg.warmup_steps, schedule=cfg.schedule))
+        # The scheduler stays unprepared: accelerate would step it once per process (it assumes a sharded
+        # dataloader), while our steps are global optimizer steps. Registered so checkpoints carry it.
+        forward = PairForward(model, shared_vision=cfg.shared_vision, shared_prefix=cfg.shared_prefix)
+        self.forward, self.optimizer = acc.prepare(forward, optimizer)
+        acc.register_for_checkpointing(self.scheduler)
+        self.reward_shift = RewardShift()
+        if cfg.resume and list_checkpoints(self.out):
+            last = list_checkpoints(self.out)[-1]
+            acc.load_state(str(last))
+            state = json.loads((last / "trainer.json").read_text())
+            self.start = state["step"]
+            self.reward_shift.load_state_dict(state["reward_shift"])
+        if cfg.trackers:
+            acc.init_trackers("vlm_dpo", config={"lr": cfg.lr, "beta": cfg.loss.beta, "batch_size": cfg.batch_size,
+                                                 "reference": cfg.reference})
+        return self
+
+    @property
+    def policy(self):
+        """The transformers (or PEFT) model being trained, without the accelerate / DDP wrappers."""
+        return self.accelerator.unwrap_model(self.forward).model
+
+    # -- one step -------------------------------------------------------------------------------------------
+
+    def batch(self, rows: list[dict], corrupt_key: str) -> TrainBatch:
+        return make_batch(rows, self.processor, image_root=self.image_root, model_type=self.model_type,
+                          max_length=self.cfg.max_length, corruption=self.corruption,
+                          corrupt_key=corrupt_key).to(self.accelerator.device)
+
+    def micro_batch(self, micro_step: int) -> TrainBatch:
+        """This process's pairs of one micro-step (see batches.DataOrder)."""
+        rows = [self.train_pairs[i] for i in self.order.indices(micro_step)]
+        return self.batch(rows, corrupt_key=f"corrupt/{self.cfg.seed}/{micro_step}")
+
+    def logps(self, batch: TrainBatch) -> PreferenceLogps:
+        """Policy log-probs (through the prepared module) and the reference's, for the losses."""
+        c, r, cc = self.forward(batch)
+        refs = {}
+        if self.use_ref:
+            if self.ref_cache is not None:
+                got = self.ref_cache.lookup(batch.pair_ids, c.sum.device)
+                refs = {"ref_chosen": got["chosen"], "ref_rejected": got["rejected"],
+                        "ref_chosen_corrupt": got.get("chosen_corrupt")}
+            else:
+                with torch.no_grad(), no_grad_ctx(self.cfg.reference, self.policy):
+                    rc, rr, rcc = (self.ref_model or self.forward)(batch)
+                refs = {"ref_chosen": rc.sum.detach(), "ref_rejected": rr.sum.detach(),
+                        "ref_chosen_corrupt": rcc.sum.detach() if rcc is not None else None}
+        return PreferenceLogps(policy_chosen=c.sum, policy_rejected=r.sum, chosen_tokens=c.n_tokens.float(),
+                               rejected_tokens=r.n_tokens.float(),
+                               policy_chosen_corrupt=cc.sum if cc is not None else None, **refs)
+
+    def train_step(self, step: int) -> dict:
+        """One optimizer step (grad_accum micro-batches); returns its log record."""
+        cfg, acc = self.cfg, self.accelerator
+        t0 = time.time()
+        agg, tokens, grad_norm = {}, 0, None
+        for micro in range(cfg.grad_accum):
+            batch = self.micro_batch(step * cfg.grad_accum + micro)
+            tokens += batch.n_tokens
+            with acc.accumulate(self.forward):
+                loss, m = preference_loss(self.logps(batch), cfg.loss, self.reward_shift)
+                if not torch.isfinite(loss):
+                    ck = self.save_checkpoint(step, name=f"nan-step-{step}")
+                    raise FloatingPointError(f"non-finite loss {loss.item()} at step {step} on pairs "
+                                             f"{batch.pair_ids}; state saved to {ck}")
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    grad_norm = acc.clip_grad_norm_(self.forward.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                if acc.sync_gradients:
+                    self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            for k, v in m.items():
+                agg[k] = agg.get(k, 0.0) + float(acc.reduce(v.detach().float().to(acc.device), "mean")) / cfg.grad_accum
+        dt = time.time() - t0
+        pairs_done = cfg.batch_size * cfg.grad_accum * acc.num_processes
+        return {"step": step + 1, **{k: round(v, 6) for k, v in agg.items()},
+                "grad_norm": round(float(grad_norm), 6) if grad_norm is not None else None,
+                "lr": self.scheduler.get_last_lr()[0], "pairs_per_s": round(pairs_done / dt, 3),
+                "tokens_per_s": round(tokens * acc.num_processes / dt, 1)}
+
+    def evaluate(self, step: int) -> dict:
+        """Loss metrics on the val pairs (mean over pairs), as `eval/<metric>`; {} without val pairs."""
+        if not self.val_pairs:
+            return {}
+        bs = self.cfg.batch_size
+        self.forward.eval()
+        sums, n = {}, 0
+        with torch.no_grad():
+            for s in range(0, len(self.val_pairs), bs):
+                rows = self.val_pairs[s:s + bs]
+                _, m = preference_loss(self.logps(self.batch(rows, corrupt_key=f"corrupt/{self.cfg.seed}/{-10**6 - s}")),
+                                       self.cfg.loss)
+                for k, v in m.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * len(rows)
+                n += len(rows)
+        self.forward.train()
+        return {f"eval/{k}": v / n for k, v in sums.items()} | {"step": step}
+
+    # -- saving ---------------------------------------------------------------------------------------------
+
+    def save_checkpoint(self, step: int, name: str | None = None) -> Path:
+        acc = self.accelerator
+        path = self.out / "checkpoints" / (name or f"step-{step}")
+        acc.wait_for_everyone()
+        acc.save_state(str(path), safe_serialization=True)
+        if acc.is_main_process:
+            write_text_atomic(path / "trainer.json",
+                              json.dumps({"step": step, "reward_shift": self.reward_shift.state_dict()}))
+            for old in list_checkpoints(self.out)[:-self.cfg.keep_checkpoints] if name is None else []:
+                shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def save_model(self) -> Path:
+        """The final model (save_pretrained) + processor in <output_dir>/model; every process must call it."""
+        acc, cfg = self.accelerator, self.cfg
+        acc.wait_for_everyone()
+        model_dir = self.out / "model"
+        # get_state_dict gathers FSDP / ZeRO-3 shards; every process must call it. Its keys are the
+        # PairForward's ("model." + the model's own).
+        full_state = None
+        if not cfg.lora.enabled:
+            full_state = {k.removeprefix("model."): v for k, v in acc.get_state_dict(self.forward).items()}
+        if acc.is_main_process:
+            from ..models import save_model
+
+            final = self.policy
+            if cfg.lora.enabled and cfg.lora.merge_on_save:
+                final = final.merge_and_unload()
+            save_model(final, self.processor, model_dir, state_dict=full_state)
+        return model_dir
+
+    # -- the loop -------------------------------------------------------------------------------------------
+
+    def _open_log(self):
+        """metrics.jsonl for appending, keeping only what the checkpoint we resume from had seen (the replayed
+        steps are logged again); None on non-main processes."""
+        path = self.out / "metrics.jsonl"
+        if not self.accelerator.is_main_process:
+            return None
+        self.out.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            kept = [r for r in read_jsonl(path, allow_torn_tail=True) if r["step"] <= self.start]
+            write_jsonl_atomic(path, kept)
+        return path.open("a")
+
+    def run(self) -> dict:
+        """setup (unless done), train from the last checkpoint to max_steps, evaluate, save; returns a summary."""
+        if not hasattr(self, "accelerator"):
+            self.setup()
+        cfg, acc = self.cfg, self.accelerator
+        log_f = self._open_log()
+
+        def log(rec: dict) -> None:
+            if log_f:
+                log_f.write(json.dumps(rec) + "\n")
+                log_f.flush()
+            if cfg.trackers:
+                acc.log({k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
+
+        self.forward.train()
+        bar = tqdm(range(self.start, cfg.max_steps), desc="dpo", initial=self.start, total=cfg.max_steps,
+                   disable=not (self.progress and acc.is_main_process))
+        last = {}
+        for step in bar:
+            last = rec = self.train_step(step)
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
+                log(rec)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['rewards/accuracies']:.2f}")
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.max_steps:
+                log(self.evaluate(step + 1))
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.max_steps:
+                self.save_checkpoint(step + 1)
+        final_eval = self.evaluate(cfg.max_steps)
+        if final_eval:
+            log(final_eval)
+        if log_f:
+            log_f.close()
+        model_dir = self.save_model()
+        acc.end_training()
+        summary = {"model": str(model_dir), "steps": cfg.max_steps, "train_pairs": len(self.train_pairs),
+                   "val_pairs": len(self.val_pairs), "last": last, "eval": final_eval, "reference": cfg.reference,
+                   "loss": dict(cfg.loss.weights)}
+        if acc.is_main_process:
+            write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=1))
+        return summary
+
+
+def train_dpo(cfg: TrainConfig, *, progress: bool = True) -> dict:
+    """Train the policy on the pairs; returns a summary (final metrics, paths). See the module docstring."""
+    return DPORecipe(cfg, progress=progress).run()
