@@ -77,10 +77,10 @@ def tokenizer_corpus(seed: int = 0, n: int = 3000) -> list[str]:
 
 def names_kind(text: str, kind: str) -> bool:
     """Does `text` name `kind` (singular or plural, as a whole word)?"""
-    from .world.captions import PLURALS
+    from .plurals import plural
 
     words = set(re.findall(r"[a-z]+", text.lower()))
-    return kind in words or PLURALS.get(kind, kind + "s") in words
+    return kind in words or plural(kind) in words
 
 
 def false_detection(scene: dict, text: str, rng: random.Random) -> dict | None:

@@ -10,19 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .plurals import plural  # the toolkit's one written plural (pairs.mine imports it from here too)
 from .world.scenes import grid_position
-
-PLURAL_EXCEPTIONS = {"person": "people", "mouse": "mice", "knife": "knives", "sheep": "sheep", "skis": "skis"}
-
-
-def plural(label: str) -> str:
-    if label in PLURAL_EXCEPTIONS:
-        return PLURAL_EXCEPTIONS[label]
-    if label.endswith(("s", "sh", "ch", "x")):
-        return label + "es"
-    if label.endswith("y") and label[-2:-1] not in "aeiou":
-        return label[:-1] + "ies"
-    return label + "s"
 
 
 @dataclass

@@ -35,7 +35,7 @@ Limits (on purpose: it must be fast, pure Python and predictable)
 
 Layout
     lexicon.py     the hand-written word lists (colours, numbers, quantifiers, negators, hedges, relation
-                   shapes, irregular plurals) and the tokeniser
+                   shapes) and the tokeniser; plural forms come from `vlm_dpo.plurals`
     vocabulary.py  `Vocabulary` (classes, synonyms, compiled name table); the world and COCO/CHAIR data;
                    `resolve_vocabulary`
     parse.py       `parse_caption` -> `ParsedCaption` (mentions, relations, vague words, unknown nouns)
@@ -45,7 +45,9 @@ This package re-exports the public names, so callers import from `vlm_dpo.judge`
 
 from __future__ import annotations
 
-from .lexicon import BASIC_COLORS, IRREGULAR_PLURALS, RELATIONS, pluralize
+from ..plurals import IRREGULAR_PLURALS
+from ..plurals import plural_forms as pluralize  # the judge's name for it, kept for callers
+from .lexicon import BASIC_COLORS, RELATIONS
 from .parse import Mention, ParsedCaption, Relation, parse_caption
 from .score import ColorError, CountError, JudgeConfig, JudgeResult, score_caption
 from .vocabulary import COCO_CLASSES, VOCABULARIES, Vocabulary, resolve_vocabulary

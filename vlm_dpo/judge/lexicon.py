@@ -9,15 +9,14 @@ Why hand-written
 
 What is here
     colours, relation names, number words, determiners and quantifiers (with the count and number they state),
-    negators, function words, vague nouns and hedges, the fixed relation shapes, irregular plurals, and the
-    tokeniser every other part of the judge shares (`_WORD_RE`, `_split_words`, `_norm`).
+    negators, function words, vague nouns and hedges, the fixed relation shapes, and the tokeniser every
+    other part of the judge shares (`_WORD_RE`, `_split_words`, `_norm`). Plural forms come from
+    `vlm_dpo.plurals`, shared with the text the toolkit writes.
 """
 
 from __future__ import annotations
 
 import re
-from types import MappingProxyType
-from typing import Mapping
 
 BASIC_COLORS = (
     "red", "green", "blue", "yellow", "purple", "orange", "pink", "brown", "black", "white", "gray", "grey",
@@ -27,27 +26,6 @@ BASIC_COLORS = (
 _COLOR_ALIASES = {"grey": "gray", "golden": "gold"}
 
 RELATIONS = ("left_of", "right_of", "above", "below")
-
-# Irregular plurals of single words (singular -> plural forms). A word that maps to itself is invariant
-# ("sheep"), so its number comes from the count or determiner, not from its form.
-_IRREGULAR = {
-    "person": ("people", "persons"), "child": ("children",), "grandchild": ("grandchildren",),
-    "mouse": ("mice",), "goose": ("geese",), "ox": ("oxen",), "foot": ("feet",), "tooth": ("teeth",),
-    "knife": ("knives",), "pocketknife": ("pocketknives",), "knive": ("knives",), "calf": ("calves",),
-    "leaf": ("leaves",), "shelf": ("shelves",), "loaf": ("loaves",), "wolf": ("wolves",), "thief": ("thieves",),
-    "scarf": ("scarves", "scarfs"), "potato": ("potatoes",), "tomato": ("tomatoes",),
-    "buffalo": ("buffalo", "buffaloes", "buffalos"),
-    "cactus": ("cacti", "cactuses"),
-}
-_INVARIANT = (
-    "sheep", "deer", "fish", "bison", "moose", "cattle", "aircraft", "watercraft", "hovercraft", "spacecraft",
-    "skis", "scissors", "series", "species", "offspring", "police", "glasses", "pants", "shorts", "jeans",
-)
-IRREGULAR_PLURALS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {**_IRREGULAR, **{w: (w,) for w in _INVARIANT}}
-)
-# "-man" compounds (policeman, snowman) take "-men"; these look like them but are not.
-_NOT_MAN_COMPOUNDS = frozenset({"human", "german", "shaman", "caiman", "talisman", "ottoman", "walkman", "roman"})
 
 _NUMBER_WORDS = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
@@ -140,27 +118,6 @@ _REL_PATTERNS = {
 _SIDE_FILLERS = _REL_FILLERS | {"and", "while", "whereas", "with", "but", "in"}
 _SIDES = {"left": ("right", "left_of"), "right": ("left", "right_of"), "top": ("bottom", "above"),
           "bottom": ("top", "below")}
-
-
-def _regular_plural(word: str) -> str:
-    if word.endswith(("s", "sh", "ch", "x", "z")):
-        return word + "es"
-    if word.endswith("y") and len(word) > 1 and word[-2] not in "aeiou":
-        return word[:-1] + "ies"
-    return word + "s"
-
-
-def pluralize(phrase: str, irregular: Mapping[str, tuple[str, ...]] = IRREGULAR_PLURALS) -> tuple[str, ...]:
-    """Plural forms of a (possibly multi-word) name: the last word is inflected ("teddy bear" -> "teddy bears")."""
-    head, _, last = phrase.rpartition(" ")
-    prefix = head + " " if head else ""
-    if last in irregular:
-        forms = irregular[last]
-    elif last == "man" or (last.endswith("man") and len(last) > 3 and last not in _NOT_MAN_COMPOUNDS):
-        forms = (last[:-3] + "men",)
-    else:
-        forms = (_regular_plural(last),)
-    return tuple(prefix + f for f in forms)
 
 
 # Tokens are runs of letters/digits, optionally joined by apostrophes ("isn't", "cup's"). Hyphens and underscores

@@ -20,7 +20,8 @@ from functools import cached_property, lru_cache
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
-from .lexicon import BASIC_COLORS, IRREGULAR_PLURALS, _split_words, pluralize
+from ..plurals import IRREGULAR_PLURALS, plural_forms
+from .lexicon import BASIC_COLORS, _split_words
 
 COCO_CLASSES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -253,7 +254,7 @@ class Vocabulary:
                 singular[key] = target
         table: dict[tuple[str, ...], tuple[str | None, bool | None]] = {k: (v, False) for k, v in singular.items()}
         for key, target in singular.items():
-            for form in pluralize(" ".join(key), self.plurals):
+            for form in plural_forms(" ".join(key), self.plurals):
                 pkey = tuple(form.split())
                 if pkey == key:  # invariant ("sheep"): number from the determiner, not the form
                     table[key] = (target, None)

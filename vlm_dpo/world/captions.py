@@ -15,9 +15,9 @@ import random
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from ..plurals import plural
+
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
-PLURALS = {"cup": "cups", "bottle": "bottles", "ball": "balls", "block": "blocks", "book": "books",
-           "apple": "apples", "bowl": "bowls", "phone": "phones"}
 # Co-occurrence prior of the corrupted captions: a scene with the key but without the value is described
 # with the value added (like "fork" next to "plate" in COCO-trained captioners).
 COOCCUR = {"bowl": "apple", "cup": "bottle", "book": "phone"}
@@ -29,9 +29,7 @@ def article(word: str) -> str:
 
 
 def noun_phrase(label: str, count: int, color: str | None) -> str:
-    from ..ground import plural
-
-    noun = label if count == 1 else PLURALS.get(label) or plural(label)
+    noun = label if count == 1 else plural(label)
     words = [color, noun] if color else [noun]
     if count == 1:
         return f"{article(words[0])} {' '.join(words)}"
