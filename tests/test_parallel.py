@@ -81,11 +81,13 @@ def test_describe_parallel_writes_what_one_process_writes(tmp_path, tiny_cfg):
     from vlm_dpo.describe import describe_parallel, describe_to_jsonl
     from vlm_dpo.embedded import ensure_vlm
     from vlm_dpo.models import load_model_and_processor
-    from vlm_dpo.pipeline import describe_items, run_detect
+    from vlm_dpo import detect
+    from vlm_dpo.describe import describe_items
     from vlm_dpo.records import read_jsonl
+    from vlm_dpo.run import RunFolder
 
     cfg = tiny_cfg
-    det = run_detect(cfg, "val", progress=False)
+    det = detect.run(cfg, RunFolder.setup(cfg), "val", progress=False)
     items, _ = describe_items(cfg, "val", det)
     dcfg = replace(cfg.describe, batch_size=2, n_samples=2)
     model_path = ensure_vlm(cfg, progress=False)["model"]

@@ -6,16 +6,17 @@ import pytest
 from PIL import Image
 
 from vlm_dpo import describe as describe_mod
-from vlm_dpo.pipeline import DataError, image_items, run_describe, run_detect
+from vlm_dpo import detect
+from vlm_dpo.run import RunFolder
 from vlm_dpo.records import read_jsonl
 
 
 def test_detect_then_describe_on_the_tiny_world(tiny_cfg):
-    det = run_detect(tiny_cfg, "test", progress=False)
+    det = detect.run(tiny_cfg, RunFolder.setup(tiny_cfg), "test", progress=False)
     recs = list(read_jsonl(det))
     assert len(recs) == tiny_cfg.world.n_test
     assert all(r["width"] == tiny_cfg.world.image_size for r in recs)
-    cap = run_describe(tiny_cfg, "test", progress=False)
+    cap = describe_mod.run(tiny_cfg, RunFolder.setup(tiny_cfg), "test", progress=False)
     caps = list(read_jsonl(cap))
     assert [c["image_id"] for c in caps] == [r["image_id"] for r in recs]
     c = caps[0]
@@ -29,7 +30,7 @@ def test_detect_then_describe_on_the_tiny_world(tiny_cfg):
 
 
 def test_describe_resumes_to_the_same_captions(tiny_cfg, tmp_path, monkeypatch):
-    full = list(read_jsonl(run_describe(tiny_cfg, "val", progress=False, out_name="full.jsonl")))
+    full = list(read_jsonl(describe_mod.run(tiny_cfg, RunFolder.setup(tiny_cfg), "val", progress=False, out_name="full.jsonl")))
     real = describe_mod.describe
     calls = []
 
@@ -41,22 +42,12 @@ def test_describe_resumes_to_the_same_captions(tiny_cfg, tmp_path, monkeypatch):
 
     monkeypatch.setattr(describe_mod, "describe", dying)
     with pytest.raises(KeyboardInterrupt):
-        run_describe(tiny_cfg, "val", progress=False, out_name="resumed.jsonl")
+        describe_mod.run(tiny_cfg, RunFolder.setup(tiny_cfg), "val", progress=False, out_name="resumed.jsonl")
     partial = tiny_cfg.out + "/captions/resumed.jsonl.partial"
     assert len(list(read_jsonl(partial))) == tiny_cfg.describe.batch_size
     monkeypatch.setattr(describe_mod, "describe", real)
-    resumed = list(read_jsonl(run_describe(tiny_cfg, "val", progress=False, out_name="resumed.jsonl")))
+    resumed = list(read_jsonl(describe_mod.run(tiny_cfg, RunFolder.setup(tiny_cfg), "val", progress=False, out_name="resumed.jsonl")))
     assert resumed == full
-
-
-def test_user_folder_bad_inputs(tiny_cfg, tmp_path):
-    tiny_cfg.data.images = str(tmp_path / "nothing-here")
-    with pytest.raises(DataError, match="image folder not found"):
-        image_items(tiny_cfg, "test")
-    (tmp_path / "empty").mkdir()
-    tiny_cfg.data.images = str(tmp_path / "empty")
-    with pytest.raises(DataError, match="no images"):
-        image_items(tiny_cfg, "test")
 
 
 def test_user_folder_with_corrupt_and_blank_images(tiny_cfg, tmp_path):
@@ -67,10 +58,10 @@ def test_user_folder_with_corrupt_and_blank_images(tiny_cfg, tmp_path):
     (photos / "corrupt.png").write_bytes(b"\x89PNG broken")
     tiny_cfg.data.images = str(photos)
     tiny_cfg.data.skip_bad_images = True
-    det = list(read_jsonl(run_detect(tiny_cfg, "mine", progress=False)))
+    det = list(read_jsonl(detect.run(tiny_cfg, RunFolder.setup(tiny_cfg), "mine", progress=False)))
     assert {r["image_id"] for r in det} == {"blank", "corrupt", "sub/table"}
     assert [r["image_id"] for r in det if r.get("error")] == ["corrupt"]
-    cap = run_describe(tiny_cfg, "mine", progress=False)
+    cap = describe_mod.run(tiny_cfg, RunFolder.setup(tiny_cfg), "mine", progress=False)
     counts = json.loads(cap.with_suffix(".counts.json").read_text())
     assert counts["skipped_bad_image"] == 1 and counts["images"] == 3
     assert len(list(read_jsonl(cap))) == 2

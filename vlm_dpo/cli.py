@@ -27,41 +27,46 @@ def _cmd_detector(cfg, args):
 
 
 def _cmd_detect(cfg, args):
-    from .pipeline import run_detect
+    from . import detect
+    from .run import RunFolder
 
-    return {"detections": str(run_detect(cfg, cfg.data.split, progress=not args.quiet))}
+    return {"detections": str(detect.run(cfg, RunFolder.setup(cfg), progress=not args.quiet))}
 
 
 def _cmd_build_vlm(cfg, args):
     from .embedded import ensure_vlm
-    from .pipeline import setup_run
+    from .run import RunFolder
 
-    setup_run(cfg)
+    RunFolder.setup(cfg)
     return ensure_vlm(cfg, progress=not args.quiet)
 
 
 def _cmd_describe(cfg, args):
-    from .pipeline import run_describe
+    from . import describe
+    from .run import RunFolder
 
-    return {"captions": str(run_describe(cfg, cfg.data.split, progress=not args.quiet))}
+    return {"captions": str(describe.run(cfg, RunFolder.setup(cfg), progress=not args.quiet))}
 
 
 def _cmd_pairs(cfg, args):
-    from .pipeline import run_pairs
+    from .pairs import stage
+    from .run import RunFolder
 
-    return run_pairs(cfg, progress=not args.quiet)
+    return stage.run(cfg, RunFolder.setup(cfg), progress=not args.quiet)
 
 
 def _cmd_train(cfg, args):
-    from .pipeline import run_train
+    from .run import RunFolder
+    from .train import stage
 
-    return run_train(cfg, progress=not args.quiet)
+    return stage.run(cfg, RunFolder.setup(cfg), progress=not args.quiet)
 
 
 def _cmd_eval(cfg, args):
-    from .pipeline import run_eval
+    from .eval import stage
+    from .run import RunFolder
 
-    return run_eval(cfg, progress=not args.quiet)
+    return stage.run(cfg, RunFolder.setup(cfg), progress=not args.quiet)
 
 
 def _cmd_annotate(cfg, args):

@@ -1,4 +1,5 @@
-"""Typed configuration: one dataclass per stage, YAML files in `configs/`, `key=value` overrides.
+"""Typed configuration: `Config` composes the stage configs (each defined beside its stage), YAML files in
+`configs/`, `key=value` overrides.
 
 OmegaConf does the parsing and merging; structured (dataclass) configs give type checks, and struct mode
 rejects unknown keys, so a typo such as `describe.n_sample=4` fails loudly instead of being ignored.
@@ -14,38 +15,18 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from .annotate import AnnotateConfig
+from .describe import DescribeConfig
+from .detect import DetectorConfig
 from .eval.run import EvalConfig
 from .ground import GroundingConfig, PromptConfig
+from .images import DataConfig
 from .models import TinyVLMSpec
 from .offline import default_cache_dir
 from .pairs.stage import PairsConfig
-from .train.loop import TrainConfig
+from .rft import RFTConfig
+from .train.recipe import TrainConfig
 from .vision_pretrain import VisionPretrainConfig
 from .world.export import WorldSpec
-
-
-@dataclass
-class DataConfig:
-    # A folder of the user's images (png/jpg/jpeg/webp, searched recursively); empty = the embedded world.
-    images: str = ""
-    split: str = "train"  # world split the single-stage commands (detect, describe) work on
-    skip_bad_images: bool = False  # False: a missing/corrupt image stops with its name; True: skip and count it
-
-
-@dataclass
-class DetectorConfig:
-    # "embedded" trains (once, cached) YOLO11n from its yaml on the world; otherwise any Ultralytics checkpoint
-    # path or name, e.g. "yolo11n.pt" (already on disk: nothing is downloaded).
-    model: str = "embedded"
-    arch: str = "yolo11n.yaml"
-    epochs: int = 30
-    imgsz: int = 128
-    batch: int = 32
-    workers: int = 0
-    conf: float = 0.25
-    iou: float = 0.7
-    device: str = "cpu"
-    batch_size: int = 32  # inference batch
 
 
 @dataclass
@@ -90,30 +71,6 @@ class VLMConfig:
 
 
 @dataclass
-class DescribeConfig:
-    n_samples: int = 4  # sampled captions per image (num_return_sequences)
-    greedy: bool = True  # also one greedy caption per image
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 24
-    batch_size: int = 32  # images per generate call
-    seed: int = 0
-    limit: int = 0  # 0 = every image of the split
-    # Generation processes (1 torch thread each; small-model generation is per-op overhead, so two 1-thread
-    # processes beat one 2-thread one). 0 = auto: one per CPU core up to 4 on CPU, 1 on an accelerator.
-    workers: int = 0
-
-
-@dataclass
-class RFTConfig:
-    """The rejection-sampling fine-tuning baseline: SFT of the base model on the chosen captions."""
-    enabled: bool = True
-    steps: int = 0  # 0 = as many as DPO (train.max_steps)
-    lr: float = 0.0  # 0 = DPO's learning rate
-    batch_size: int = 0  # 0 = DPO's batch size (pairs -> chosen examples)
-
-
-@dataclass
 class Config:
     out: str = "runs/demo"
     cache_dir: str = field(default_factory=default_cache_dir)
@@ -133,7 +90,7 @@ class Config:
     rft: RFTConfig = field(default_factory=RFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
-    # Extra DPO runs the pipeline trains and evaluates beside the main one (see pipeline.VARIANTS):
+    # Extra DPO runs the pipeline trains and evaluates beside the main one (see vlm_dpo/variants.py):
     # "no_context" (without context-robustness pairs), "mdpo" (with mDPO's image-conditional term).
     variants: list[str] = field(default_factory=list)
 

@@ -10,15 +10,32 @@ Record written per image:
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .detect import open_image
-from .ground import render_prompt
-from .records import ResumableJsonl
+from .ground import PromptConfig, grounding_text, prompt_text, render_prompt
+from .images import DataError, image_items, open_image
+from .records import ResumableJsonl, read_jsonl, write_text_atomic
+from .run import RunFolder
+
+
+@dataclass
+class DescribeConfig:
+    n_samples: int = 4  # sampled captions per image (num_return_sequences)
+    greedy: bool = True  # also one greedy caption per image
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 24
+    batch_size: int = 32  # images per generate call
+    seed: int = 0
+    limit: int = 0  # 0 = every image of the split
+    # Generation processes (1 torch thread each; small-model generation is per-op overhead, so two 1-thread
+    # processes beat one 2-thread one). 0 = auto: one per CPU core up to 4 on CPU, 1 on an accelerator.
+    workers: int = 0
 
 
 def generate_captions(model, processor, images, texts, *, max_new_tokens: int, do_sample: bool, n: int = 1,
@@ -110,3 +127,56 @@ def describe_parallel(model_path: str, items: list[dict], cfg, out_path: str | P
     for p in parts:
         p.unlink()
     return out_path
+
+
+def describe_items(cfg, split: str, detections_path: Path, grounded: bool | None = None) -> tuple[list[dict], dict]:
+    """Describe inputs from detection records: grounding text + prompt per image. Returns (items, counts)."""
+    root = Path(cfg.data.images).resolve() if cfg.data.images else None
+    paths = {it["image_id"]: it["path"] for it in image_items(cfg, split)}
+    grounded = cfg.prompt.grounded if grounded is None else grounded
+    items, counts = [], {"images": 0, "skipped_bad_image": 0, "no_detections": 0}
+    for rec in read_jsonl(detections_path):
+        counts["images"] += 1
+        if rec.get("error"):
+            counts["skipped_bad_image"] += 1
+            continue
+        if not [d for d in rec["detections"] if d["score"] >= cfg.ground.min_score]:
+            counts["no_detections"] += 1  # documented: described with the "nothing detected" context
+        g = grounding_text(rec["detections"], rec["width"], rec["height"], cfg.ground)
+        path = paths.get(rec["image_id"]) or str((root or Path(".")) / rec["file"])
+        items.append({"image_id": rec["image_id"], "file": rec["file"], "path": path, "grounding": g,
+                      "prompt": prompt_text(g, PromptConfig(cfg.prompt.instruction, grounded=grounded))})
+    if cfg.describe.limit:
+        items = items[: cfg.describe.limit]
+    return items, counts
+
+
+def run(cfg, run: RunFolder, split: str | None = None, *, progress: bool = True, out_name: str | None = None,
+        grounded: bool | None = None, model=None, processor=None) -> Path:
+    """The describe stage: captions JSONL of one split (default data.split) from its detections (detected
+    here first when missing). `model`/`processor` describe with an already loaded model in this process."""
+    from . import detect
+    from .embedded import ensure_vlm
+    from .models import load_model_and_processor
+    from .parallel import auto_workers
+
+    split = split or cfg.data.split
+    det_path = run.detections(split)
+    if not det_path.exists():
+        detect.run(cfg, run, split, progress=progress)
+    items, counts = describe_items(cfg, split, det_path, grounded)
+    if not items:
+        raise DataError(f"{det_path}: no usable images to describe ({counts})")
+    out_path = run.captions_dir / out_name if out_name else run.captions(split)
+    workers = auto_workers(cfg.describe.workers, cfg.vlm.device)
+    if model is None and workers > 1:
+        path = describe_parallel(ensure_vlm(cfg, progress)["model"], items, cfg.describe, out_path,
+                                 workers=workers, dtype=cfg.vlm.dtype, device=cfg.vlm.device, progress=progress)
+    else:
+        if model is None:
+            model, processor = load_model_and_processor(ensure_vlm(cfg, progress)["model"], dtype=cfg.vlm.dtype,
+                                                        device=cfg.vlm.device)
+        model.eval()
+        path = describe_to_jsonl(model, processor, items, cfg.describe, out_path, progress=progress)
+    write_text_atomic(path.with_suffix(".counts.json"), json.dumps(counts, indent=1))
+    return path

@@ -11,37 +11,37 @@ caches the checkpoint under a key of everything that shaped it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from .images import ImageError, image_items, open_image
+from .keys import WORLD_CODE, code_fingerprint, key
 from .offline import configure_offline, disable_ultralytics_sync
 from .records import ResumableJsonl, write_text_atomic
+from .run import RunFolder
+
+__all__ = ["DetectorConfig", "ImageError", "detect", "detect_to_jsonl", "load_yolo", "open_image", "run",
+           "train_embedded_detector"]
 
 
-class ImageError(ValueError):
-    """An input image is missing or unreadable; the message names the file."""
-
-
-def open_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB, or raise ImageError naming the file and what is wrong."""
-    path = Path(path)
-    if not path.exists():
-        raise ImageError(f"{path}: image file not found")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ImageError(f"{path}: not a readable image ({e})") from None
-    except ImportError:
-        # Ultralytics patches Image.open to retry unknown formats as HEIF, importing an optional plugin.
-        raise ImageError(f"{path}: not a readable image (unrecognised format)") from None
+@dataclass
+class DetectorConfig:
+    # "embedded" trains (once, cached) YOLO11n from its yaml on the world; otherwise any Ultralytics checkpoint
+    # path or name, e.g. "yolo11n.pt" (already on disk: nothing is downloaded).
+    model: str = "embedded"
+    arch: str = "yolo11n.yaml"
+    epochs: int = 30
+    imgsz: int = 128
+    batch: int = 32
+    workers: int = 0
+    conf: float = 0.25
+    iou: float = 0.7
+    device: str = "cpu"
+    batch_size: int = 32  # inference batch
 
 
 def load_yolo(model: str | Path):
@@ -114,10 +114,29 @@ def detect_to_jsonl(images: list[dict], model, out_path: str | Path, *, progress
     return out_path
 
 
+def detector_weights(cfg) -> str:
+    """The checkpoint to detect with: the user's, or the embedded one (trained on first use)."""
+    if cfg.detector.model != "embedded":
+        return cfg.detector.model
+    from .embedded import ensure_detector, ensure_world
+
+    return ensure_detector(cfg, ensure_world(cfg))["weights"]
+
+
+def run(cfg, run: RunFolder, split: str | None = None, *, progress: bool = True) -> Path:
+    """The detect stage: detections JSONL of one split (default data.split), or of the user's folder."""
+    split = split or cfg.data.split
+    items = image_items(cfg, split)
+    d = cfg.detector
+    return detect_to_jsonl(items, detector_weights(cfg), run.detections(split), progress=progress, conf=d.conf,
+                           iou=d.iou, device=d.device, batch_size=d.batch_size, imgsz=d.imgsz,
+                           skip_bad_images=cfg.data.skip_bad_images)
+
+
 def _detector_key(world_spec, det_cfg) -> str:
+    """The embedded detector's cache key: the world, the training settings, and the code of both."""
     keep = {k: v for k, v in asdict(det_cfg).items() if k in ("arch", "epochs", "imgsz", "batch")}
-    blob = json.dumps({"world": asdict(world_spec), "det": keep, "v": 1}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return key(world_spec, keep, code_fingerprint(*WORLD_CODE, __name__))
 
 
 def embedded_detector_cached(world_spec, det_cfg, cache_dir: str | Path) -> bool:

@@ -1,7 +1,8 @@
 """The embedded default world's assets, built locally and cached: scenes, a YOLO detector, a tiny VLM.
 
-Cache keys hash everything that shaped an asset, so a changed config builds a new one and an unchanged one
-is reused across runs (the first run pays minutes, later runs seconds).
+Cache keys hash everything that shaped an asset, the source of the code that builds it included (keys.py),
+so a changed config or code builds a new one and an unchanged one is reused across runs (the first run pays
+minutes, later runs seconds).
     <cache>/worlds/<key>/      the world (see world/export.py)
     <cache>/detector/<key>/    best.pt + metrics.json
     <cache>/vlm/<key>/         model/ (save_pretrained), metrics.json, sft_log.jsonl
@@ -10,7 +11,6 @@ is reused across runs (the first run pays minutes, later runs seconds).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -19,6 +19,8 @@ from pathlib import Path
 
 from .detect import embedded_detector_cached, train_embedded_detector
 from .ground import PromptConfig, grounding_text, prompt_text
+from .keys import WORLD_CODE, code_fingerprint
+from .keys import key as cache_key
 from .models import build_tiny_idefics3, count_parameters, save_model
 from .records import write_jsonl_atomic, write_text_atomic
 from .sft import SFTExample, run_sft
@@ -33,12 +35,14 @@ from .world.scenes import COLORS, KINDS, render_scene, sample_scene
 BUILD_THREADS = 1
 
 
-def _key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+# The code each asset is built by (modules or packages), part of its cache key.
+VLM_CODE = WORLD_CODE + (__name__, "vlm_dpo.models", "vlm_dpo.sft", "vlm_dpo.schedule", "vlm_dpo.train.collate",
+                         "vlm_dpo.vision_pretrain", "vlm_dpo.ground", "vlm_dpo.eval.pope")
+CLIP_CODE = WORLD_CODE + ("vlm_dpo.eval.clipscore",)
 
 
 def ensure_world(cfg, progress: bool = True) -> Path:
-    root = Path(cfg.cache_dir) / "worlds" / _key(asdict(cfg.world), 1)
+    root = Path(cfg.cache_dir) / "worlds" / cache_key(cfg.world, code_fingerprint(*WORLD_CODE))
     build_world(root, cfg.world, progress=progress)
     return root
 
@@ -187,8 +191,8 @@ def vlm_key(cfg) -> str:
     vision = asdict(cfg.vlm.vision_pretrain) if cfg.vlm.pretrain_vision else None
     # The SFT contexts come from ground truth (score 1.0), so the detector threshold does not shape the VLM.
     ground = {k: v for k, v in asdict(cfg.ground).items() if k != "min_score"}
-    return _key(asdict(cfg.world), asdict(cfg.vlm.spec), asdict(cfg.vlm.sft), asdict(cfg.vlm.hallucination),
-                ground, cfg.prompt.instruction, vision, 3)
+    return cache_key(cfg.world, cfg.vlm.spec, cfg.vlm.sft, cfg.vlm.hallucination, ground, cfg.prompt.instruction,
+                     vision, code_fingerprint(*VLM_CODE))
 
 
 def pretrain_embedded_vision(cfg, model, processor, progress: bool = True) -> dict:
@@ -267,7 +271,7 @@ def clip_model_name(cfg, progress: bool = True) -> str:
         return name
     world_root = ensure_world(cfg, progress=False)
     train_cfg = ClipTrainConfig(steps=cfg.eval.clip_steps)
-    out = Path(cfg.cache_dir) / "clip" / _key(asdict(cfg.world), asdict(train_cfg), 1)
+    out = Path(cfg.cache_dir) / "clip" / cache_key(cfg.world, train_cfg, code_fingerprint(*CLIP_CODE))
     with torch_threads(BUILD_THREADS):
         meta = train_tiny_clip(world_root, out, train_cfg, world_seed=cfg.world.seed,
                                image_size=cfg.world.image_size, progress=progress)

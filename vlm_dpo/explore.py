@@ -1,5 +1,8 @@
 """Helpers for exploring pairs and runs in Jupyter (the notebooks hold no logic of their own).
 
+`run` is a run folder: a vlm_dpo.run.RunFolder or its path.
+    open_run(path) / sft_model(run)       the RunFolder of a path; the base (SFT) model the run started from
+    image_root_of(run)                    the root the run's image paths are relative to
     pairs_frame(run)                      pairs as a pandas DataFrame with judge scores flattened
     show_pair(row, run)                   the image with boxes, grounding, chosen vs rejected side by side
     pair_stats_figure(df)                 counts per source/kind, margins, length differences
@@ -17,30 +20,34 @@ from pathlib import Path
 import torch
 
 from .records import read_jsonl
+from .run import RunFolder
 
 
-def run_paths(run: str | Path) -> dict[str, Path]:
-    run = Path(run)
-    cfg = {}
-    if (run / "metrics.json").exists():
-        cfg = json.loads((run / "metrics.json").read_text())
-    return {"run": run, "pairs": run / "pairs" / "pairs.jsonl", "dpo": run / "dpo", "metrics": run / "metrics.json",
-            "sft_model": Path(cfg.get("vlm", {}).get("model", "")) if cfg else None}
+def open_run(run: str | Path | RunFolder) -> RunFolder:
+    return run if isinstance(run, RunFolder) else RunFolder(run)
 
 
-def image_root_of(run: str | Path) -> Path:
+def sft_model(run: str | Path | RunFolder) -> Path | None:
+    """The base model a finished pipeline run trained from (its metrics.json), None before it finished."""
+    run = open_run(run)
+    if not run.metrics.exists():
+        return None
+    return Path(json.loads(run.metrics.read_text()).get("vlm", {}).get("model", ""))
+
+
+def image_root_of(run: str | Path | RunFolder) -> Path:
     """The image root a run's pairs are relative to (from its resolved config)."""
     from .config import load_config
-    from .pipeline import data_root
+    from .images import data_root
 
-    return data_root(load_config(Path(run) / "config.yaml"))
+    return data_root(load_config(open_run(run).config))
 
 
-def pairs_frame(run: str | Path):
+def pairs_frame(run: str | Path | RunFolder):
     import pandas as pd
 
     rows = []
-    for p in read_jsonl(run_paths(run)["pairs"]):
+    for p in read_jsonl(open_run(run).pairs_jsonl):
         sc = p.get("scores") or {}
         rows.append({
             "pair_id": p["pair_id"], "image_id": p["image_id"], "image": p["image"], "source": p["source"],
@@ -105,24 +112,24 @@ def pair_stats_figure(df):
     return fig
 
 
-def training_frame(run: str | Path):
+def training_frame(run: str | Path | RunFolder):
     import pandas as pd
 
-    rows = list(read_jsonl(run_paths(run)["dpo"] / "metrics.jsonl"))
+    rows = list(read_jsonl(open_run(run).dpo_metrics))
     return pd.DataFrame([r for r in rows if "loss" in r]), pd.DataFrame([r for r in rows if "eval/loss" in r])
 
 
-def metrics_table(run: str | Path):
+def metrics_table(run: str | Path | RunFolder):
     import pandas as pd
 
-    m = json.loads(run_paths(run)["metrics"].read_text())["models"]
+    m = json.loads(open_run(run).metrics.read_text())["models"]
     keys = ["chair_i", "chair_s", "recall", "pope_f1", "mean_words", "count_accuracy", "pref_accuracy"]
     return pd.DataFrame({name: {k: mm.get(k) for k in keys} for name, mm in m.items()})
 
 
 def token_logratios(policy_path: str, ref_path: str, image_path: str, prompt: str, caption: str):
     """(tokens, log pi(token) - log ref(token)) over the caption's tokens."""
-    from .detect import open_image
+    from .images import open_image
     from .models import load_model_and_processor
     from .train.collate import encode
     from .train.logps import completion_logps

@@ -8,10 +8,21 @@ right, then label), and optional boxes normalised to 0-100 for models that can r
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .plurals import plural  # the toolkit's one written plural (pairs.mine imports it from here too)
-from .world.scenes import grid_position
+
+
+def grid_position(box: list[float], width: int, height: int) -> str:
+    """Coarse 3x3 position word of a box centre: 'top left', 'top', ..., 'center', ..., 'bottom right'."""
+    cx = (box[0] + box[2]) / 2 / width
+    cy = (box[1] + box[3]) / 2 / height
+    col = min(2, max(0, math.floor(cx * 3)))
+    row = min(2, max(0, math.floor(cy * 3)))
+    vertical = ("top", "", "bottom")[row]
+    horizontal = ("left", "", "right")[col]
+    return " ".join(p for p in (vertical, horizontal) if p) or "center"
 
 
 @dataclass

@@ -16,6 +16,8 @@ from pathlib import Path
 from types import ModuleType
 
 KEY_CHARS = 16
+# The code the embedded world is built by; every asset trained on the world has it in its key.
+WORLD_CODE = ("vlm_dpo.world", "vlm_dpo.plurals")
 # Files above this size are fingerprinted by their size and evenly spaced chunks instead of every byte.
 WHOLE_FILE_BYTES = 64 << 20
 CHUNK_BYTES = 1 << 20

@@ -11,8 +11,9 @@ import html
 import json
 from pathlib import Path
 
-from .judge import Vocabulary, parse_caption
+from .judge import Vocabulary, parse_caption, resolve_vocabulary
 from .records import read_jsonl, write_text_atomic
+from .run import RunFolder
 
 
 def _fmt(v, digits=3):
@@ -95,7 +96,7 @@ def write_report(out: Path, metrics: dict, *, scenes: list[dict], captions: dict
                  vocab: Vocabulary | None = None) -> Path:
     """Write <out>/report/index.html. captions: model name -> image_id -> greedy caption."""
     vocab = vocab or Vocabulary.world()
-    rep = out / "report"
+    rep = RunFolder(out).report
     rep.mkdir(parents=True, exist_ok=True)
     models = metrics["models"]
     names = list(models)
@@ -150,3 +151,14 @@ chosen captions (rejection-sampling fine-tuning baseline).</p>
 {stats_html}
 </body></html>"""
     return write_text_atomic(rep / "index.html", page)
+
+
+def run(cfg, run: RunFolder, summary: dict, *, items: list[dict], scenes: list[dict], pair_stats: dict | None = None,
+        curves_from: Path | None = None) -> Path:
+    """The report stage: <run>/report/index.html from the metrics `summary` and the models' greedy captions in
+    <run>/eval/; `curves_from` is a DPO metrics.jsonl to plot (curves.png)."""
+    curves = plot_curves(curves_from, run.curves) if curves_from is not None else None
+    captions = {name: {r["image_id"]: r["greedy"] for r in read_jsonl(run.eval_captions(name))}
+                for name in summary["models"]}
+    return write_report(run.root, summary, scenes=scenes, captions=captions, items=items, pair_stats=pair_stats,
+                        curves=curves, vocab=resolve_vocabulary(cfg.eval.vocabulary))

@@ -325,17 +325,18 @@ def ensure_pretrained_vision(vlm, processor, cfg: VisionPretrainConfig, cache_di
     """Pretrain (or reuse from <cache_dir>/vision/<key>/) the tower of `vlm` and load it in place; returns metrics.
 
     The key hashes the vision config, the tokenizer's vocabulary, the pretraining config, the scenes and any
-    `key_parts` the caller adds."""
-    import hashlib
-
+    `key_parts` the caller adds, and the code that pretrains."""
     from safetensors.torch import load_file, save_file
 
+    from .keys import WORLD_CODE, code_fingerprint
+    from .keys import key as cache_key
     from .records import write_text_atomic
 
     vision_config = vlm.config.vision_config
     parts = [vision_config.to_dict(), asdict(cfg), world_seed, scene_kwargs or {}, len(processor.tokenizer),
-             processor.image_processor.to_dict(), list(key_parts), 1]
-    key = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+             processor.image_processor.to_dict(), list(key_parts),
+             code_fingerprint(__name__, "vlm_dpo.schedule", *WORLD_CODE)]
+    key = cache_key(*parts)
     out = Path(cache_dir) / "vision" / key
     meta_path, weights = out / "metrics.json", out / "tower.safetensors"
     if meta_path.exists() and weights.exists():

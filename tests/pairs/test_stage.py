@@ -12,7 +12,7 @@ from vlm_dpo.ground import GroundingConfig, grounding_text, prompt_text
 from vlm_dpo.judge import JudgeConfig, Vocabulary, score_caption
 from vlm_dpo.pairs.dataset import load_pairs, resolve_image
 from vlm_dpo.pairs.mine import MineConfig
-from vlm_dpo.pairs.stage import PairsConfig, build_pairs, vocabulary_for
+from vlm_dpo.pairs.stage import PairsConfig, build_pairs
 from vlm_dpo.records import write_jsonl_atomic
 from vlm_dpo.world import reference_caption
 
@@ -140,8 +140,12 @@ def test_rerun_is_skipped_and_changes_rebuild(stage_inputs, tmp_path):
     ctx = [p for p in load_pairs(out / "pairs.parquet") if p["source"] == "context"]
     assert ctx and all("(" not in p["grounding"] for p in ctx)
 
-    # a touched input rebuilds; an interrupted stage (no parquet) rebuilds
+    # inputs count by content: a touched but equal input is skipped, a changed one rebuilds; an interrupted
+    # stage (no parquet) rebuilds
     os.utime(root / "judgements.jsonl", ns=(2 * 10**9, 2 * 10**9))
+    assert build_pairs(cfg, out, progress=False)["key"] == first["key"]
+    lines = (root / "judgements.jsonl").read_text().splitlines(keepends=True)
+    (root / "judgements.jsonl").write_text("".join(lines[:-1]))
     touched = build_pairs(cfg, out, progress=False)
     assert touched["key"] not in (first["key"], changed["key"], positions_off["key"])
     (out / "pairs.parquet").unlink()
@@ -160,11 +164,11 @@ def test_build_pairs_with_nothing_usable_fails_loudly(stage_inputs, tmp_path):
                     progress=False)
 
 
-def test_vocabulary_for():
-    assert vocabulary_for("world", []) is Vocabulary.world()
-    assert "dog" in vocabulary_for("coco", [])
-    v = vocabulary_for("detections", [{"detections": [{"label": "Zebra"}, {"label": "traffic cone"}]}])
-    assert set(v.classes) == {"zebra", "traffic cone"}
-    with pytest.raises(ValueError, match="world, coco or detections"):
-        vocabulary_for("imagenet", [])
+def test_pairs_vocabulary_by_name(stage_inputs, tmp_path):
+    """pairs.vocabulary goes through judge.resolve_vocabulary: the detections' own labels work, a typo fails."""
+    root, _ = stage_inputs
+    stats = build_pairs(replace(_config(root), vocabulary="detections"), tmp_path / "det", progress=False)
+    assert stats["by_source"]["mined"] > 0
+    with pytest.raises(ValueError, match="unknown vocabulary 'imagenet'"):
+        build_pairs(replace(_config(root), vocabulary="imagenet"), tmp_path / "typo", progress=False)
     assert JudgeConfig().min_score == 0.5  # the detections above (0.9) are confident

@@ -54,27 +54,28 @@ class AnnotateConfig:
 
 def resolve(cfg) -> AnnotateConfig:
     """`cfg.annotate` with the run folder's defaults filled in (cfg is the full Config)."""
+    from ..run import RunFolder
+
     acfg = copy.deepcopy(cfg.annotate)
-    out = Path(cfg.out)
-    acfg.db = acfg.db or str(out / "annotate" / "judgements.sqlite")
+    run = RunFolder(cfg.out)
+    acfg.db = acfg.db or str(run.judgements_db)
     acfg.export = acfg.export or str(Path(acfg.db).with_suffix(".jsonl"))
     if acfg.action != "serve":
         return acfg
     split = getattr(getattr(cfg, "data", None), "split", "train")
     if not acfg.pairs and not acfg.captions:
-        captions, pairs = out / "captions" / f"{split}.jsonl", out / "pairs" / "pairs.parquet"
-        if captions.exists():
-            acfg.captions = str(captions)
-        elif pairs.exists():
-            acfg.pairs = str(pairs)
-    if not acfg.detections and (out / "detections" / f"{split}.jsonl").exists():
-        acfg.detections = str(out / "detections" / f"{split}.jsonl")
+        if run.captions(split).exists():
+            acfg.captions = str(run.captions(split))
+        elif run.pairs.exists():
+            acfg.pairs = str(run.pairs)
+    if not acfg.detections and run.detections(split).exists():
+        acfg.detections = str(run.detections(split))
     if not acfg.image_root:
         pairs_cfg = getattr(cfg, "pairs", None)
         if getattr(pairs_cfg, "image_root", ""):
             acfg.image_root = pairs_cfg.image_root
         else:
-            from ..pipeline import data_root  # the user's folder, or the embedded world (built if missing)
+            from ..images import data_root  # the user's folder, or the embedded world (built if missing)
 
             acfg.image_root = str(data_root(cfg))
     return acfg

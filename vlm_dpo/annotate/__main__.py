@@ -29,8 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     except OmegaConfBaseException as e:
         print(f"annotate: config error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
-    acfg.db = acfg.db or "annotate/judgements.sqlite"
+    from ..run import RunFolder
     from .app import run
+
+    acfg.db = acfg.db or str(RunFolder(".").judgements_db)  # the current folder as the run folder
 
     try:
         result = run(acfg)

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import torch
 
-from ..detect import open_image
-from ..pairs.dataset import resolve_image
+from ..images import open_image, resolve_image
 
 
 def pair_logps_table(model_path: str, pairs: list[dict], image_root: Path, batch_size: int = 16) -> torch.Tensor:
     """[N, 2] summed log-probs (chosen, rejected) of every pair under the model."""
     from ..models import load_model_and_processor
-    from ..train.logps import encode_pairs, pair_logps
+    from ..train.logps import encode_pairs
+    from ..train.pair_logps import pair_logps
 
     model, processor = load_model_and_processor(model_path)
     model.eval()

@@ -16,8 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..describe import generate_captions
-from ..detect import open_image
-from ..judge import Vocabulary
+from ..images import open_image
+from ..judge import Vocabulary, resolve_vocabulary
 from ..records import write_jsonl_atomic, write_text_atomic
 from .bootstrap import percentile_ci
 from .captions import aggregate, bootstrap_ci, caption_stats
@@ -38,7 +38,7 @@ class EvalConfig:
     pope_grounded: bool = True  # ask POPE questions with the grounding context, as the pipeline prompts
     bootstrap: int = 1000
     seed: int = 0
-    vocabulary: str = "world"  # world | coco
+    vocabulary: str = "world"  # world | coco (judge.resolve_vocabulary)
     models: dict[str, str] = field(default_factory=dict)  # name -> HF id/path, for `vlm-dpo eval` on any models
     # Ground truth of your own images (with data.images): JSONL of {image_id, objects: [{label, box}]}, image_id
     # being the path relative to data.images without suffix (as `vlm-dpo detect` names them). Empty = the world.
@@ -168,7 +168,7 @@ def evaluate_model(model_path: str, name: str, items: list[dict], scenes: list[d
         return json.loads(done.read_text())
     model, processor = load_model_and_processor(model_path, device=device)
     model.eval()
-    vocab = Vocabulary.world() if cfg.vocabulary == "world" else Vocabulary.coco()
+    vocab = resolve_vocabulary(cfg.vocabulary)
     greedy = generate_all(model, processor, items, cfg, do_sample=False, n=1, desc=f"{name} greedy", progress=progress)
     sampled = generate_all(model, processor, items, cfg, do_sample=True, n=cfg.n_samples, desc=f"{name} sampled",
                            progress=progress) if cfg.n_samples else [[] for _ in items]

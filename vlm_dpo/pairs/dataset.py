@@ -29,6 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..images import resolve_image  # noqa: F401  (also re-exported: older callers import it from here)
 from ..records import read_jsonl, write_jsonl_atomic
 
 SOURCES = ("mined", "synthetic", "context", "human")
@@ -95,13 +96,6 @@ def validate_pair(p: dict, where: str, rejections: Rejections, root: Path | None
             rejections.add("missing_image", where, p)
             return False
     return True
-
-
-def resolve_image(image: str, root: Path) -> Path | None:
-    """The image's path under the data root, or None if it would escape it (no path traversal)."""
-    root = Path(root).resolve()
-    path = (root / image).resolve()
-    return path if path.is_relative_to(root) else None
 
 
 def dedupe(pairs: list[dict]) -> list[dict]:

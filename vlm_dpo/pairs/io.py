@@ -22,7 +22,8 @@ import io
 import json
 from pathlib import Path
 
-from .dataset import COLUMNS, Rejections, make_pair, resolve_image, validate_pair
+from ..images import resolve_image
+from .dataset import COLUMNS, Rejections, make_pair, validate_pair
 
 EXTRA_COLUMNS = [c for c in COLUMNS if c not in ("prompt", "chosen", "rejected")]
 # TRL reads a column named "image" as the example's (single) image and prefers it over "images", so the

@@ -10,17 +10,21 @@ skipped; otherwise it is rebuilt and written atomically.
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from ..ground import GroundingConfig, PromptConfig
-from ..judge import JudgeConfig, Vocabulary
+from ..images import data_root
+from ..judge import JudgeConfig, resolve_vocabulary
+from ..keys import key as stage_key
+from ..keys import path_fingerprint
 from ..records import read_jsonl, write_text_atomic
+from ..run import RunFolder
 from .dataset import Rejections, dedupe, save_pairs, split_by_image, statistics, validate_pair
 from .io import import_pairs, pairs_from_judgements
 from .mine import Cooccurrence, MineConfig, SyntheticContext, context_pairs, mine_image, synthetic_pairs
@@ -40,15 +44,24 @@ class PairsConfig:
     seed: int = 0
 
 
-def vocabulary_for(name: str, detection_records: list[dict]) -> Vocabulary:
-    if name == "world":
-        return Vocabulary.world()
-    if name == "coco":
-        return Vocabulary.coco()
-    if name == "detections":
-        labels = sorted({d["label"] for r in detection_records for d in r["detections"]})
-        return Vocabulary.from_labels(labels)
-    raise ValueError(f"pairs.vocabulary must be world, coco or detections, got {name!r}")
+def pairs_config(cfg, run: RunFolder) -> PairsConfig:
+    """cfg.pairs with the run folder's defaults filled in (captions/detections of the train split)."""
+    pcfg = copy.deepcopy(cfg.pairs)
+    pcfg.captions = pcfg.captions or str(run.captions(cfg.data.split))
+    pcfg.detections = pcfg.detections or str(run.detections(cfg.data.split))
+    pcfg.image_root = pcfg.image_root or str(data_root(cfg))
+    return pcfg
+
+
+def run(cfg, run: RunFolder, *, progress: bool = True) -> dict:
+    """The pairs stage: mine + synthesise + import pairs into <run>/pairs (describing first when the run's
+    captions are missing); returns the statistics."""
+    from .. import describe
+
+    pcfg = pairs_config(cfg, run)
+    if pcfg.captions and not Path(pcfg.captions).exists():
+        describe.run(cfg, run, cfg.data.split, progress=progress)
+    return build_pairs(pcfg, run.pairs_dir, ground=cfg.ground, prompt=cfg.prompt, progress=progress)
 
 
 def build_pairs(cfg: PairsConfig, out_dir: str | Path, *, ground: GroundingConfig | None = None,
@@ -59,11 +72,9 @@ def build_pairs(cfg: PairsConfig, out_dir: str | Path, *, ground: GroundingConfi
     inputs = [p for p in (cfg.captions, cfg.detections, *cfg.imports, *cfg.judgements) if p]
     ground = ground or GroundingConfig()
     prompt = prompt or PromptConfig()
-    # The grounding and prompt configs shape the context pairs' prompts, so they are part of the key too.
-    key = hashlib.sha256(json.dumps({"cfg": asdict(cfg), "ground": asdict(ground), "prompt": asdict(prompt),
-                                     "inputs": [(p, Path(p).stat().st_mtime_ns if Path(p).exists() else None)
-                                                for p in inputs]},
-                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    # The grounding and prompt configs shape the context pairs' prompts, so they are part of the key too;
+    # inputs count by content, so a rewritten but equal file does not rebuild.
+    key = stage_key(cfg, ground, prompt, [(p, path_fingerprint(p)) for p in inputs])
     stats_path = out_dir / "stats.json"
     if stats_path.exists() and (out_dir / "pairs.parquet").exists():
         old = json.loads(stats_path.read_text())
@@ -75,7 +86,7 @@ def build_pairs(cfg: PairsConfig, out_dir: str | Path, *, ground: GroundingConfi
     if cfg.captions:
         dets = {r["image_id"]: r for r in read_jsonl(cfg.detections)} if cfg.detections else {}
         caption_recs = list(read_jsonl(cfg.captions))
-        vocab = vocabulary_for(cfg.vocabulary, list(dets.values()))
+        vocab = resolve_vocabulary(cfg.vocabulary, list(dets.values()))
         cooc = Cooccurrence([[vocab.canonical(d["label"]) or d["label"] for d in r["detections"]
                               if d.get("score", 1.0) >= cfg.judge.min_score] for r in dets.values()])
         ctx = SyntheticContext(vocab, list(vocab.classes), cooc, random.Random(f"synthetic/{cfg.mine.seed}"),

@@ -7,11 +7,12 @@ and splits never share a scene (each split draws from its own seed stream).
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw
+
+from ..ground import grid_position  # noqa: F401  (re-exported as vlm_dpo.world.grid_position)
 
 KINDS = ("cup", "bottle", "ball", "block", "book", "apple", "bowl", "phone")
 COLORS = {
@@ -187,14 +188,3 @@ def render_scene(scene: Scene) -> Image.Image:
     for o in scene.objects:
         _draw_object(d, o)
     return img
-
-
-def grid_position(box: list[float], width: int, height: int) -> str:
-    """Coarse 3x3 position word of a box centre: 'top left', 'top', ..., 'center', ..., 'bottom right'."""
-    cx = (box[0] + box[2]) / 2 / width
-    cy = (box[1] + box[3]) / 2 / height
-    col = min(2, max(0, math.floor(cx * 3)))
-    row = min(2, max(0, math.floor(cy * 3)))
-    vertical = ("top", "", "bottom")[row]
-    horizontal = ("left", "", "right")[col]
-    return " ".join(p for p in (vertical, horizontal) if p) or "center"

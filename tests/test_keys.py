@@ -1,0 +1,58 @@
+"""Stage and cache keys: deterministic over dataclasses/dicts, sensitive to code and file content."""
+
+import os
+from dataclasses import dataclass, field
+
+from vlm_dpo import keys
+from vlm_dpo.keys import code_fingerprint, file_fingerprint, key, path_fingerprint
+
+
+@dataclass
+class Inner:
+    a: int = 1
+    names: list[str] = field(default_factory=lambda: ["x"])
+
+
+@dataclass
+class Outer:
+    inner: Inner = field(default_factory=Inner)
+    b: float = 0.5
+
+
+def test_key_is_deterministic_and_sees_every_field():
+    assert key(Outer(), {"z": 1, "y": 2}) == key(Outer(), {"y": 2, "z": 1})  # dict order does not matter
+    assert key(Outer()) == key({"inner": {"a": 1, "names": ["x"]}, "b": 0.5})  # a dataclass is its fields
+    assert key(Outer()) != key(Outer(inner=Inner(names=["x", "y"])))
+    assert key((1, 2)) == key([1, 2]) and key(1, 2) != key(2, 1)
+    assert len(key("anything")) == keys.KEY_CHARS
+
+
+def test_code_fingerprint_covers_modules_and_packages(tmp_path, monkeypatch):
+    pkg = tmp_path / "fp_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "one.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    whole, one = code_fingerprint("fp_pkg"), code_fingerprint("fp_pkg.one")
+    assert whole != one and code_fingerprint("fp_pkg") == whole
+    (pkg / "one.py").write_text("X = 2\n")  # editing the code changes both
+    assert code_fingerprint("fp_pkg") != whole and code_fingerprint("fp_pkg.one") != one
+    assert code_fingerprint("vlm_dpo.world") == code_fingerprint(__import__("vlm_dpo.world").world)
+
+
+def test_file_fingerprint_is_content_not_mtime(tmp_path, monkeypatch):
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"a" * 1000)
+    fp = file_fingerprint(f)
+    os.utime(f, ns=(10**9, 10**9))
+    assert file_fingerprint(f) == fp
+    f.write_bytes(b"a" * 999 + b"b")
+    assert file_fingerprint(f) != fp
+    # big files: size + sampled chunks
+    monkeypatch.setattr(keys, "WHOLE_FILE_BYTES", 100)
+    monkeypatch.setattr(keys, "CHUNK_BYTES", 10)
+    big = file_fingerprint(f)
+    f.write_bytes(b"a" * 999 + b"c")  # the last chunk is sampled
+    assert file_fingerprint(f) != big
+    assert path_fingerprint(tmp_path / "missing") is None
+    assert path_fingerprint(tmp_path) == path_fingerprint(tmp_path)

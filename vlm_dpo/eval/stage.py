@@ -1,0 +1,116 @@
+"""The eval stage: the evaluation images and their truth, the see-don't-copy inputs, and every model's
+metrics (models side by side in worker processes on CPU). Writes <run>/eval/<model>.* and metrics.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..ground import PromptConfig, grounding_text, prompt_text
+from ..images import DataError
+from ..judge import resolve_vocabulary
+from ..records import read_jsonl, write_text_atomic
+from ..run import RunFolder
+
+
+def eval_items(cfg, run: RunFolder) -> tuple[list[dict], list[dict]]:
+    """(items with grounded prompts, ground-truth scenes) of the evaluation images: a world split, or the
+    user's annotated images (eval.annotations + data.images)."""
+    from .. import detect
+    from ..describe import describe_items
+
+    split = cfg.eval.split
+    det_path = run.detections(split)
+    if not det_path.exists():
+        detect.run(cfg, run, split, progress=False)
+    items, _ = describe_items(cfg, split, det_path)
+    if cfg.eval.annotations:
+        truth = {str(r["image_id"]): r for r in read_jsonl(cfg.eval.annotations)}
+        items = [it for it in items if it["image_id"] in truth]
+        if not items:
+            raise DataError(f"{cfg.eval.annotations}: no annotated image_id matches the images in {cfg.data.images}")
+    else:
+        from ..embedded import ensure_world
+        from ..world.export import load_annotations
+
+        truth = {s["image_id"]: s for s in load_annotations(ensure_world(cfg), split)}
+    if cfg.eval.limit:
+        items = items[: cfg.eval.limit]
+    return items, [truth[it["image_id"]] for it in items]
+
+
+def robustness_inputs(cfg, run: RunFolder, items: list[dict], scenes: list[dict]) -> dict:
+    """Prompts for the see-don't-copy metrics: noisy contexts (deterministic, reported), the detector's own
+    contexts with their natural errors, and prompts without context."""
+    from .grounding import context_errors, noisy_contexts
+
+    records = list(read_jsonl(run.detections(cfg.eval.split)))
+    vocab = resolve_vocabulary(cfg.eval.vocabulary, records)
+    noisy = noisy_contexts(scenes, list(vocab.classes), cfg.eval.noise_drop, cfg.eval.noise_add, cfg.eval.seed)
+    noisy_items = []
+    for it, sc, nz in zip(items, scenes, noisy):
+        g = grounding_text(nz["detections"], sc.get("width", 128), sc.get("height", 128), cfg.ground)
+        noisy_items.append(it | {"grounding": g, "prompt": prompt_text(g, PromptConfig(cfg.prompt.instruction))})
+    dets = {r["image_id"]: r["detections"] for r in records}
+    return {
+        "noisy_items": noisy_items,
+        "noisy_errors": [{"injected": n["injected"], "dropped": n["dropped"]} for n in noisy],
+        "natural_errors": [context_errors(dets.get(it["image_id"], []), sc["objects"], cfg.ground.min_score)
+                           for it, sc in zip(items, scenes)],
+        "ungrounded_items": [it | {"prompt": prompt_text(None, PromptConfig(cfg.prompt.instruction, grounded=False))}
+                             for it in items],
+    }
+
+
+def _evaluate_in_worker(cfg, path: str, name: str, items, scenes, out_dir: Path, rob) -> dict:
+    from ..embedded import ensure_clip
+    from .run import evaluate_model
+
+    return evaluate_model(path, name, items, scenes, cfg.eval, out_dir, progress=False, device=cfg.vlm.device,
+                          clip=ensure_clip(cfg, progress=False), robustness=rob)
+
+
+def evaluate_models(cfg, run: RunFolder, models: dict[str, str], items: list[dict], scenes: list[dict],
+                    out_dir: Path, val_pairs: list[dict], image_root: Path, progress: bool = True) -> dict:
+    """Every metric for every model; preference metrics use the first model as the reference."""
+    from ..embedded import clip_model_name, ensure_clip
+    from ..parallel import auto_workers, run_parallel
+    from .preference import pair_logps_table, preference_metrics
+    from .run import evaluate_model
+
+    rob = robustness_inputs(cfg, run, items, scenes) if cfg.eval.robustness else None
+    workers = auto_workers(cfg.eval.workers, cfg.vlm.device, jobs=len(models))
+    if workers > 1:
+        clip_model_name(cfg, progress)  # trained once here (cached) before the workers load it
+        jobs = [(cfg, path, name, items, scenes, out_dir, rob) for name, path in models.items()]
+        done = run_parallel(_evaluate_in_worker, jobs, workers=workers, threads=1,
+                            desc="evaluate models" if progress else None)
+        results = dict(zip(models, done))
+    else:
+        clip = ensure_clip(cfg, progress)
+        results = {name: evaluate_model(path, name, items, scenes, cfg.eval, out_dir, progress=progress,
+                                        device=cfg.vlm.device, clip=clip, robustness=rob)
+                   for name, path in models.items()}
+    if val_pairs:
+        tables = {name: pair_logps_table(path, val_pairs, image_root) for name, path in models.items()}
+        ref = tables[next(iter(models))]
+        for name in models:
+            pm = preference_metrics(tables[name], ref, cfg.train.loss.beta)
+            results[name]["pref_accuracy"] = pm["pref_accuracy"]
+            results[name]["reward_margin"] = pm.get("reward_margin")
+    return results
+
+
+def run(cfg, run: RunFolder, *, progress: bool = True) -> dict:
+    """`vlm-dpo eval`: any models (eval.models, default the embedded SFT model) on annotated images -> report."""
+    from .. import report
+    from ..embedded import ensure_vlm
+
+    models = dict(cfg.eval.models) or {"sft": ensure_vlm(cfg, progress)["model"]}
+    items, scenes = eval_items(cfg, run)
+    results = evaluate_models(cfg, run, models, items, scenes, run.eval, [], Path("."), progress)
+    summary = {"models": results, "held_out_images": len(items)}
+    write_text_atomic(run.metrics, json.dumps(summary, indent=1, default=str))
+    report.run(cfg, run, summary, items=items, scenes=scenes)
+    return {"metrics": str(run.metrics), "report": str(run.report_index),
+            "chair_i": {n: r["chair_i"] for n, r in results.items()}}
