@@ -9,12 +9,20 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
 
 
+def _missing(what: str) -> None:
+    """Outside CI a missing browser piece skips the test; in CI (CI set) it fails, so a broken install cannot
+    hide the browser tests."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} missing in CI: scripts/test.sh should have installed it")
+    pytest.skip(f"{what} is not installed (scripts/test.sh installs it)")
+
+
 def chromium_or_skip():
-    """Browser tests need Debian's chromium (scripts/test.sh installs it). Outside CI a missing browser skips;
-    in CI (CI=true) it fails, so a broken install cannot hide the browser tests."""
+    """Browser tests need Debian's chromium and playwright's Python driver (scripts/test.sh installs both)."""
+    from importlib.util import find_spec
     from pathlib import Path
 
     if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} missing in CI: scripts/test.sh should have installed it")
-        pytest.skip(f"{CHROMIUM} is not installed (scripts/test.sh installs it)")
+        _missing(CHROMIUM)
+    if find_spec("playwright") is None:
+        _missing("the playwright package")

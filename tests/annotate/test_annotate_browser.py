@@ -19,19 +19,16 @@ import pytest
 from vlm_dpo.pairs.io import pairs_from_judgements
 from vlm_dpo.records import read_jsonl
 
+from browser_util import CHROMIUM, CHROMIUM_ARGS, chromium_or_skip
+
 from .conftest import make_data
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync"]
 TOKEN = "t0ken-for-tests"
 N = 5
 WAIT = 20_000  # ms, for expectations (two shared CPU cores)
 
 @pytest.fixture(autouse=True)
 def _needs_chromium():
-    from browser_util import chromium_or_skip
-
     chromium_or_skip()
 
 
@@ -90,7 +87,7 @@ def wait_next_item(page, old_id: str) -> dict:
 
 @pytest.mark.timeout(180)
 def test_browser_judgements_survive_reload_and_kill(tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api
     expect = sync_api.expect
     data = make_data(tmp_path, N)
     db = tmp_path / "annotate" / "judgements.sqlite"
@@ -104,7 +101,7 @@ def test_browser_judgements_survive_reload_and_kill(tmp_path):
     errors, page_errors = [], []
     try:
         with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page()
             page.on("console", lambda m: errors.append((m.text, m.location)) if m.type == "error" else None)
             page.on("pageerror", lambda e: page_errors.append(str(e)))
