@@ -11,9 +11,9 @@ embedded world's text, the real `Idefics3Processor`) on the same synthetic pairs
 with the same settings: sigmoid loss, beta 0.1, AdamW (torch.optim.AdamW, no weight decay), constant learning rate,
 gradient clipping at 1.0, no gradient checkpointing, the same dtype and thread count.
 
-  ours  `vlm_dpo.train.loop` pieces: `make_batch` (processor once per pair), `batch_logps` (one vision pass per
-        pair, LM head on completion positions only), reference per `--mode`, `preference_loss`, accelerate's
-        backward / clip, AdamW step.
+  ours  `vlm_dpo.train.recipe.DPORecipe.train_step`, the step `vlm-dpo train` runs: `make_batch` (processor once
+        per pair), `PairForward` (one vision pass and one prompt prefix per pair, LM head on completion positions
+        only), reference per `--mode`, `preference_loss`, accelerate's backward / clip, AdamW step.
   TRL   `DPOTrainer.train()` with a frozen reference copy: its collator, its `training_step` (fused LM head, vision
         encoded once per row, a reference forward per step), its clipping and optimizer step. A callback paces it.
 
@@ -245,6 +245,7 @@ def build_setup(args, workdir: Path) -> dict:
     import torch
 
     from vlm_dpo.models import save_model
+    from vlm_dpo.pairs.dataset import save_pairs
     from vlm_dpo.pairs.io import export_trl
 
     t0 = time.time()
@@ -258,6 +259,7 @@ def build_setup(args, workdir: Path) -> dict:
     del model
     pairs = make_pairs(workdir / "data", args.batches * args.batch_size, spec.image_size)
     export_trl(pairs, workdir / "data", workdir / "trl_ds")
+    save_pairs(pairs, workdir / "data" / "pairs.jsonl")
     tok = processor.tokenizer
     from vlm_dpo.train.collate import completion_ids
 
@@ -357,39 +359,13 @@ def _sync(device: str) -> None:
 # Our side
 
 
-def full_logits_pair_logps(model, batch, shared_vision: bool, shared_prefix: bool = True):
-    """The completion-only head switched off: the model's own forward builds full logits (prefix shared, vision
-    shared or neither, as in our path: [B, W, vocab] over the packed rows, or [2B, T, vocab]), then the same
-    reduction."""
-    from vlm_dpo.train.logps import (_reduce, _repeat2, _text_config, logps_from_logits, pack_pairs,
-                                     shared_image_features, shared_prefix_problem, supports_shared_vision)
-
-    b = batch.n_pairs
-    vision = batch.vision_inputs()
-    if shared_prefix and shared_vision and shared_prefix_problem(model, batch) is None:
-        impl = getattr(_text_config(model), "_attn_implementation", None) or "eager"
-        packed = pack_pairs(batch, float_mask_dtype=None if impl == "sdpa" else next(model.parameters()).dtype)
-        logits = model(**packed.inputs, **vision, use_cache=False).logits
-        logits = logits.reshape(-1, logits.shape[-1])[packed.index].float()
-        res = _reduce(logits.log_softmax(-1).gather(-1, packed.targets.unsqueeze(-1)).squeeze(-1), packed.mask)
-        return res.rows(0, b), res.rows(b, 2 * b)
-    if shared_vision and vision and supports_shared_vision(model):
-        mm = {"image": shared_image_features(model, vision)}
-        extra = {k: _repeat2(v) for k, v in vision.items() if not k.startswith("pixel_")}
-        logits = model(**batch.row_inputs(), **extra, mm_encoder_outputs=mm, use_cache=False).logits
-    else:
-        logits = model(**batch.plain_inputs(), use_cache=False).logits
-    res = logps_from_logits(logits, batch.labels)
-    return res.rows(0, b), res.rows(b, 2 * b)
-
-
 def lora_config():
-    """loop.py's default LoRA settings as a peft LoraConfig (used by both sides in --mode lora_disabled)."""
+    """The recipe's default LoRA settings as a peft LoraConfig (TRL's side in --mode lora_disabled)."""
     from peft import LoraConfig
 
-    from vlm_dpo.train.loop import LoRASettings
+    from vlm_dpo.train.recipe import LoRAConfig
 
-    s = LoRASettings(enabled=True)
+    s = LoRAConfig(enabled=True)
     return LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=list(s.target_modules))
 
 
@@ -407,132 +383,53 @@ def set_lora_weights(model, seed: int = 3) -> None:
 
 
 class OursWorker:
-    def __init__(self, opts: dict, setup: dict, mem: Memory):
-        import torch
-        from accelerate import Accelerator
+    """Our side: the training recipe itself (`vlm_dpo.train.recipe.DPORecipe`), set up from a TrainConfig and
+    stepped with its own `train_step`, so what is timed is exactly what `vlm-dpo train` runs."""
 
-        from vlm_dpo.models import load_model_and_processor
-        from vlm_dpo.train.loop import (LoRASettings, LossSettings, TrainConfig, _lr_lambda, _param_groups,
-                                        precompute_reference)
-        from vlm_dpo.train.losses import RewardShift
+    def __init__(self, opts: dict, setup: dict, mem: Memory):
+        from vlm_dpo.train.losses import LossConfig
+        from vlm_dpo.train.recipe import DPORecipe, LoRAConfig, TrainConfig
 
         self.opts, self.mem = opts, mem
         self.device = opts["device"]
         mode = opts["reference"]
-        self.pairs = setup["pairs"]
-        self.root = Path(setup["workdir"]) / "data"
-        dtype = "bfloat16" if opts["dtype"] == "bf16" else "float32"
-        self.cfg = TrainConfig(
-            reference=mode, lr=opts["lr"], weight_decay=0.0, batch_size=opts["batch_size"], grad_accum=1,
-            max_steps=10**6, warmup_steps=0, schedule="constant", max_grad_norm=1.0,
-            shared_vision=opts["shared_vision"], shared_prefix=opts.get("shared_prefix", True),
-            loss=LossSettings(weights={"simpo": 1.0} if mode == "none" else {"sigmoid": 1.0}, beta=BETA),
-            lora=LoRASettings(enabled=mode == "lora_disabled"), dtype=dtype)
-        self.loss_cfg = self.cfg.loss.loss_config()
         wd = Path(setup["workdir"])
-        self.precompute_s = None
-        self.ref_model, self.ref_cache = None, None
-        if mode == "lora_disabled":  # base = the reference weights, policy = base + (nudged) LoRA
-            from peft import get_peft_model
-
-            model, self.processor = load_model_and_processor(str(wd / "reference"), dtype=dtype, device=self.device)
-            model = get_peft_model(model, lora_config())
-            set_lora_weights(model)
-        else:
-            model, self.processor = load_model_and_processor(str(wd / "policy"), dtype=dtype, device=self.device)
-        if mode in ("frozen", "precomputed"):
-            ref, _ = load_model_and_processor(str(wd / "reference"), dtype=dtype, device=self.device)
-            ref.eval()
-            for p in ref.parameters():
-                p.requires_grad_(False)
-            if mode == "frozen":
-                self.ref_model = ref
-            else:  # the cache train_dpo builds, from the reference weights; then no reference model is kept
-                t = time.perf_counter()
-                self.ref_cache = precompute_reference(ref, self.processor, self.pairs, self.cfg, self.root,
-                                                      wd / f"refcache-{opts['arm']}", progress=False)
-                _sync(self.device)
-                self.precompute_s = time.perf_counter() - t
-                del ref
-        self.model_type = model.config.model_type
-        self.accelerator = Accelerator(mixed_precision="no", cpu=self.device == "cpu")
-        optimizer = torch.optim.AdamW(_param_groups(model, self.cfg), lr=self.cfg.lr, weight_decay=0.0)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(self.cfg))
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self.reward_shift = RewardShift()
-        self.model.train()
+        lora = mode == "lora_disabled"  # base = the reference weights, policy = base + (nudged) LoRA
+        cfg = TrainConfig(
+            model=str(wd / ("reference" if lora else "policy")), reference_model="" if lora else str(wd / "reference"),
+            pairs=str(wd / "data" / "pairs.jsonl"), image_root=str(wd / "data"),
+            output_dir=str(wd / f"ours_out-{opts['arm']}"), reference=mode, lr=opts["lr"], weight_decay=0.0,
+            batch_size=opts["batch_size"], grad_accum=1, max_steps=10**6, warmup_steps=0, schedule="constant",
+            max_grad_norm=1.0, shared_vision=opts["shared_vision"], shared_prefix=opts.get("shared_prefix", True),
+            full_logits=opts["head"] == "full", shuffle=False,  # file order, like TRL's sequential sampler
+            loss=LossConfig(weights={"simpo": 1.0} if mode == "none" else {"sigmoid": 1.0}, beta=BETA),
+            lora=LoRAConfig(enabled=lora), dtype="bfloat16" if opts["dtype"] == "bf16" else "float32",
+            eval_every=0, save_every=0, resume=False)
+        self.recipe = DPORecipe(cfg, progress=False).setup()
+        if lora:
+            set_lora_weights(self.recipe.policy)
+        self.precompute_s = self.recipe.timing.get("reference_s")
+        self.recipe.forward.train()
         self.step_i = 0
         self.setup_mb = mem.reset()
 
-    def logps_of(self, batch):
-        """loop.py's `logps_of`, with the head lever: our completion-only head, or full logits."""
-        import torch
-
-        from vlm_dpo.train.loop import batch_logps
-        from vlm_dpo.train.losses import PreferenceLogps
-        from vlm_dpo.train.reference import no_grad_ctx
-
-        full = self.opts["head"] == "full"
-
-        def run(m):
-            if full:
-                c, r = full_logits_pair_logps(m, batch.encoded, self.cfg.shared_vision, self.cfg.shared_prefix)
-                return c, r
-            c, r, _ = batch_logps(m, batch, self.cfg.shared_vision, self.cfg.shared_prefix)
-            return c, r
-
-        c, r = run(self.model)
-        refs = {}
-        if self.cfg.reference == "precomputed":
-            got = self.ref_cache.lookup(batch.pair_ids, c.sum.device)
-            refs = {"ref_chosen": got["chosen"], "ref_rejected": got["rejected"]}
-        elif self.cfg.reference in ("frozen", "lora_disabled"):
-            with torch.no_grad(), no_grad_ctx(self.cfg.reference, self.accelerator.unwrap_model(self.model)):
-                rc, rr = run(self.ref_model if self.ref_model is not None else self.model)
-            refs = {"ref_chosen": rc.sum.detach(), "ref_rejected": rr.sum.detach()}
-        return PreferenceLogps(policy_chosen=c.sum, policy_rejected=r.sum, chosen_tokens=c.n_tokens.float(),
-                               rejected_tokens=r.n_tokens.float(), **refs)
-
     def step(self) -> dict:
-        """loop.py's training step body on the next batch (sequential order, like TRL's sequential sampler)."""
-        import torch
+        """One `DPORecipe.train_step` (batch building included in the timed step, as in training)."""
+        from vlm_dpo.train.pair_logps import shared_prefix_problem
 
-        from vlm_dpo.train.loop import _to, make_batch
-        from vlm_dpo.train.losses import preference_loss
-
-        bs = self.cfg.batch_size
-        n_batches = len(self.pairs) // bs
-        k = self.step_i % n_batches
-        rows = self.pairs[k * bs:(k + 1) * bs]
         _sync(self.device)
         t0 = time.perf_counter()
-        batch = _to(make_batch(rows, self.processor, self.cfg, self.model_type, self.root, self.step_i, False),
-                    self.accelerator.device)
-        t_collate = time.perf_counter() - t0
-        with self.accelerator.accumulate(self.model):
-            loss, m = preference_loss(self.logps_of(batch), self.loss_cfg, self.reward_shift)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at step {self.step_i}")
-            self.accelerator.backward(loss)
-            if self.accelerator.sync_gradients:
-                self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
-            self.optimizer.step()
-            if self.accelerator.sync_gradients:
-                self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        metrics = {k: float(v.detach().float()) for k, v in m.items()}  # what loop.py logs each step
+        rec = self.recipe.train_step(self.step_i)
         _sync(self.device)
         dt = time.perf_counter() - t0
-        enc = batch.encoded
+        enc = self.recipe.last_batch.encoded
         self.step_i += 1
         text_tokens = int(enc.inputs["attention_mask"].sum())
         executed = text_tokens
-        if self.cfg.shared_prefix and self.cfg.shared_vision:
-            from vlm_dpo.train.logps import shared_prefix_problem
-
-            if shared_prefix_problem(self.model, enc) is None:  # packed: each prompt once (B*P + 2B*C tokens)
-                executed -= int(enc.prompt_lengths[:enc.n_pairs].sum())
-        return {"t": dt, "collate": t_collate, "loss": metrics["loss"],
+        cfg = self.recipe.cfg
+        if cfg.shared_prefix and cfg.shared_vision and shared_prefix_problem(self.recipe.policy, enc) is None:
+            executed -= int(enc.prompt_lengths[:enc.n_pairs].sum())  # packed: each prompt once (B*P + 2B*C)
+        return {"t": dt, "collate": rec["data_s"], "loss": rec["loss"],
                 "text_tokens": text_tokens, "executed_text_tokens": executed,
                 "scored_tokens": int((enc.labels != -100).sum()),
                 "images": int(enc.n_pairs)}
@@ -672,7 +569,7 @@ def _import_all() -> None:
     import trl  # noqa: F401
     from accelerate import Accelerator  # noqa: F401
 
-    import vlm_dpo.train.loop  # noqa: F401
+    import vlm_dpo.train.recipe  # noqa: F401
     import vlm_dpo.pairs.io  # noqa: F401
 
 

@@ -24,8 +24,9 @@ from .logps import encode_pairs
 class DataOrder:
     """Which pairs each process gets at each micro-step; a pure function of seed and step."""
 
-    def __init__(self, n: int, batch_size: int, num_processes: int, rank: int, seed: int):
+    def __init__(self, n: int, batch_size: int, num_processes: int, rank: int, seed: int, shuffle: bool = True):
         self.n, self.bs, self.world, self.rank, self.seed = n, batch_size, num_processes, rank, seed
+        self.shuffle = shuffle
         self.global_bs = batch_size * num_processes
         if n < self.global_bs:
             raise ValueError(f"only {n} training pairs for a global batch of {self.global_bs}; lower batch_size")
@@ -35,7 +36,8 @@ class DataOrder:
         """All processes' pairs of one micro-step."""
         epoch, pos = divmod(micro_step, self.per_epoch)
         perm = list(range(self.n))
-        random.Random(f"order/{self.seed}/{epoch}").shuffle(perm)
+        if self.shuffle:
+            random.Random(f"order/{self.seed}/{epoch}").shuffle(perm)
         return perm[pos * self.global_bs:(pos + 1) * self.global_bs]
 
     def indices(self, micro_step: int) -> list[int]:
@@ -44,7 +46,12 @@ class DataOrder:
 
     def used(self, micro_steps: int) -> list[int]:
         """Every pair index the first `micro_steps` micro-steps touch (sorted, distinct)."""
-        return sorted({i for m in range(micro_steps) for i in self.global_indices(m)})
+        seen: set[int] = set()
+        for m in range(micro_steps):
+            seen.update(self.global_indices(m))
+            if len(seen) == self.n:  # everything visited: later steps add nothing
+                break
+        return sorted(seen)
 
 
 def corrupt_image(img, boxes, mode: str, rng: random.Random):

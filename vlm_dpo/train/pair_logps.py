@@ -61,7 +61,7 @@ import torch
 
 from ..families import family_of, model_type_of
 from .logps import (LogpResult, PairBatch, _base_forward, _head_logps, _reduce, _repeat2, _targets, base_and_head,
-                    completion_logps, logps_from_hidden, shared_image_features, supports_shared_vision, unwrap_model)
+                    completion_logps, logps_from_hidden, logps_from_logits, shared_image_features, supports_shared_vision, unwrap_model)
 
 PREFIX_ATTN_IMPLEMENTATIONS = frozenset({"sdpa", "eager"})
 _warned: set[str] = set()
@@ -211,18 +211,23 @@ def mrope_positions(model, batch: PairBatch) -> torch.Tensor:
     return fn(**kwargs)[0]
 
 
-def _shared_prefix_logps(model, batch: PairBatch) -> LogpResult:
+def _shared_prefix_logps(model, batch: PairBatch, full_logits: bool = False) -> LogpResult:
     base, _ = base_and_head(model)
     impl = getattr(_text_config(model), "_attn_implementation", None) or "eager"
     positions = mrope_positions(model, batch) if family_of(model).mrope else None
     packed = pack_pairs(batch, positions=positions, float_mask_dtype=None if impl == "sdpa" else base.dtype)
-    hidden = _base_forward(base, {**packed.inputs, **batch.vision_inputs()})
+    inputs = {**packed.inputs, **batch.vision_inputs()}
+    if full_logits:  # the model's own forward and head: [B, W, vocab] logits over the packed rows
+        logits = model(**inputs, use_cache=False).logits
+        rows = logits.reshape(-1, logits.shape[-1])[packed.index].float()
+        return _reduce(rows.log_softmax(-1).gather(-1, packed.targets.unsqueeze(-1)).squeeze(-1), packed.mask)
+    hidden = _base_forward(base, inputs)
     rows = hidden.reshape(-1, hidden.shape[-1])[packed.index]
     return _reduce(_head_logps(model, rows, packed.targets), packed.mask)
 
 
-def pair_logps(model, batch: PairBatch, *, shared_vision: bool = True,
-               shared_prefix: bool = True) -> tuple[LogpResult, LogpResult]:
+def pair_logps(model, batch: PairBatch, *, shared_vision: bool = True, shared_prefix: bool = True,
+               full_logits: bool = False) -> tuple[LogpResult, LogpResult]:
     """(chosen, rejected) completion log-probs of a PairBatch.
 
     With `shared_prefix` and `shared_vision` (both default) and a family whose registry entry has both
@@ -230,6 +235,9 @@ def pair_logps(model, batch: PairBatch, *, shared_vision: bool = True,
     completions after it (so the vision encoder also runs once per pair). Otherwise, with `shared_vision` and a
     family with `shared_vision`, the vision encoder runs once per pair and the 2B rows run in full; with
     `shared_vision=False` each image is encoded twice in one plain forward (the reference for both levers).
+    `full_logits=True` runs the model's own forward (full [rows, T, vocab] logits, its own logit post-processing)
+    instead of the completion-only head, on whichever of these paths applies: slower and larger, for a family
+    whose head post-processing `logit_postprocess` does not know.
     """
     b = batch.n_pairs
     vision = batch.vision_inputs()
@@ -242,13 +250,19 @@ def pair_logps(model, batch: PairBatch, *, shared_vision: bool = True,
             warnings.warn(f"{model_type_of(model)}: not sharing the prompt prefix ({problem}); chosen and rejected run "
                           f"as separate rows", stacklevel=2)
     if problem is None:
-        res = _shared_prefix_logps(model, batch)
+        res = _shared_prefix_logps(model, batch, full_logits)
     elif shared_vision and vision and supports_shared_vision(model):
-        base, _ = base_and_head(model)
         mm = {"image": shared_image_features(model, vision)}
         extra = {k: _repeat2(v) for k, v in vision.items() if not k.startswith("pixel_")}
-        hidden = _base_forward(base, batch.row_inputs(), **extra, mm_encoder_outputs=mm)
-        res = logps_from_hidden(model, hidden, batch.labels)
+        if full_logits:
+            logits = model(**batch.row_inputs(), **extra, mm_encoder_outputs=mm, use_cache=False).logits
+            res = logps_from_logits(logits, batch.labels)
+        else:
+            base, _ = base_and_head(model)
+            hidden = _base_forward(base, batch.row_inputs(), **extra, mm_encoder_outputs=mm)
+            res = logps_from_hidden(model, hidden, batch.labels)
+    elif full_logits:
+        res = logps_from_logits(model(**batch.plain_inputs(), use_cache=False).logits, batch.labels)
     else:
         res = completion_logps(model, batch.plain_inputs(), batch.labels)
     return res.rows(0, b), res.rows(b, 2 * b)

@@ -37,7 +37,7 @@ from ..pairs.dataset import load_pairs
 from ..records import read_jsonl, write_jsonl_atomic, write_text_atomic
 from ..schedule import lr_lambda
 from .batches import DataOrder, TrainBatch, make_batch
-from .logps import completion_logps
+from .logps import completion_logps, logps_from_logits
 from .losses import LossConfig, PreferenceLogps, RewardShift, needs_corrupt, needs_reference, preference_loss
 from .pair_logps import pair_logps
 from .reference import REFERENCE_KINDS, ReferenceCache, frozen_copy, model_fingerprint, no_grad_ctx
@@ -60,6 +60,7 @@ class TrainConfig:
     image_root: str = ""  # root that relative image paths resolve against (and may not escape)
     output_dir: str = ""  # empty = <out>/dpo
     reference: str = "precomputed"  # frozen | lora_disabled | precomputed | none
+    reference_model: str = ""  # frozen / precomputed reference from another model; empty = the initial policy
     loss: LossConfig = field(default_factory=LossConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     freeze_vision: bool = False  # vision tower / connector: the family's registry entry names them
@@ -78,6 +79,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     shared_vision: bool = True  # one vision-encoder pass per pair
     shared_prefix: bool = True  # image + prompt once per pair, both completions after it (supported families)
+    full_logits: bool = False  # the model's own forward + head (full logits) instead of the completion-only head
+    shuffle: bool = True  # False: pairs in file order, epoch after epoch (curricula; the benchmark's fixed order)
     max_length: int = 0  # 0 = no limit; prompts (image tokens included) are never truncated
     dtype: str = "float32"
     eval_every: int = 50
@@ -93,17 +96,24 @@ class PairForward(torch.nn.Module):
     """The training forward as a module: (chosen, rejected, chosen under the corrupted image or None) log-probs
     of a batch. `accelerator.prepare` wraps this module, so DDP / FSDP / DeepSpeed hooks and autocast run."""
 
-    def __init__(self, model, *, shared_vision: bool = True, shared_prefix: bool = True):
+    def __init__(self, model, *, shared_vision: bool = True, shared_prefix: bool = True, full_logits: bool = False):
         super().__init__()
         self.model = model
-        self.shared_vision, self.shared_prefix = shared_vision, shared_prefix
+        self.shared_vision, self.shared_prefix, self.full_logits = shared_vision, shared_prefix, full_logits
+
+    @classmethod
+    def of(cls, model, cfg: "TrainConfig") -> "PairForward":
+        return cls(model, shared_vision=cfg.shared_vision, shared_prefix=cfg.shared_prefix,
+                   full_logits=cfg.full_logits)
 
     def forward(self, batch: TrainBatch):
         chosen, rejected = pair_logps(self.model, batch.encoded, shared_vision=self.shared_vision,
-                                      shared_prefix=self.shared_prefix)
+                                      shared_prefix=self.shared_prefix, full_logits=self.full_logits)
         corrupt = None
         if batch.corrupt is not None:
-            corrupt = completion_logps(self.model, batch.corrupt.inputs, batch.corrupt.labels)
+            c = batch.corrupt
+            corrupt = (logps_from_logits(self.model(**c.inputs, use_cache=False).logits, c.labels)
+                       if self.full_logits else completion_logps(self.model, c.inputs, c.labels))
         return chosen, rejected, corrupt
 
 
@@ -136,7 +146,7 @@ def precompute_reference(model, processor, pairs: list[dict], cfg: TrainConfig, 
     if path.exists():
         return ReferenceCache.load(path)
     model_type = getattr(model.config, "model_type", "")
-    forward = PairForward(model, shared_vision=cfg.shared_vision, shared_prefix=cfg.shared_prefix)
+    forward = PairForward.of(model, cfg)
     out = {"chosen": [], "rejected": []} | ({"chosen_corrupt": []} if corrupt else {})
     was_training = model.training
     model.eval()
@@ -215,29 +225,16 @@ class DPORecipe:
         freeze(model, cfg)
         model.to(acc.device)
 
-        self.order = DataOrder(len(self.train_pairs), cfg.batch_size, acc.num_processes, acc.process_index, cfg.seed)
-        self.ref_model, self.ref_cache = None, None
-        if self.use_ref and cfg.reference == "frozen" and acc.distributed_type.value in ("DEEPSPEED", "FSDP"):
-            raise ValueError("a frozen reference copy is not sharded under FSDP/DeepSpeed: use train.reference="
-                             "precomputed (or lora_disabled with LoRA)")
-        if self.use_ref and cfg.reference == "frozen":
-            self.ref_model = PairForward(frozen_copy(model), shared_vision=cfg.shared_vision,
-                                         shared_prefix=cfg.shared_prefix)
-        elif self.use_ref and cfg.reference == "precomputed":
-            # Only the pairs this run will visit (a short run on a big pair set sees a fraction of it).
-            used = [self.train_pairs[i] for i in self.order.used(cfg.max_steps * cfg.grad_accum)]
-            with acc.main_process_first():  # main computes and saves; the others then load the file
-                self.ref_cache = precompute_reference(model, self.processor, used + self.val_pairs, cfg,
-                                                      self.image_root, self.out / "reference",
-                                                      progress=self.progress and acc.is_main_process)
+        self.order = DataOrder(len(self.train_pairs), cfg.batch_size, acc.num_processes, acc.process_index, cfg.seed,
+                               shuffle=cfg.shuffle)
+        self.setup_reference(model)
 
         optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(total=cfg.max_steps, warmup=cfg.warmup_steps, schedule=cfg.schedule))
         # The scheduler stays unprepared: accelerate would step it once per process (it assumes a sharded
         # dataloader), while our steps are global optimizer steps. Registered so checkpoints carry it.
-        forward = PairForward(model, shared_vision=cfg.shared_vision, shared_prefix=cfg.shared_prefix)
-        self.forward, self.optimizer = acc.prepare(forward, optimizer)
+        self.forward, self.optimizer = acc.prepare(PairForward.of(model, cfg), optimizer)
         acc.register_for_checkpointing(self.scheduler)
         self.reward_shift = RewardShift()
         if cfg.resume and list_checkpoints(self.out):
@@ -250,6 +247,33 @@ class DPORecipe:
             acc.init_trackers("vlm_dpo", config={"lr": cfg.lr, "beta": cfg.loss.beta, "batch_size": cfg.batch_size,
                                                  "reference": cfg.reference})
         return self
+
+    def setup_reference(self, model) -> None:
+        """The reference: a frozen copy (of the policy, or of `reference_model`), a precomputed cache, the
+        policy with its adapter disabled (nothing to build), or none."""
+        cfg, acc = self.cfg, self.accelerator
+        self.ref_model, self.ref_cache, self.timing = None, None, {}
+        if not self.use_ref or cfg.reference in ("none", "lora_disabled"):
+            return
+        if cfg.reference == "frozen" and acc.distributed_type.value in ("DEEPSPEED", "FSDP"):
+            raise ValueError("a frozen reference copy is not sharded under FSDP/DeepSpeed: use train.reference="
+                             "precomputed (or lora_disabled with LoRA)")
+        ref = model
+        if cfg.reference_model:
+            from ..models import load_model_and_processor
+
+            ref, _ = load_model_and_processor(cfg.reference_model, dtype=cfg.dtype, device=str(acc.device))
+        if cfg.reference == "frozen":
+            self.ref_model = PairForward.of(frozen_copy(ref), cfg)
+            return
+        # Precomputed: only the pairs this run will visit (a short run on a big pair set sees a fraction of it).
+        t = time.perf_counter()
+        used = [self.train_pairs[i] for i in self.order.used(cfg.max_steps * cfg.grad_accum)]
+        with acc.main_process_first():  # main computes and saves; the others then load the file
+            self.ref_cache = precompute_reference(ref, self.processor, used + self.val_pairs, cfg, self.image_root,
+                                                  self.out / "reference",
+                                                  progress=self.progress and acc.is_main_process)
+        self.timing["reference_s"] = time.perf_counter() - t
 
     @property
     def policy(self):
@@ -290,9 +314,11 @@ class DPORecipe:
         """One optimizer step (grad_accum micro-batches); returns its log record."""
         cfg, acc = self.cfg, self.accelerator
         t0 = time.time()
-        agg, tokens, grad_norm = {}, 0, None
+        agg, tokens, grad_norm, data_s = {}, 0, None, 0.0
         for micro in range(cfg.grad_accum):
-            batch = self.micro_batch(step * cfg.grad_accum + micro)
+            t_data = time.perf_counter()
+            batch = self.last_batch = self.micro_batch(step * cfg.grad_accum + micro)
+            data_s += time.perf_counter() - t_data
             tokens += batch.n_tokens
             with acc.accumulate(self.forward):
                 loss, m = preference_loss(self.logps(batch), cfg.loss, self.reward_shift)
@@ -313,7 +339,7 @@ class DPORecipe:
         pairs_done = cfg.batch_size * cfg.grad_accum * acc.num_processes
         return {"step": step + 1, **{k: round(v, 6) for k, v in agg.items()},
                 "grad_norm": round(float(grad_norm), 6) if grad_norm is not None else None,
-                "lr": self.scheduler.get_last_lr()[0], "pairs_per_s": round(pairs_done / dt, 3),
+                "lr": self.scheduler.get_last_lr()[0], "pairs_per_s": round(pairs_done / dt, 3), "data_s": round(data_s, 4),
                 "tokens_per_s": round(tokens * acc.num_processes / dt, 1)}
 
     def evaluate(self, step: int) -> dict:
