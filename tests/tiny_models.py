@@ -125,3 +125,7 @@ def tiny_llava(seed: int = 0):
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
     return _finish(model, tok), processor
+
+
+# The families above by model_type (the training tests parametrise over these).
+BUILDERS = {"idefics3": tiny_idefics3, "qwen2_vl": tiny_qwen2_vl, "llava": tiny_llava}

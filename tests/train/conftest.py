@@ -1,13 +1,24 @@
-"""A tiny policy (real Idefics3, saved and loaded via from_pretrained) and a small separable pair set."""
+"""Shared fixtures of the training tests: a tiny policy (real Idefics3, saved and loaded via from_pretrained), a
+small separable pair set, and the tiny model of each family with shared-vision / shared-prefix support
+(`family` parametrises a test over them, `built` gives (family, model, processor))."""
 
 import random
+import sys
+from pathlib import Path
 
 import pytest
 
-from vlm_dpo.models import TinyVLMSpec, build_tiny_idefics3, save_model
-from vlm_dpo.pairs.dataset import make_pair, save_pairs
-from vlm_dpo.world.captions import CorruptionRates, corrupted_caption, reference_caption
-from vlm_dpo.world.scenes import render_scene, sample_scene
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.tiny_models import BUILDERS  # noqa: E402
+from vlm_dpo.models import TinyVLMSpec, build_tiny_idefics3, save_model  # noqa: E402
+from vlm_dpo.pairs.dataset import make_pair, save_pairs  # noqa: E402
+from vlm_dpo.world.captions import CorruptionRates, corrupted_caption, reference_caption  # noqa: E402
+from vlm_dpo.world.scenes import render_scene, sample_scene  # noqa: E402
+
+FAMILIES = list(BUILDERS)
 
 SPEC = TinyVLMSpec(image_size=32, patch_size=8, vision_width=32, vision_layers=1, vision_heads=2, text_width=64,
                    text_layers=2, text_heads=2, text_kv_heads=1, text_mlp=128, vocab_size=350)
@@ -50,3 +61,14 @@ def pair_root(tmp_path_factory):
     pairs = make_pairs(root)
     save_pairs(pairs, root / "pairs.parquet")
     return root
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request):
+    return request.param
+
+
+@pytest.fixture
+def built(family):
+    model, processor = BUILDERS[family]()
+    return family, model, processor

@@ -26,8 +26,6 @@ from vlm_dpo.train import pair_logps as P  # noqa: E402
 from vlm_dpo.train.collate import IGNORE, ExampleTooLongError, encode  # noqa: E402
 
 ATOL = 1e-5
-BUILDERS = {"idefics3": tiny_idefics3, "qwen2_vl": tiny_qwen2_vl, "llava": tiny_llava}
-FAMILIES = list(BUILDERS)
 
 PROMPTS = ["Describe the image.", "How many cubes are there?", "What objects are in the scene? Answer briefly."]
 CHOSEN = ["a red cube sits left of a blue ball", "three", "a cone and a sphere"]
@@ -82,17 +80,6 @@ class VisionCalls:
 
     def __exit__(self, *exc):
         self.handle.remove()
-
-
-@pytest.fixture(params=FAMILIES)
-def family(request):
-    return request.param
-
-
-@pytest.fixture
-def built(family):
-    model, processor = BUILDERS[family]()
-    return family, model, processor
 
 
 def _enc(processor, model, completions, images=None, **kw):

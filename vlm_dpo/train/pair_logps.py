@@ -28,7 +28,7 @@ branch); for later rejected tokens, column t of the rejected row lives at n_c + 
 head then runs on those N rows only, as above. It is one ordinary forward of the model's base, so autograd is the
 model's own: the prefix activations receive the gradients of both branches (summed, as in the plain path),
 gradient checkpointing works unchanged, and log-probs and gradients equal the plain path's to float32 rounding
-(tests/train/test_shared_prefix.py: per-token log-probs within 1e-5, parameter gradients within 1e-5 relative).
+(tests/train/test_pair_logps.py: per-token log-probs within 1e-5, parameter gradients within 1e-5 relative).
 The text model sees B*P + 2B*C real tokens instead of 2B*(P + C) (plus padding to the longest packed row).
 
 Why a packed row and not a KV cache of the prefix: the cache route (prefix rows with `use_cache=True`, then the

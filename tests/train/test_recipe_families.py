@@ -4,12 +4,10 @@ the policy changes, the frozen reference does not, and the saved model loads wit
 import pytest
 import torch
 
-from tiny_models import tiny_idefics3, tiny_llava, tiny_qwen2_vl
+from tests.tiny_models import BUILDERS
 from vlm_dpo.models import save_model
 from vlm_dpo.train import recipe as recipe_mod
 from vlm_dpo.train.recipe import TrainConfig, train_dpo
-
-BUILDERS = {"idefics3": tiny_idefics3, "qwen2_vl": tiny_qwen2_vl, "llava": tiny_llava}
 
 
 @pytest.mark.parametrize("family", sorted(BUILDERS))

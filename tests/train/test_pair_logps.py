@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.tiny_models import tiny_idefics3, tiny_llava, tiny_qwen2_vl  # noqa: E402
+from tests.tiny_models import BUILDERS, tiny_idefics3, tiny_llava, tiny_qwen2_vl  # noqa: E402
 from tests.train.test_logps import (CHOSEN, PROMPTS, REJECTED, VisionCalls, _full, _images,  # noqa: E402
                                     _paligemma_pairs, _tiny_paligemma2)
 from vlm_dpo import families  # noqa: E402
@@ -28,8 +28,6 @@ from vlm_dpo.train import pair_logps as P  # noqa: E402
 from vlm_dpo.train.collate import IGNORE  # noqa: E402
 
 ATOL = 1e-5
-BUILDERS = {"idefics3": tiny_idefics3, "llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl}
-FAMILIES = list(BUILDERS)
 # Prompts of different lengths; the chosen completion is longer than the rejected one in some pairs and shorter
 # in others (and one is a single word).
 PROMPTS4 = PROMPTS + ["Answer briefly. How many cubes are there? Describe the image."]
@@ -52,17 +50,6 @@ def _close(a: L.LogpResult, b: L.LogpResult) -> None:
 
 def _images4():
     return _images() + _images(seed=2)[:1]
-
-
-@pytest.fixture(params=FAMILIES)
-def family(request):
-    return request.param
-
-
-@pytest.fixture
-def built(family):
-    model, processor = BUILDERS[family]()
-    return family, model, processor
 
 
 def _pairs(processor, model, **kw):
