@@ -35,7 +35,8 @@ def test_code_fingerprint_covers_modules_and_packages(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     whole, one = code_fingerprint("fp_pkg"), code_fingerprint("fp_pkg.one")
     assert whole != one and code_fingerprint("fp_pkg") == whole
-    (pkg / "one.py").write_text("X = 2\n")  # editing the code changes both
+    (pkg / "one.py").write_text("X = 2\n")  # editing the code changes both (in the next process)
+    code_fingerprint.cache_clear()
     assert code_fingerprint("fp_pkg") != whole and code_fingerprint("fp_pkg.one") != one
     assert code_fingerprint("vlm_dpo.world") == code_fingerprint(__import__("vlm_dpo.world").world)
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -53,8 +54,10 @@ def _source_files(module: ModuleType | str) -> list[tuple[str, Path]]:
     return [(module.__name__, path)]
 
 
+@functools.cache
 def code_fingerprint(*modules: ModuleType | str) -> str:
-    """Hash of the source of the given modules (objects or dotted names); a package counts with all its files."""
+    """Hash of the source of the given modules (objects or dotted names); a package counts with all its files.
+    Read once per process: the code this process runs (an edit during a run takes effect at the next run)."""
     h = hashlib.sha256()
     for module in modules:
         for name, path in _source_files(module):
