@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..keys import key
+
 REFERENCE_KINDS = ("frozen", "lora_disabled", "precomputed", "none")
 
 
@@ -57,8 +59,7 @@ class ReferenceCache:
 
     @staticmethod
     def path_for(cache_dir: str | Path, fingerprint: str, pair_ids: list[str], corrupt: bool) -> Path:
-        ids_hash = hashlib.sha256("\n".join(sorted(pair_ids)).encode()).hexdigest()[:12]
-        return Path(cache_dir) / f"ref-{fingerprint}-{ids_hash}{'-mdpo' if corrupt else ''}.safetensors"
+        return Path(cache_dir) / f"ref-{fingerprint}-{key(sorted(pair_ids))}{'-mdpo' if corrupt else ''}.safetensors"
 
     def lookup(self, pair_ids: list[str], device) -> dict[str, torch.Tensor]:
         missing = [p for p in pair_ids if p not in self.index]
