@@ -113,8 +113,19 @@ def test_simpo_is_reference_free():
 
 
 def test_rdpo_hand_value():
-    # alpha = 0.25, |y_w| - |y_l| = 2 - 4 = -2: z = 1 - 0.25 * (-2) = 1.5 -> softplus(-1.5)
-    assert _per_pair("rdpo", _one(), beta=0.5, length_alpha=0.25) == pytest.approx(SP_M15, abs=1e-12)
+    # Park et al. 2024, Eq. 9: z = beta * h + alpha * (|y_w| - |y_l|).
+    # alpha = 0.25, |y_w| - |y_l| = 2 - 4 = -2: z = 1 + 0.25 * (-2) = 0.5 -> softplus(-0.5)
+    assert _per_pair("rdpo", _one(), beta=0.5, length_alpha=0.25) == pytest.approx(SP_M05, abs=1e-12)
+
+
+def test_rdpo_does_not_reward_verbosity():
+    """A longer chosen caption earns part of its margin from length alone: the loss is lower than DPO's, so the
+    gradient pushes less for it; a longer rejected caption makes the loss higher. (The wrong sign did the reverse.)"""
+    longer_chosen = _one(chosen_tokens=_t(6.0), rejected_tokens=_t(2.0))
+    longer_rejected = _one(chosen_tokens=_t(2.0), rejected_tokens=_t(6.0))
+    dpo = _per_pair("sigmoid", longer_chosen, beta=0.5)
+    assert _per_pair("rdpo", longer_chosen, beta=0.5, length_alpha=0.1) < dpo
+    assert _per_pair("rdpo", longer_rejected, beta=0.5, length_alpha=0.1) > dpo
 
 
 def test_bco_pair_hand_value():

@@ -148,3 +148,110 @@ def test_bad_pair_files_and_too_long_pairs(tiny_policy, pair_root, tmp_path):
 
     with pytest.raises(ExampleTooLongError, match="pair [0-9a-f]+: prompt is"):
         train_dpo(cfg_for(tiny_policy, pair_root, tmp_path, max_length=10, reference="frozen"), progress=False)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# numerics the recipe must get right on real checkpoints
+
+
+def test_bf16_mixed_precision_really_autocasts(tiny_policy, pair_root, tmp_path, monkeypatch):
+    """accelerate autocasts the forward of the module it prepares: the training forward (and the reference
+    precompute) must run inside it, with fp32 master weights (CPU autocast supports bf16)."""
+    seen = {"setup": set(), "train": set()}
+    phase = {"now": "setup"}
+    real_setup = recipe_mod.DPORecipe.setup
+
+    def setup(self):
+        out = real_setup(self)
+        phase["now"] = "train"
+        return out
+
+    real_load = recipe_mod.precompute_reference
+
+    def hooked(model, *a, **k):  # the reference model: record the dtype its Linear layers compute in
+        hooks = [m.register_forward_hook(lambda m, i, o: seen["setup"].add(o.dtype))
+                 for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        try:
+            return real_load(model, *a, **k)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    monkeypatch.setattr(recipe_mod.DPORecipe, "setup", setup)
+    monkeypatch.setattr(recipe_mod, "precompute_reference", hooked)
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # one process, one mixed-precision setting: the other tests ran "no"
+    cfg = cfg_for(tiny_policy, pair_root, tmp_path, max_steps=1, reference="precomputed", mixed_precision="bf16")
+    recipe = recipe_mod.DPORecipe(cfg, progress=False).setup()
+    policy = recipe.policy
+    hooks = [m.register_forward_hook(lambda m, i, o: seen["train"].add(o.dtype))
+             for m in policy.modules() if isinstance(m, torch.nn.Linear)]
+    rec = recipe.train_step(0)
+    for h in hooks:
+        h.remove()
+    assert seen["train"] == {torch.bfloat16}, seen
+    assert seen["setup"] == {torch.bfloat16}, seen
+    assert all(p.dtype == torch.float32 for p in policy.parameters())  # master weights stay fp32
+    assert torch.isfinite(torch.tensor(rec["loss"]))
+    AcceleratorState._reset_state()
+
+
+def test_corrupted_image_is_keyed_by_pair_not_batch(pair_root):
+    """mDPO's crop is the same for a pair whatever batch it falls in (reference precompute, training, eval)."""
+    from tests.tiny_models import tiny_idefics3
+    from vlm_dpo.pairs.dataset import load_pairs
+    from vlm_dpo.train.batches import make_batch
+
+    _, processor = tiny_idefics3()
+    pairs = load_pairs(pair_root / "pairs.parquet")
+    kw = dict(image_root=pair_root, model_type="idefics3", max_length=0, corruption="crop", seed=3)
+    alone = make_batch(pairs[2:3], processor, **kw)
+    mixed = make_batch([pairs[0], pairs[2], pairs[1]], processor, **kw)
+    torch.testing.assert_close(alone.corrupt.inputs["pixel_values"][0], mixed.corrupt.inputs["pixel_values"][1],
+                               rtol=0, atol=0)
+    other_seed = make_batch(pairs[2:3], processor, **(kw | {"seed": 4}))
+    assert not torch.equal(alone.corrupt.inputs["pixel_values"], other_seed.corrupt.inputs["pixel_values"])
+
+
+def test_reference_cache_keys_on_pair_content_and_settings(tiny_policy, pair_root, tmp_path):
+    """Same pair ids with other text, or another max_length, never reuse a precomputed reference."""
+    from vlm_dpo.models import load_model_and_processor
+    from vlm_dpo.pairs.dataset import load_pairs
+    from vlm_dpo.train.recipe import reference_key
+
+    model, processor = load_model_and_processor(tiny_policy)
+    pairs = load_pairs(pair_root / "pairs.parquet")
+    cfg = cfg_for(tiny_policy, pair_root, tmp_path)
+    base = reference_key(model, processor, pairs, cfg, pair_root)
+    assert reference_key(model, processor, pairs, cfg, pair_root) == base
+    edited = [dict(p) for p in pairs]
+    edited[0]["chosen"] = edited[0]["chosen"] + " and a phone"
+    assert reference_key(model, processor, edited, cfg, pair_root) != base
+    assert reference_key(model, processor, pairs, cfg_for(tiny_policy, pair_root, tmp_path, max_length=40),
+                         pair_root) != base
+    processor.tokenizer.chat_template = processor.tokenizer.chat_template + " "
+    processor.chat_template = (processor.chat_template or "") + " "
+    assert reference_key(model, processor, pairs, cfg, pair_root) != base
+
+
+def test_stale_reference_is_recomputed_with_a_message(tiny_policy, pair_root, tmp_path):
+    """A cache whose token counts disagree with the batch is detected at lookup and computed again; the run then
+    equals one that never had the stale file."""
+    from safetensors.torch import load_file, save_file
+
+    fresh = cfg_for(tiny_policy, pair_root, tmp_path / "fresh", max_steps=2, reference="precomputed")
+    want = train_dpo(fresh, progress=False)["last"]["loss"]
+    cfg = cfg_for(tiny_policy, pair_root, tmp_path / "stale", max_steps=2, reference="precomputed")
+    recipe_mod.DPORecipe(cfg, progress=False).setup()  # writes the cache
+    (path,) = (tmp_path / "stale" / "dpo" / "reference").glob("ref-*.safetensors")
+    values = load_file(str(path))
+    values["chosen_tokens"] = values["chosen_tokens"] + 1  # as if tokenised differently
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    save_file(values, str(path), metadata=meta)
+    with pytest.warns(UserWarning, match="reference is stale.*chosen tokens"):
+        got = train_dpo(cfg, progress=False)["last"]["loss"]
+    assert got == pytest.approx(want, abs=1e-6)

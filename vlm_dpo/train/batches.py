@@ -90,9 +90,10 @@ class TrainBatch:
 
 
 def make_batch(rows: list[dict], processor, *, image_root: Path, model_type: str, max_length: int,
-               corruption: str | None, corrupt_key: str) -> TrainBatch:
+               corruption: str | None = None, seed: int = 0) -> TrainBatch:
     """Model inputs for pair records. `corruption` (mask_boxes | crop) also encodes the chosen completions under
-    corrupted images, with an RNG keyed by `corrupt_key`."""
+    corrupted images; a crop's RNG is keyed by (seed, pair_id), so a pair's corrupted image is the same in the
+    reference precompute, in training and in evaluation, whatever batch it falls in."""
     images = []
     for r in rows:
         path = resolve_image(r["image"], image_root)
@@ -113,8 +114,8 @@ def make_batch(rows: list[dict], processor, *, image_root: Path, model_type: str
         raise ValueError(f"{', '.join(names)}: the processor rejected this batch ({e})") from e
     corrupt = None
     if corruption:
-        rng = random.Random(corrupt_key)
-        bad = [corrupt_image(im, r.get("boxes") or [], corruption, rng) for im, r in zip(images, rows)]
+        bad = [corrupt_image(im, r.get("boxes") or [], corruption, random.Random(f"corrupt/{seed}/{r['pair_id']}"))
+               for im, r in zip(images, rows)]
         corrupt = encode(processor, bad, [r["prompt"] for r in rows], [r["chosen"] for r in rows],
                          max_length=max_length, names=names, model_type=model_type)
     n_tokens = int(enc.inputs["attention_mask"].sum())

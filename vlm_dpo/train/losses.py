@@ -371,15 +371,18 @@ def simpo(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
 
 @declares(reference=True)
 def rdpo(lp: PreferenceLogps, cfg: LossConfig) -> Tensor:
-    """R-DPO, length-regularised DPO (Park et al. 2024, "Disentangling Length from Quality in DPO").
+    """R-DPO, length-regularised DPO (Park et al. 2024, "Disentangling Length from Quality in Direct
+    Preference Optimization", Eq. 9).
 
-    ``loss = smoothed softplus(-(beta * h - alpha * (|y_w| - |y_l|)))`` with ``alpha = cfg.length_alpha``:
-    a chosen caption longer than the rejected one must earn a larger margin. Uses the same label
+    ``loss = smoothed softplus(-(beta * h + alpha * (|y_w| - |y_l|)))`` with ``alpha = cfg.length_alpha``:
+    the length difference is added to the margin, so the part of a preference that length alone explains
+    gives no gradient, and the policy is not rewarded for growing longer (a longer chosen caption
+    already "wins" on length; a longer rejected one must be beaten by content). Uses the same label
     smoothing as ``sigmoid`` so that ``alpha = 0`` reproduces ``sigmoid`` exactly. Not in TRL 1.16.
     """
     r_w, r_l = _logratios(lp, "rdpo")
-    penalty = cfg.length_alpha * (lp.chosen_tokens - lp.rejected_tokens)
-    return _smoothed_bce(cfg.beta * (r_w - r_l) - penalty, cfg.label_smoothing)
+    length_term = cfg.length_alpha * (lp.chosen_tokens - lp.rejected_tokens)
+    return _smoothed_bce(cfg.beta * (r_w - r_l) + length_term, cfg.label_smoothing)
 
 
 @declares(reference=True, reward_shift=True)

@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -35,12 +37,14 @@ from tqdm.auto import tqdm
 from ..families import family_of
 from ..pairs.dataset import load_pairs
 from ..records import read_jsonl, write_jsonl_atomic, write_text_atomic
+from ..keys import key
 from ..schedule import lr_lambda
 from .batches import DataOrder, TrainBatch, make_batch
 from .logps import completion_logps, logps_from_logits
 from .losses import LossConfig, PreferenceLogps, RewardShift, needs_corrupt, needs_reference, preference_loss
 from .pair_logps import pair_logps
-from .reference import REFERENCE_KINDS, ReferenceCache, frozen_copy, model_fingerprint, no_grad_ctx
+from .reference import (REFERENCE_KINDS, ReferenceCache, StaleReferenceError, frozen_copy, model_fingerprint,
+                        no_grad_ctx, pairs_fingerprint, processor_fingerprint)
 
 
 @dataclass
@@ -136,35 +140,49 @@ def freeze(model, cfg: TrainConfig) -> None:
             p.requires_grad_(False)
 
 
-def precompute_reference(model, processor, pairs: list[dict], cfg: TrainConfig, image_root: Path, cache_dir: Path,
-                         progress: bool = True) -> ReferenceCache:
-    """Reference log-probs of every pair under `model` (the initial policy), cached on disk."""
+def reference_key(model, processor, pairs: list[dict], cfg: TrainConfig, image_root: Path) -> str:
+    """Everything precomputed reference log-probs depend on (see reference.py)."""
     corrupt = needs_corrupt(cfg.loss.weights)
-    fp = model_fingerprint(model)
+    numerics = {"max_length": cfg.max_length, "dtype": cfg.dtype, "mixed_precision": cfg.mixed_precision,
+                "shared_vision": cfg.shared_vision, "shared_prefix": cfg.shared_prefix, "full_logits": cfg.full_logits,
+                "corruption": cfg.loss.corruption if corrupt else None,
+                "corrupt_seed": cfg.seed if corrupt and cfg.loss.corruption == "crop" else None}
+    return key(model_fingerprint(model), processor_fingerprint(processor), pairs_fingerprint(pairs, image_root),
+               numerics)
+
+
+def precompute_reference(model, processor, pairs: list[dict], cfg: TrainConfig, image_root: Path, cache_dir: Path,
+                         progress: bool = True, autocast=nullcontext) -> ReferenceCache:
+    """Reference log-probs (and token counts) of every pair under `model` (the initial policy), cached on disk.
+    `autocast`: the training forward's mixed-precision context, so the reference has the policy's numerics."""
+    corrupt = needs_corrupt(cfg.loss.weights)
     ids = [p["pair_id"] for p in pairs]
-    path = ReferenceCache.path_for(cache_dir, fp, ids, corrupt)
+    ref_key = reference_key(model, processor, pairs, cfg, image_root)
+    path = ReferenceCache.path_for(cache_dir, ref_key, corrupt)
     if path.exists():
         return ReferenceCache.load(path)
     model_type = getattr(model.config, "model_type", "")
     forward = PairForward.of(model, cfg)
-    out = {"chosen": [], "rejected": []} | ({"chosen_corrupt": []} if corrupt else {})
+    out = {"chosen": [], "rejected": [], "chosen_tokens": [], "rejected_tokens": []}
+    out |= {"chosen_corrupt": []} if corrupt else {}
     was_training = model.training
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         for start in tqdm(range(0, len(pairs), cfg.batch_size), desc="reference", disable=not progress):
             rows = pairs[start:start + cfg.batch_size]
-            # the corruption RNG is keyed by pair position so the cached value matches any later batch order
             batch = make_batch(rows, processor, image_root=image_root, model_type=model_type,
                                max_length=cfg.max_length, corruption=cfg.loss.corruption if corrupt else None,
-                               corrupt_key=f"corrupt/{cfg.seed}/{-1 - start}")
+                               seed=cfg.seed)
             c, r, cc = forward(batch.to(model.device))
             out["chosen"].append(c.sum.float().cpu())
             out["rejected"].append(r.sum.float().cpu())
+            out["chosen_tokens"].append(c.n_tokens.cpu())
+            out["rejected_tokens"].append(r.n_tokens.cpu())
             if corrupt:
                 out["chosen_corrupt"].append(cc.sum.float().cpu())
     model.train(was_training)
     cache = ReferenceCache({k: torch.cat(v) for k, v in out.items()}, ids)
-    cache.save(path, fp, ids)
+    cache.save(path, ref_key, ids)
     return cache
 
 
@@ -271,9 +289,25 @@ class DPORecipe:
         used = [self.train_pairs[i] for i in self.order.used(cfg.max_steps * cfg.grad_accum)]
         with acc.main_process_first():  # main computes and saves; the others then load the file
             self.ref_cache = precompute_reference(ref, self.processor, used + self.val_pairs, cfg, self.image_root,
-                                                  self.out / "reference",
+                                                  self.out / "reference", autocast=acc.autocast,
                                                   progress=self.progress and acc.is_main_process)
         self.timing["reference_s"] = time.perf_counter() - t
+
+    def recompute_reference(self, reason: str) -> None:
+        """A precomputed reference that disagrees with the batch (StaleReferenceError) is computed again from the
+        reference weights on disk. Single process only: under several, each rank would decide alone."""
+        if self.accelerator.num_processes > 1:
+            raise StaleReferenceError(f"{reason}; delete {self.out / 'reference'} and restart") from None
+        warnings.warn(f"precomputed reference is stale ({reason}): computing it again", stacklevel=2)
+        from ..models import load_model_and_processor
+
+        shutil.rmtree(self.out / "reference", ignore_errors=True)
+        ref, _ = load_model_and_processor(self.cfg.reference_model or self.cfg.model, dtype=self.cfg.dtype,
+                                          device=str(self.accelerator.device))
+        used = [self.train_pairs[i] for i in self.order.used(self.cfg.max_steps * self.cfg.grad_accum)]
+        self.ref_cache = precompute_reference(ref, self.processor, used + self.val_pairs, self.cfg, self.image_root,
+                                              self.out / "reference", autocast=self.accelerator.autocast,
+                                              progress=False)
 
     @property
     def policy(self):
@@ -282,15 +316,15 @@ class DPORecipe:
 
     # -- one step -------------------------------------------------------------------------------------------
 
-    def batch(self, rows: list[dict], corrupt_key: str) -> TrainBatch:
+    def batch(self, rows: list[dict]) -> TrainBatch:
         return make_batch(rows, self.processor, image_root=self.image_root, model_type=self.model_type,
                           max_length=self.cfg.max_length, corruption=self.corruption,
-                          corrupt_key=corrupt_key).to(self.accelerator.device)
+                          seed=self.cfg.seed).to(self.accelerator.device)
 
     def micro_batch(self, micro_step: int) -> TrainBatch:
         """This process's pairs of one micro-step (see batches.DataOrder)."""
         rows = [self.train_pairs[i] for i in self.order.indices(micro_step)]
-        return self.batch(rows, corrupt_key=f"corrupt/{self.cfg.seed}/{micro_step}")
+        return self.batch(rows)
 
     def logps(self, batch: TrainBatch) -> PreferenceLogps:
         """Policy log-probs (through the prepared module) and the reference's, for the losses."""
@@ -298,11 +332,16 @@ class DPORecipe:
         refs = {}
         if self.use_ref:
             if self.ref_cache is not None:
-                got = self.ref_cache.lookup(batch.pair_ids, c.sum.device)
+                counts = {"chosen_tokens": c.n_tokens, "rejected_tokens": r.n_tokens}
+                try:
+                    got = self.ref_cache.lookup(batch.pair_ids, c.sum.device, **counts)
+                except StaleReferenceError as e:
+                    self.recompute_reference(str(e))
+                    got = self.ref_cache.lookup(batch.pair_ids, c.sum.device, **counts)
                 refs = {"ref_chosen": got["chosen"], "ref_rejected": got["rejected"],
                         "ref_chosen_corrupt": got.get("chosen_corrupt")}
             else:
-                with torch.no_grad(), no_grad_ctx(self.cfg.reference, self.policy):
+                with torch.no_grad(), no_grad_ctx(self.cfg.reference, self.policy), self.accelerator.autocast():
                     rc, rr, rcc = (self.ref_model or self.forward)(batch)
                 refs = {"ref_chosen": rc.sum.detach(), "ref_rejected": rr.sum.detach(),
                         "ref_chosen_corrupt": rcc.sum.detach() if rcc is not None else None}
@@ -352,8 +391,7 @@ class DPORecipe:
         with torch.no_grad():
             for s in range(0, len(self.val_pairs), bs):
                 rows = self.val_pairs[s:s + bs]
-                _, m = preference_loss(self.logps(self.batch(rows, corrupt_key=f"corrupt/{self.cfg.seed}/{-10**6 - s}")),
-                                       self.cfg.loss)
+                _, m = preference_loss(self.logps(self.batch(rows)), self.cfg.loss)
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * len(rows)
                 n += len(rows)

@@ -2,8 +2,12 @@
 cache on disk, or none (reference-free losses).
 
 The precomputed cache holds, per pair id, the reference's summed log-probs of chosen, rejected (and chosen
-under the corrupted image for mDPO), in one safetensors file named by the model's fingerprint and the pairs'
-ids, so training holds no reference model at all and a changed model or pair set never reuses stale numbers.
+under the corrupted image for mDPO) and their token counts, in one safetensors file named by a key of everything
+those numbers depend on (`reference_key`: the model's weights, the tokenizer / processor / chat template, the
+pairs' text, boxes and image bytes, max_length, dtype and mixed precision, the forward's levers, the corruption),
+so training holds no reference model at all and a changed input never reuses stale numbers. The token counts are
+checked again at every lookup against the batch being trained (`StaleReferenceError`): a cache that disagrees
+is recomputed, with a message, rather than trusted.
 """
 
 from __future__ import annotations
@@ -17,9 +21,40 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..keys import key
+from ..keys import file_fingerprint, key
 
 REFERENCE_KINDS = ("frozen", "lora_disabled", "precomputed", "none")
+
+
+class StaleReferenceError(ValueError):
+    """The precomputed reference does not match what is being trained."""
+
+
+def processor_fingerprint(processor) -> str:
+    """Hash of what turns a pair into tokens and pixels: the tokenizer (vocabulary, merges, special tokens), the
+    chat template, and the image processor's settings."""
+    tok = getattr(processor, "tokenizer", processor)
+    backend = getattr(tok, "backend_tokenizer", None)
+    vocab = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
+    image = getattr(processor, "image_processor", None)
+    return key(vocab, getattr(processor, "chat_template", None) or getattr(tok, "chat_template", None),
+               image.to_dict() if image is not None else None, getattr(tok, "eos_token", None))
+
+
+def pairs_fingerprint(pairs: list[dict], image_root: Path) -> str:
+    """Hash of the pairs' content, in order: ids, prompts, completions, boxes, and the bytes of each image (an
+    imported pair keeps its id when its text or image changes; its reference log-probs must not)."""
+    from ..images import resolve_image
+
+    h = hashlib.sha256()
+    images: dict[str, str] = {}
+    for p in pairs:
+        img = p["image"]
+        if img not in images:
+            path = resolve_image(img, image_root)
+            images[img] = file_fingerprint(path) if path is not None and path.exists() else "missing"
+        h.update(key(p["pair_id"], p["prompt"], p["chosen"], p["rejected"], p.get("boxes"), images[img]).encode())
+    return h.hexdigest()[:16]
 
 
 def model_fingerprint(model) -> str:
@@ -58,21 +93,33 @@ class ReferenceCache:
         self.index = {pid: i for i, pid in enumerate(pair_ids)}
 
     @staticmethod
-    def path_for(cache_dir: str | Path, fingerprint: str, pair_ids: list[str], corrupt: bool) -> Path:
-        return Path(cache_dir) / f"ref-{fingerprint}-{key(sorted(pair_ids))}{'-mdpo' if corrupt else ''}.safetensors"
+    def path_for(cache_dir: str | Path, reference_key: str, corrupt: bool) -> Path:
+        return Path(cache_dir) / f"ref-{reference_key}{'-mdpo' if corrupt else ''}.safetensors"
 
-    def lookup(self, pair_ids: list[str], device) -> dict[str, torch.Tensor]:
+    def lookup(self, pair_ids: list[str], device, *, chosen_tokens: torch.Tensor | None = None,
+               rejected_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Cached log-probs of these pairs; with the batch's token counts given, a pair whose counts differ from
+        the cached ones raises StaleReferenceError (the numbers were computed on other tokens)."""
         missing = [p for p in pair_ids if p not in self.index]
         if missing:
-            raise KeyError(f"reference cache has no log-probs for pairs {missing[:5]}")
+            raise StaleReferenceError(f"reference cache has no log-probs for pairs {missing[:5]}")
         rows = torch.tensor([self.index[p] for p in pair_ids])
-        return {k: v[rows].to(device) for k, v in self.values.items()}
+        for name, given in (("chosen_tokens", chosen_tokens), ("rejected_tokens", rejected_tokens)):
+            if given is None or name not in self.values:
+                continue
+            cached = self.values[name][rows].long()
+            bad = (cached != given.detach().cpu().long()).nonzero().flatten().tolist()
+            if bad:
+                i = bad[0]
+                raise StaleReferenceError(f"pair {pair_ids[i]}: {int(given[i])} {name.replace('_', ' ')} in this "
+                                          f"batch, {int(cached[i])} when the reference was computed")
+        return {k: v[rows].to(device) for k, v in self.values.items() if not k.endswith("_tokens")}
 
-    def save(self, path: Path, fingerprint: str, pair_ids: list[str]) -> None:
+    def save(self, path: Path, reference_key: str, pair_ids: list[str]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         save_file({k: v.contiguous() for k, v in self.values.items()}, str(tmp),
-                  metadata={"pair_ids": json.dumps(pair_ids), "model": fingerprint})
+                  metadata={"pair_ids": json.dumps(pair_ids), "key": reference_key})
         tmp.replace(path)
 
     @classmethod
