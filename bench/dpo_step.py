@@ -260,10 +260,10 @@ def build_setup(args, workdir: Path) -> dict:
     pairs = make_pairs(workdir / "data", args.batches * args.batch_size, spec.image_size)
     export_trl(pairs, workdir / "data", workdir / "trl_ds")
     save_pairs(pairs, workdir / "data" / "pairs.jsonl")
-    tok = processor.tokenizer
     from vlm_dpo.train.collate import completion_ids
 
-    lens = [len(completion_ids(tok, p[k])) for p in pairs for k in ("chosen", "rejected")]
+    lens = [len(completion_ids(processor, p["prompt"], p[k], "idefics3")) for p in pairs
+            for k in ("chosen", "rejected")]
     log(f"built {args.size} model ({info['params'] / 1e6:.2f}M params) and {len(pairs)} pairs "
         f"in {time.time() - t0:.1f}s")
     return {"workdir": str(workdir), "pairs": pairs, "info": info,

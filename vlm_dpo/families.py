@@ -37,6 +37,11 @@ class Family:
     logit_rule: tuple[str, str] | None = None
     # Values that per-token fields take on completion tokens (default 0 for every such field).
     completion_fill: dict[str, int] = field(default_factory=dict)
+    # The token generation stops at (default: the tokenizer's eos_token); the completion ends with it.
+    end_of_turn: str | None = None
+    # For families without a chat template: the completion as a format of {text} and {end}; None = render the
+    # assistant turn with the model's own chat template (train/collate.py render_completion).
+    completion_format: str | None = None
     tested: bool = False
 
     def is_connector(self, param_name: str) -> bool:
@@ -69,10 +74,10 @@ FAMILIES: dict[str, Family] = _entries(
            shared_prefix=True),
     # PaliGemma marks the suffix (completion) with token_type_ids = 1; its prefix attends bidirectionally.
     Family("paligemma", vision=("vision_tower",), connector=("multi_modal_projector",), shared_vision=True,
-           completion_fill={"token_type_ids": 1}, tested=True),
+           completion_fill={"token_type_ids": 1}, completion_format="{text}{end}", tested=True),
     # Gemma 3's VLM forward does not apply final_logit_softcapping; bidirectional attention over image tokens.
     Family("gemma3", vision=("vision_tower",), connector=("multi_modal_projector",), shared_vision=True,
-           softcap_in_forward=False),
+           softcap_in_forward=False, end_of_turn="<end_of_turn>"),
     # Logit scaling in the forward after the head (not tested: no tiny model; read from transformers 5.x).
     Family("granite_docling", logit_rule=("div", "logits_scaling")),
     Family("granite4_vision", logit_rule=("div", "logits_scaling")),

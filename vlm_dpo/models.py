@@ -19,8 +19,11 @@ import torch
 # silently becomes <unk>; row/col tokens exist so the processor never meets unknown tags.
 IDEFICS3_SPECIALS = ["<pad>", "<unk>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>",
                      "<image>", "<global-img>"]
+# Like SmolVLM's own: "User:<image>text<end_of_utterance>\n", then "Assistant:" to generate, and an assistant turn
+# rendered "Assistant: text<end_of_utterance>\n" (so the completion trained on is " text<end_of_utterance>").
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] | capitalize }}:"
+    "{% if message['role'] == 'assistant' %} {% endif %}"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
     "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"

@@ -3,7 +3,13 @@
 The processor does what only it knows (image preprocessing, expanding image placeholders into the right
 number of image tokens, per-family extras such as pixel_attention_mask or image_grid_thw). We then append the
 completion's token ids ourselves, so the prompt/completion boundary is exact whatever the tokenizer merges,
-and pad on the right (positions stay 0..n-1 for every family). Prompts are never truncated: a prompt that does
+and pad on the right (positions stay 0..n-1 for every family).
+
+The completion is what the model's own chat template renders for the assistant turn (`render_completion`): the
+whole conversation rendered minus the generation-prompt rendering, cut after the family's end-of-turn token (what
+generation stops at; e.g. Qwen2-VL "text<|im_end|>", SmolVLM " text<end_of_utterance>"), with that token
+appended when the template writes none (LLaVA-1.5's "text "). Families without a chat template (PaliGemma's
+prefix/suffix) have a `completion_format` in their registry entry. Prompts are never truncated: a prompt that does
 not fit `max_length` (its image tokens included) is an error naming the example, and only completions are cut.
 """
 
@@ -41,10 +47,37 @@ def render_prompts(processor, prompts: list[str]) -> list[str]:
     return [processor.apply_chat_template(chat_messages(p), add_generation_prompt=True, tokenize=False) for p in prompts]
 
 
-def completion_ids(tokenizer, completion: str) -> list[int]:
-    """Token ids of an assistant answer: a leading space (as after 'Assistant:'), the text, then EOS."""
-    ids = tokenizer(" " + completion.strip(), add_special_tokens=False)["input_ids"]
-    return list(ids) + [tokenizer.eos_token_id]
+def _tokenizer(processor):
+    return getattr(processor, "tokenizer", processor)
+
+
+def render_completion(processor, prompt: str, completion: str, model_type: str = "") -> str:
+    """The assistant turn's text as the model's chat template writes it after the generation prompt."""
+    fam = family_for(model_type)
+    tok = _tokenizer(processor)
+    text = completion.strip()
+    end = fam.end_of_turn or tok.eos_token
+    template = getattr(processor, "chat_template", None) or getattr(tok, "chat_template", None)
+    if fam.completion_format is not None or template is None:
+        return (fam.completion_format or " {text}{end}").format(text=text, end=end or "")
+    messages = chat_messages(prompt)
+    head = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    full = processor.apply_chat_template(
+        messages + [{"role": "assistant", "content": [{"type": "text", "text": text}]}], tokenize=False)
+    if not full.startswith(head):
+        raise ValueError(f"{model_type or type(processor).__name__}: the chat template does not render the "
+                         f"conversation as the generation prompt followed by the answer; give the family a "
+                         f"completion_format in vlm_dpo/families.py")
+    rendered = full[len(head):]
+    if end and end in rendered:
+        return rendered[:rendered.index(end) + len(end)]
+    return rendered.rstrip() + (end or "")
+
+
+def completion_ids(processor, prompt: str, completion: str, model_type: str = "") -> list[int]:
+    """Token ids of the assistant turn (see `render_completion`), special tokens as the template writes them."""
+    rendered = render_completion(processor, prompt, completion, model_type)
+    return list(_tokenizer(processor)(rendered, add_special_tokens=False)["input_ids"])
 
 
 def encode(processor, images: list, prompts: list[str], completions: list[str], *, max_length: int = 0,
@@ -66,7 +99,7 @@ def encode(processor, images: list, prompts: list[str], completions: list[str], 
     for i in range(len(prompts)):
         n = int(am[i].sum())
         p_ids = ids[i, :n].tolist()
-        c_ids = completion_ids(tok, completions[i])
+        c_ids = completion_ids(processor, prompts[i], completions[i], model_type)
         if max_length:
             room = max_length - n
             if room < 2:  # at least one completion token and EOS

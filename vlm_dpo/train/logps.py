@@ -265,7 +265,7 @@ def encode_pairs(processor, images: list, prompts: list[str], chosen: list[str],
     rej_labels, rej_clens = [], []
     for i in range(n):
         p = plens[i]
-        c_ids = completion_ids(tok, rejected[i])
+        c_ids = completion_ids(processor, prompts[i], rejected[i], model_type)
         if max_length:
             c_ids = c_ids[:max_length - p]
         for k in row_keys:
