@@ -289,15 +289,20 @@ def test_flag_off_is_the_previous_path(built):
     assert torch.equal(off[0].sum, ref[0].sum) and torch.equal(off[1].sum, ref[1].sum)
 
 
-def test_unsupported_family_falls_back_to_plain():
-    """PaliGemma attends bidirectionally over image + prefix: not packed, silently, and gives the plain numbers."""
+def test_unsupported_family_falls_back_to_plain(monkeypatch, caplog):
+    """PaliGemma attends bidirectionally over image + prefix: not packed (said once in the log, no warning), and
+    gives the plain numbers."""
     model = _tiny_paligemma2(softcap=0.05)
     batch = _paligemma_pairs()
     assert P.shared_prefix_problem(model, batch).startswith("family")
-    with warnings.catch_warnings():
+    monkeypatch.setattr(P, "_warned", set())
+    with warnings.catch_warnings(), caplog.at_level("INFO", logger=P.__name__):
         warnings.simplefilter("error")
         with torch.no_grad():
             got = P.pair_logps(model, batch)
+            P.pair_logps(model, batch)
+    said = [r.getMessage() for r in caplog.records if "not sharing the prompt prefix" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("paligemma")
     with torch.no_grad():
         ref = P.pair_logps(model, batch, shared_prefix=False)
     assert torch.equal(got[0].sum, ref[0].sum) and torch.equal(got[1].sum, ref[1].sum)

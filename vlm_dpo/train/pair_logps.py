@@ -54,6 +54,7 @@ When it applies (`shared_prefix_problem(model, batch)` says why not; the fallbac
 from __future__ import annotations
 
 import inspect
+import logging
 import warnings
 from dataclasses import dataclass
 
@@ -63,6 +64,7 @@ from ..families import family_of, model_type_of
 from .logps import (LogpResult, PairBatch, _base_forward, _head_logps, _reduce, _repeat2, _targets, base_and_head,
                     completion_logps, logps_from_hidden, logps_from_logits, shared_image_features, supports_shared_vision, unwrap_model)
 
+log = logging.getLogger(__name__)
 PREFIX_ATTN_IMPLEMENTATIONS = frozenset({"sdpa", "eager"})
 _warned: set[str] = set()
 
@@ -243,12 +245,16 @@ def pair_logps(model, batch: PairBatch, *, shared_vision: bool = True, shared_pr
     vision = batch.vision_inputs()
     on = shared_prefix and shared_vision
     problem = shared_prefix_problem(model, batch) if on else "off"
-    if problem is not None and on and not problem.startswith("family"):
+    if problem is not None and on:
         key = f"prefix:{model_type_of(model)}:{problem}"
         if key not in _warned:
             _warned.add(key)
-            warnings.warn(f"{model_type_of(model)}: not sharing the prompt prefix ({problem}); chosen and rejected run "
-                          f"as separate rows", stacklevel=2)
+            if problem.startswith("family"):  # by design (registry): said once in the log, not as a warning
+                log.info("%s: not sharing the prompt prefix (%s); chosen and rejected run as separate rows",
+                         model_type_of(model), problem)
+            else:
+                warnings.warn(f"{model_type_of(model)}: not sharing the prompt prefix ({problem}); chosen and "
+                              f"rejected run as separate rows", stacklevel=2)
     if problem is None:
         res = _shared_prefix_logps(model, batch, full_logits)
     elif shared_vision and vision and supports_shared_vision(model):
