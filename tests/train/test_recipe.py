@@ -255,3 +255,51 @@ def test_stale_reference_is_recomputed_with_a_message(tiny_policy, pair_root, tm
     with pytest.warns(UserWarning, match="reference is stale.*chosen tokens"):
         got = train_dpo(cfg, progress=False)["last"]["loss"]
     assert got == pytest.approx(want, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# reliability: torn checkpoints, runs under other settings
+
+
+def test_resume_skips_a_torn_checkpoint(tiny_policy, pair_root, tmp_path):
+    """A process killed while writing step-6 leaves step-6.tmp (or a step-6 without trainer.json): the rerun
+    resumes from the newest complete checkpoint and ends where the uninterrupted run ends."""
+    full = cfg_for(tiny_policy, pair_root, tmp_path / "a", max_steps=8, save_every=3, reference="precomputed")
+    want = train_dpo(full, progress=False)["last"]["loss"]
+    cfg = cfg_for(tiny_policy, pair_root, tmp_path / "b", max_steps=8, save_every=3, reference="precomputed")
+    calls = {"n": 0}
+    real = recipe_mod.preference_loss
+
+    def dies_at_step_7(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    recipe_mod.preference_loss = dies_at_step_7
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_dpo(cfg, progress=False)
+    finally:
+        recipe_mod.preference_loss = real
+    ck = tmp_path / "b" / "dpo" / "checkpoints"
+    assert sorted(p.name for p in ck.iterdir()) == ["step-3", "step-6"]
+    # what kill -9 during the writing of step-6 leaves: a half-written folder under either name
+    (ck / "step-6").rename(ck / "step-6.tmp")
+    (ck / "step-6.tmp" / "model.safetensors").write_bytes(b"torn")
+    assert [p.name for p in recipe_mod.list_checkpoints(tmp_path / "b" / "dpo")] == ["step-3"]
+    assert train_dpo(cfg, progress=False)["last"]["loss"] == pytest.approx(want, abs=1e-6)
+
+
+def test_other_settings_in_the_same_folder_are_refused(tiny_policy, pair_root, tmp_path):
+    cfg = cfg_for(tiny_policy, pair_root, tmp_path, max_steps=2, reference="precomputed")
+    train_dpo(cfg, progress=False)
+    model = tmp_path / "dpo" / "model" / "model.safetensors"
+    before = model.read_bytes()
+    changed = cfg_for(tiny_policy, pair_root, tmp_path, max_steps=2, reference="precomputed", lr=1e-3)
+    with pytest.raises(ValueError, match=r"other settings \(lr: 0.005 -> 0.001\)"):
+        train_dpo(changed, progress=False)
+    assert model.read_bytes() == before  # the finished run is untouched
+    # logging / saving cadence is not a different run
+    train_dpo(cfg_for(tiny_policy, pair_root, tmp_path, max_steps=2, reference="precomputed", log_every=2),
+              progress=False)

@@ -187,8 +187,36 @@ def precompute_reference(model, processor, pairs: list[dict], cfg: TrainConfig, 
 
 
 def list_checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints, oldest first. A checkpoint is written into `step-N.tmp/` and renamed to `step-N/`
+    only after its last file (trainer.json), so a process killed mid-write leaves no `step-N/`."""
     ck = out / "checkpoints"
-    return sorted(ck.glob("step-*"), key=lambda p: int(p.name.split("-")[1])) if ck.exists() else []
+    if not ck.exists():
+        return []
+    done = [p for p in ck.glob("step-*") if p.is_dir() and p.name.split("-")[1].isdigit()
+            and (p / "trainer.json").exists()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+# TrainConfig fields that do not change what is trained (where it is logged, how often it is saved).
+NOT_IN_RUN_KEY = ("output_dir", "eval_every", "save_every", "keep_checkpoints", "log_every", "trackers", "resume")
+
+
+def run_settings(cfg: TrainConfig) -> dict:
+    """What a checkpoint's trajectory depends on: resuming it under other settings would mix two runs."""
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(cfg).items() if k not in NOT_IN_RUN_KEY}
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
 
 
 class DPORecipe:
@@ -255,6 +283,7 @@ class DPORecipe:
         self.forward, self.optimizer = acc.prepare(PairForward.of(model, cfg), optimizer)
         acc.register_for_checkpointing(self.scheduler)
         self.reward_shift = RewardShift()
+        self.check_settings()
         if cfg.resume and list_checkpoints(self.out):
             last = list_checkpoints(self.out)[-1]
             acc.load_state(str(last))
@@ -308,6 +337,24 @@ class DPORecipe:
         self.ref_cache = precompute_reference(ref, self.processor, used + self.val_pairs, self.cfg, self.image_root,
                                               self.out / "reference", autocast=self.accelerator.autocast,
                                               progress=False)
+
+    def check_settings(self) -> None:
+        """An output folder holds one run: checkpoints or a model made under other settings are never resumed or
+        overwritten (the error names what changed); a new folder records the settings."""
+        path = self.out / "settings.json"
+        now = json.loads(json.dumps(run_settings(self.cfg), default=str))
+        if path.exists():
+            old = json.loads(path.read_text())
+            changed = _differences(old, now)
+            if changed:
+                raise ValueError(f"{self.out} holds a training run with other settings ({'; '.join(changed)}); "
+                                 f"choose another output folder or delete this one")
+        elif list_checkpoints(self.out) or (self.out / "model").exists():
+            raise ValueError(f"{self.out} holds a training run whose settings were not recorded; choose another "
+                             f"output folder or delete this one")
+        elif self.accelerator.is_main_process:
+            write_text_atomic(path, json.dumps(now, indent=1))
+        self.accelerator.wait_for_everyone()
 
     @property
     def policy(self):
@@ -401,15 +448,25 @@ class DPORecipe:
     # -- saving ---------------------------------------------------------------------------------------------
 
     def save_checkpoint(self, step: int, name: str | None = None) -> Path:
+        """accelerate's state + trainer.json into `<name>.tmp/`, then renamed: only complete checkpoints exist."""
         acc = self.accelerator
         path = self.out / "checkpoints" / (name or f"step-{step}")
+        tmp = path.with_name(path.name + ".tmp")
         acc.wait_for_everyone()
-        acc.save_state(str(path), safe_serialization=True)
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=True)
+        acc.wait_for_everyone()
         if acc.is_main_process:
-            write_text_atomic(path / "trainer.json",
+            write_text_atomic(tmp / "trainer.json",
                               json.dumps({"step": step, "reward_shift": self.reward_shift.state_dict()}))
+            if path.exists():
+                shutil.rmtree(path)
+            tmp.rename(path)
             for old in list_checkpoints(self.out)[:-self.cfg.keep_checkpoints] if name is None else []:
                 shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
         return path
 
     def save_model(self) -> Path:
