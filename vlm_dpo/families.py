@@ -68,8 +68,11 @@ FAMILIES: dict[str, Family] = _entries(
            mrope=True),
     Family("llava", vision=("vision_tower",), connector=("multi_modal_projector",), shared_vision=True,
            shared_prefix=True, tested=True),
+    # LLaVA-NeXT: llava-v1.6-mistral-7b-hf's chat template writes the assistant turn as " text<\s> " (a typo for
+    # </s>) and has no generation prompt, so the template's own turn would train "<\s>" as text before EOS: the
+    # completion is " text</s>" (what the model generates after "[/INST]").
     Family("llava_next", vision=("vision_tower",), connector=("multi_modal_projector", "image_newline"),
-           shared_vision=True, shared_prefix=True),
+           shared_vision=True, shared_prefix=True, completion_format=" {text}{end}"),
     Family("mistral3", vision=("vision_tower",), connector=("multi_modal_projector",), shared_vision=True,
            shared_prefix=True),
     # PaliGemma marks the suffix (completion) with token_type_ids = 1; its prefix attends bidirectionally.
