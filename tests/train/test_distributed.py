@@ -41,10 +41,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _config(tiny_policy, pair_root, out: Path, batch_size: int) -> TrainConfig:
-    return TrainConfig(model=tiny_policy, pairs=str(pair_root / "pairs.parquet"), image_root=str(pair_root),
-                       output_dir=str(out), reference="precomputed", batch_size=batch_size, max_steps=STEPS,
-                       warmup_steps=1, lr=1e-3, eval_every=0, save_every=0, seed=0)
+def _config(tiny_policy, pair_root, out: Path, batch_size: int, mixture: str = "") -> TrainConfig:
+    cfg = TrainConfig(model=tiny_policy, pairs=str(pair_root / "pairs.parquet"), image_root=str(pair_root),
+                      output_dir=str(out), reference="precomputed", batch_size=batch_size, max_steps=STEPS,
+                      warmup_steps=1, lr=1e-3, eval_every=0, save_every=0, seed=0)
+    cfg.loss.mixture = mixture
+    return cfg
 
 
 def _launch(cfg: TrainConfig, tmp_path: Path, timeout: float = 150.0) -> None:
@@ -80,11 +82,14 @@ def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.timeout(300)
-def test_two_processes_match_one_process_with_the_global_batch(tiny_policy, pair_root, tmp_path):
+@pytest.mark.parametrize("mixture", ["", "mpo"])
+def test_two_processes_match_one_process_with_the_global_batch(tiny_policy, pair_root, tmp_path, mixture):
+    """Plain DPO, and MPO whose BCO term keeps a running reward shift: gathered over the ranks, it is the one
+    process's shift (a per-rank shift would differ)."""
     two = tmp_path / "two"
-    _launch(_config(tiny_policy, pair_root, two, batch_size=2), tmp_path)
+    _launch(_config(tiny_policy, pair_root, two, batch_size=2, mixture=mixture), tmp_path)
     one = tmp_path / "one"
-    train_dpo(_config(tiny_policy, pair_root, one, batch_size=4), progress=False)
+    train_dpo(_config(tiny_policy, pair_root, one, batch_size=4, mixture=mixture), progress=False)
 
     # the launch really ran 2 gloo processes, and they ended on identical weights
     ranks = [json.loads((two / f"rank-{i}.json").read_text()) for i in range(2)]

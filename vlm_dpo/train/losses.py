@@ -198,17 +198,21 @@ class RewardShift:
     rewards seen so far. The mean is cumulative over every reward passed to :meth:`update`
     (chosen and rejected alike), as TRL's former ``RunningMoments``-based ``bco_pair`` did.
     :func:`preference_loss` updates it with the current batch *before* using it, so the first
-    batch is centred on its own mean. Rewards are the local ones: under data parallelism each rank
-    keeps its own (slightly different) ``delta`` unless the caller feeds it gathered rewards.
+    batch is centred on its own mean. Under data parallelism set ``gather`` (e.g. accelerate's
+    ``Accelerator.gather``): every rank then folds in every rank's rewards and all keep the same
+    ``delta``, as one process with the global batch would.
     Keep it in the trainer and checkpoint it via :meth:`state_dict`.
     """
 
     mean: float = 0.0
     count: int = 0
+    gather: Callable[[Tensor], Tensor] | None = field(default=None, repr=False, compare=False)
 
     def update(self, rewards: Tensor) -> float:
         """Fold ``rewards`` (any shape; detached) into the running mean and return the new mean."""
         rewards = rewards.detach().float().reshape(-1)
+        if self.gather is not None:
+            rewards = self.gather(rewards).reshape(-1)
         n = rewards.numel()
         if n:
             batch_mean = rewards.mean().item()

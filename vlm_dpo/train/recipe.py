@@ -282,7 +282,8 @@ class DPORecipe:
         # dataloader), while our steps are global optimizer steps. Registered so checkpoints carry it.
         self.forward, self.optimizer = acc.prepare(PairForward.of(model, cfg), optimizer)
         acc.register_for_checkpointing(self.scheduler)
-        self.reward_shift = RewardShift()
+        # BCO's reward shift from every rank's rewards, so all ranks keep one delta (as one process would)
+        self.reward_shift = RewardShift(gather=acc.gather if acc.num_processes > 1 else None)
         self.check_settings()
         if cfg.resume and list_checkpoints(self.out):
             last = list_checkpoints(self.out)[-1]
@@ -408,10 +409,15 @@ class DPORecipe:
             tokens += batch.n_tokens
             with acc.accumulate(self.forward):
                 loss, m = preference_loss(self.logps(batch), cfg.loss, self.reward_shift)
-                if not torch.isfinite(loss):
+                # decided by all ranks together: one rank alone in the checkpoint's barriers would hang the rest
+                bad = torch.tensor(0.0 if torch.isfinite(loss) else 1.0, device=acc.device)
+                if acc.num_processes > 1:
+                    bad = acc.reduce(bad, "sum")
+                if bad.item() > 0:
                     ck = self.save_checkpoint(step, name=f"nan-step-{step}")
-                    raise FloatingPointError(f"non-finite loss {loss.item()} at step {step} on pairs "
-                                             f"{batch.pair_ids}; state saved to {ck}")
+                    where = (f"on pairs {batch.pair_ids}" if not torch.isfinite(loss)
+                             else "on another process's pairs")
+                    raise FloatingPointError(f"non-finite loss at step {step} {where}; state saved to {ck}")
                 acc.backward(loss)
                 if acc.sync_gradients:
                     grad_norm = acc.clip_grad_norm_(self.forward.parameters(), cfg.max_grad_norm)
