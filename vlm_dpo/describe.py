@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .ground import PromptConfig, grounding_text, prompt_text, render_prompt
 from .images import DataError, image_items, open_image
 from .records import ResumableJsonl, read_jsonl, write_text_atomic
-from .run import RunFolder
+from .run import RunFolder, apply_threads
 
 
 @dataclass
@@ -160,6 +160,7 @@ def run(cfg, run: RunFolder, split: str | None = None, *, progress: bool = True,
     from .models import load_model_and_processor
     from .parallel import auto_workers
 
+    apply_threads(cfg)
     split = split or cfg.data.split
     det_path = run.detections(split)
     if not det_path.exists():

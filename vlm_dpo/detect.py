@@ -22,7 +22,7 @@ from .images import ImageError, image_items, open_image
 from .keys import WORLD_CODE, code_fingerprint, key
 from .offline import configure_offline, disable_ultralytics_sync
 from .records import ResumableJsonl, write_text_atomic
-from .run import RunFolder
+from .run import RunFolder, apply_threads
 
 __all__ = ["DetectorConfig", "ImageError", "detect", "detect_to_jsonl", "load_yolo", "open_image", "run",
            "train_embedded_detector"]
@@ -125,6 +125,7 @@ def detector_weights(cfg) -> str:
 
 def run(cfg, run: RunFolder, split: str | None = None, *, progress: bool = True) -> Path:
     """The detect stage: detections JSONL of one split (default data.split), or of the user's folder."""
+    apply_threads(cfg)
     split = split or cfg.data.split
     items = image_items(cfg, split)
     d = cfg.detector

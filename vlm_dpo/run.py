@@ -24,6 +24,15 @@ from pathlib import Path
 from .records import write_text_atomic
 
 
+def apply_threads(cfg) -> None:
+    """Set torch's thread count to `cfg.threads` (0: leave it). The detect and describe stages apply it again
+    at their start, because Ultralytics resets the count when it picks a device."""
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+
+
 class RunFolder:
     """Paths of one run folder (nothing is created until a stage writes)."""
 
@@ -36,14 +45,11 @@ class RunFolder:
     @classmethod
     def setup(cls, cfg) -> "RunFolder":
         """The run folder of `cfg.out`, ready for a command: offline settings, torch threads, config.yaml."""
-        import torch
-
         from .config import to_yaml
         from .offline import configure_offline
 
         configure_offline(cfg.cache_dir)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        apply_threads(cfg)
         run = cls(cfg.out)
         run.root.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run.config, to_yaml(cfg))
