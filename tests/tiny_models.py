@@ -357,3 +357,7 @@ ALL_FAMILIES = {
     "qwen2_vl": tiny_qwen2_vl, "qwen2_5_vl": tiny_qwen2_5_vl, "llava": tiny_llava_1_5,
     "llava_next": tiny_llava_next, "paligemma": tiny_paligemma, "gemma3": tiny_gemma3,
 }
+# SmolVLM and Qwen2.5-VL also pass the parametrised log-prob / shared-prefix tests (tests/train/test_logps.py,
+# test_pair_logps.py). LLaVA-NeXT and split Idefics3 are not added there: their vision tower encodes tiles, not
+# images, which those tests count; PaliGemma and Gemma 3 do not share the prefix.
+BUILDERS.update({"smolvlm": tiny_smolvlm, "qwen2_5_vl": tiny_qwen2_5_vl})

@@ -59,20 +59,21 @@ FAMILIES: dict[str, Family] = _entries(
     # SmolVLM / Idefics3: SigLIP tower `model.vision_model`, pixel-shuffle MLP `model.connector`.
     Family("idefics3", vision=("vision_model",), connector=("connector",), shared_vision=True, shared_prefix=True,
            tested=True),
-    Family("smolvlm", vision=("vision_model",), connector=("connector",), shared_vision=True, shared_prefix=True),
+    Family("smolvlm", vision=("vision_model",), connector=("connector",), shared_vision=True, shared_prefix=True,
+           tested=True),
     Family("idefics2", vision=("vision_model",), connector=("connector",), shared_vision=True, shared_prefix=True),
     # Qwen2-VL / 2.5-VL: the patch merger (the connector) sits inside `model.visual`.
     Family("qwen2_vl", vision=("visual",), connector=("visual.merger",), shared_vision=True, shared_prefix=True,
            mrope=True, tested=True),
     Family("qwen2_5_vl", vision=("visual",), connector=("visual.merger",), shared_vision=True, shared_prefix=True,
-           mrope=True),
+           mrope=True, tested=True),
     Family("llava", vision=("vision_tower",), connector=("multi_modal_projector",), shared_vision=True,
            shared_prefix=True, tested=True),
     # LLaVA-NeXT: llava-v1.6-mistral-7b-hf's chat template writes the assistant turn as " text<\s> " (a typo for
     # </s>) and has no generation prompt, so the template's own turn would train "<\s>" as text before EOS: the
     # completion is " text</s>" (what the model generates after "[/INST]").
     Family("llava_next", vision=("vision_tower",), connector=("multi_modal_projector", "image_newline"),
-           shared_vision=True, shared_prefix=True, completion_format=" {text}{end}"),
+           shared_vision=True, shared_prefix=True, completion_format=" {text}{end}", tested=True),
     Family("mistral3", vision=("vision_tower",), connector=("multi_modal_projector",), shared_vision=True,
            shared_prefix=True),
     # PaliGemma marks the suffix (completion) with token_type_ids = 1; its prefix attends bidirectionally.
@@ -80,7 +81,7 @@ FAMILIES: dict[str, Family] = _entries(
            completion_fill={"token_type_ids": 1}, completion_format="{text}{end}", tested=True),
     # Gemma 3's VLM forward does not apply final_logit_softcapping; bidirectional attention over image tokens.
     Family("gemma3", vision=("vision_tower",), connector=("multi_modal_projector",), shared_vision=True,
-           softcap_in_forward=False, end_of_turn="<end_of_turn>"),
+           softcap_in_forward=False, end_of_turn="<end_of_turn>", tested=True),
     # Logit scaling in the forward after the head (not tested: no tiny model; read from transformers 5.x).
     Family("granite_docling", logit_rule=("div", "logits_scaling")),
     Family("granite4_vision", logit_rule=("div", "logits_scaling")),

@@ -54,12 +54,13 @@ def _close(a: L.LogpResult, b: L.LogpResult, atol: float = ATOL) -> None:
 
 
 def _vision_module(model, family: str):
-    name = {"idefics3": "vision_model", "qwen2_vl": "visual", "llava": "vision_tower"}[family]
+    name = {"idefics3": "vision_model", "smolvlm": "vision_model", "qwen2_vl": "visual", "qwen2_5_vl": "visual",
+            "llava": "vision_tower"}[family]
     return getattr(model.model, name)
 
 
 def _images_in_call(family: str, args, kwargs) -> int:
-    if family == "qwen2_vl":  # flat patches; one grid row per image
+    if family in ("qwen2_vl", "qwen2_5_vl"):  # flat patches; one grid row per image
         return int(kwargs["grid_thw"].shape[0])
     pixels = kwargs.get("pixel_values", args[0] if args else None)
     return int(pixels.shape[0])
