@@ -13,8 +13,9 @@ from vlm_dpo.train.recipe import TrainConfig, freeze, param_groups
 # Where each family keeps its tower and connector in transformers 5 (what the entries must pick out).
 TOWER = {"idefics3": "model.vision_model.", "qwen2_vl": "model.visual.", "llava": "model.vision_tower.",
          "smolvlm": "model.vision_model.", "qwen2_5_vl": "model.visual."}
-CONNECTOR = {"idefics3": "model.connector.", "qwen2_vl": "model.visual.merger.", "llava": "model.multi_modal_projector.",
-             "smolvlm": "model.connector.", "qwen2_5_vl": "model.visual.merger."}
+CONNECTOR = {"idefics3": "model.connector.", "qwen2_vl": "model.visual.merger.",
+             "llava": "model.multi_modal_projector.", "smolvlm": "model.connector.",
+             "qwen2_5_vl": "model.visual.merger."}
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))

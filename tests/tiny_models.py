@@ -297,7 +297,8 @@ def tiny_llava_next(seed: int = 0):
 
 @functools.lru_cache(maxsize=None)
 def tiny_paligemma(seed: int = 0):
-    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor, SiglipImageProcessor
+    from transformers import (PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor,
+                              SiglipImageProcessor)
 
     tok = _tokenizer(["<bos>", "<eos>"], bos="<bos>", eos="<eos>")  # no chat template: prefix / suffix
     image, patch = 16, 8

@@ -59,7 +59,7 @@ def test_template_that_rewrites_the_prompt_is_refused():
 # processor classes: the completion each family is trained on, written out by hand from the template.
 
 REAL = {  # family: (builder name in ALL_FAMILIES, model_type, the completion for "two cups.")
-    "smolvlm": ("smolvlm", "smolvlm", " two cups.<end_of_utterance>"),  # "Assistant:" + " two cups.<end_of_utterance>\n"
+    "smolvlm": ("smolvlm", "smolvlm", " two cups.<end_of_utterance>"),  # "Assistant:" + " two cups.<end_of_utterance>"
     "qwen2_vl": ("qwen2_vl_real", "qwen2_vl", "two cups.<|im_end|>"),  # "<|im_start|>assistant\n" + text<|im_end|>\n
     "qwen2_5_vl": ("qwen2_5_vl", "qwen2_5_vl", "two cups.<|im_end|>"),
     "llava": ("llava", "llava", " two cups.</s>"),  # "ASSISTANT:" + " two cups. " (no end token: EOS appended)
@@ -107,13 +107,15 @@ def test_real_template_prompt_is_a_prefix_of_the_conversation(family):
 
 def test_real_prompts_written_out():
     """The generation prompts of the real templates, by hand."""
-    image_text = {"smolvlm": "<|im_start|>User:<image>Describe the objects on the table.<end_of_utterance>\nAssistant:",
+    image_text = {"smolvlm": "<|im_start|>User:<image>Describe the objects on the table.<end_of_utterance>\n"
+                             "Assistant:",
                   "qwen2_5_vl": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-                                "<|vision_start|><|image_pad|><|vision_end|>Describe the objects on the table.<|im_end|>\n"
-                                "<|im_start|>assistant\n",
+                                "<|vision_start|><|image_pad|><|vision_end|>Describe the objects on the table."
+                                "<|im_end|>\n<|im_start|>assistant\n",
                   "llava": "USER: <image>\nDescribe the objects on the table. ASSISTANT:",
                   "llava_next": "[INST] <image>\nDescribe the objects on the table. [/INST]",
-                  "gemma3": "<bos><start_of_turn>user\n<start_of_image>Describe the objects on the table.<end_of_turn>\n"
+                  "gemma3": "<bos><start_of_turn>user\n<start_of_image>Describe the objects on the table."
+                            "<end_of_turn>\n"
                             "<start_of_turn>model\n"}
     from vlm_dpo.ground import chat_messages
 

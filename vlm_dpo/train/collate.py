@@ -44,7 +44,8 @@ class Encoded:
 
 
 def render_prompts(processor, prompts: list[str]) -> list[str]:
-    if getattr(processor, "chat_template", None) is None and getattr(_tokenizer(processor), "chat_template", None) is None:
+    tok = _tokenizer(processor)
+    if getattr(processor, "chat_template", None) is None and getattr(tok, "chat_template", None) is None:
         return list(prompts)  # no chat template (PaliGemma): the processor writes its own prefix around the text
     return [processor.apply_chat_template(chat_messages(p), add_generation_prompt=True, tokenize=False) for p in prompts]
 
