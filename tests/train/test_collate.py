@@ -148,3 +148,19 @@ def test_gemma3_ends_at_end_of_turn_not_eos(monkeypatch):
     assert processor.tokenizer.eos_token == "<eos>"
     monkeypatch.setitem(families.FAMILIES, "gemma3", replace(families.FAMILIES["gemma3"], end_of_turn=None))
     assert render_completion(processor, PROMPT, "two cups.", "gemma3") == "two cups.<end_of_turn><eos>"
+
+
+def test_a_processors_own_labels_never_reach_the_model():
+    """PaliGemma's processor returns `labels`; its forward builds its attention mask from them. Ours are the
+    completion-only labels, kept apart from the model inputs."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.tiny_models import ALL_FAMILIES
+    from vlm_dpo.train.collate import encode
+
+    model, processor = ALL_FAMILIES["paligemma"]()
+    image = Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8))
+    enc = encode(processor, [image], [PROMPT], ["two cups."], model_type="paligemma")
+    assert "labels" not in enc.inputs
+    assert (enc.labels != -100).sum() == len(completion_ids(processor, PROMPT, "two cups.", "paligemma"))

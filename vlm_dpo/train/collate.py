@@ -94,6 +94,9 @@ def encode(processor, images: list, prompts: list[str], completions: list[str], 
         proc = processor(text=rendered, images=[[im] for im in images], padding=True, return_tensors="pt")
     finally:
         tok.padding_side = old_side
+    # Labels are ours (completion-only, below); a processor's own (PaliGemma returns them) must not reach the
+    # model as an input: PaliGemma's forward builds its training attention mask from `labels`.
+    proc.pop("labels", None)
     ids, am = proc["input_ids"], proc["attention_mask"]
     per_token = {k: v for k, v in proc.items() if k not in ("input_ids", "attention_mask")
                  and torch.is_tensor(v) and v.shape == ids.shape}

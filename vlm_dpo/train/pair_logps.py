@@ -40,7 +40,8 @@ mask and the positions. Attention over a packed row costs (P + 2C)^2 instead of 
 When it applies (`shared_prefix_problem(model, batch)` says why not; the fallback is the shared-vision path above):
   * `shared_prefix` and `shared_vision` are on (`shared_vision=False` stays the fully plain reference path);
   * the family's registry entry (vlm_dpo/families.py) has `shared_prefix` (a causal text decoder that takes a
-    custom 4-D mask and explicit positions straight through; tested: idefics3, llava, qwen2_vl) and
+    custom 4-D mask and explicit positions straight through; tested with tiny models: idefics3, smolvlm,
+    qwen2_vl, qwen2_5_vl, llava, llava_next) and
     `shared_vision`. PaliGemma and
     Gemma 3 are not: they attend bidirectionally over the image / prefix, which a causal block mask would change.
     An unlisted family falls back silently;
