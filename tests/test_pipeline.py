@@ -10,11 +10,13 @@ import pytest
 from vlm_dpo.cli import main
 from vlm_dpo.config import load_config
 from vlm_dpo.pipeline import run_pipeline
+from vlm_dpo.run import RunFolder
 
 
 def test_metrics_json_is_complete(pipeline_run):
     _, out, result = pipeline_run
-    m = json.loads((out / "metrics.json").read_text())
+    run = RunFolder(out)
+    m = json.loads(run.metrics.read_text())
     assert set(m["models"]) == {"sft", "dpo", "rft", "dpo_no_context", "dpo_mdpo"}
     for name, mm in m["models"].items():
         for k in ("chair_i", "chair_s", "recall", "pope_f1", "mean_words"):
@@ -26,20 +28,21 @@ def test_metrics_json_is_complete(pipeline_run):
         assert "precision_ungrounded" in mm and "echo_rate" in mm and "recovery_rate" in mm, name
     import vlm_dpo.pairs.dataset as ds
 
-    assert all(p["source"] != "context" for p in ds.load_pairs(out / "variants" / "no_context" / "pairs.parquet"))
+    assert all(p["source"] != "context" for p in ds.load_pairs(run.variant("no_context") / "pairs.parquet"))
     assert set(m["timing_s"]) >= {"world", "vlm_sft", "detector", "detect", "describe", "pairs", "dpo", "eval"}
-    assert result["metrics"] == str(out / "metrics.json")
+    assert result["metrics"] == str(run.metrics)
 
 
 def test_report_and_its_images_exist(pipeline_run):
     _, out, _ = pipeline_run
-    page = (out / "report" / "index.html").read_text()
+    run = RunFolder(out)
+    page = run.report_index.read_text()
     import re
 
     srcs = re.findall(r'src="([^"]+)"', page)
     assert srcs and any(s.startswith("gallery/") for s in srcs) and "curves.png" in srcs
     for s in srcs:
-        assert (out / "report" / s).exists(), s
+        assert (run.report / s).exists(), s
     assert "CHAIR_i" in page and "rft" in page
 
 
@@ -63,12 +66,13 @@ def test_detector_side_job_trains_in_a_worker_process(tmp_path):
 
 def test_rerun_skips_finished_stages(pipeline_run):
     cfg, out, _ = pipeline_run
-    marker = out / "dpo" / ".done"
+    run = RunFolder(out)
+    marker = run.dpo / ".done"
     before = marker.stat().st_mtime_ns
-    model_files = sorted((out / "dpo" / "model").iterdir())
+    model_files = sorted(run.dpo_model.iterdir())
     run_pipeline(cfg, progress=False)
     assert marker.stat().st_mtime_ns == before
-    assert sorted((out / "dpo" / "model").iterdir()) == model_files
+    assert sorted(run.dpo_model.iterdir()) == model_files
 
 
 def test_cli_config_error_and_help(capsys):

@@ -2,13 +2,15 @@
 
 from browser_util import CHROMIUM, CHROMIUM_ARGS, chromium_or_skip
 
+from vlm_dpo.run import RunFolder
+
 
 def test_report_loads_in_headless_chromium(pipeline_run):
     chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
     _, out, _ = pipeline_run
-    page_path = out / "report" / "index.html"
+    page_path = RunFolder(out).report_index
     errors = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

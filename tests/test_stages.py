@@ -43,7 +43,7 @@ def test_describe_resumes_to_the_same_captions(tiny_cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(describe_mod, "describe", dying)
     with pytest.raises(KeyboardInterrupt):
         describe_mod.run(tiny_cfg, RunFolder.setup(tiny_cfg), "val", progress=False, out_name="resumed.jsonl")
-    partial = tiny_cfg.out + "/captions/resumed.jsonl.partial"
+    partial = RunFolder(tiny_cfg.out).captions_dir / "resumed.jsonl.partial"
     assert len(list(read_jsonl(partial))) == tiny_cfg.describe.batch_size
     monkeypatch.setattr(describe_mod, "describe", real)
     resumed = list(read_jsonl(describe_mod.run(tiny_cfg, RunFolder.setup(tiny_cfg), "val", progress=False, out_name="resumed.jsonl")))
