@@ -67,22 +67,36 @@ def test_sampling_tiny_reports_json():
     assert out["vision_images_encoded"]["sequential"] == 2 * 3  # one vision pass per sample when not batched
 
 
-def test_256m_gpu_shape_parses_and_builds_on_meta():
+def test_smolvlm_256m_shape_parses_and_builds_on_meta():
+    """The real shape (SmolVLM-256M-Instruct's published dimensions), built on the meta device: no weights, no run."""
     bench = _bench_module()
-    args = bench.parse_args(["--device", "cuda", "--dtype", "bf16", "--size", "256m"])
-    assert (args.device, args.dtype, args.size, args.mode) == ("cuda", "bf16", "256m", "precomputed")
-    model, processor, spec = bench.build_model("256m", device="meta", corpus_scenes=60)
+    args = bench.parse_args(["--device", "cuda", "--dtype", "bf16", "--size", "smolvlm-256m"])
+    assert (args.device, args.dtype, args.size, args.mode) == ("cuda", "bf16", "smolvlm-256m", "precomputed")
+    assert args.freeze_vision and args.image_size == 2048 and args.batch_size == 8  # the released processor
+    assert bench.parse_args(["--size", "256m"]).size == "smolvlm-256m"  # the old name is an alias
+    cpu = bench.parse_args(["--size", "smolvlm-256m"])
+    assert (cpu.image_size, cpu.batch_size, cpu.steps, cpu.warmup) == (512, 2, 3, 1) and cpu.freeze_vision
+    assert not bench.parse_args(["--size", "small"]).freeze_vision
+    model, processor, spec = bench.build_model("smolvlm-256m", device="meta", corpus_scenes=60, image_size=2048)
     assert all(p.is_meta for p in model.parameters())
     tc, vc = model.config.text_config, model.config.vision_config
     assert (tc.hidden_size, tc.num_hidden_layers, tc.num_attention_heads, tc.num_key_value_heads,
             tc.intermediate_size, tc.vocab_size) == (576, 30, 9, 3, 1536, 49280)
-    assert (vc.hidden_size, vc.num_hidden_layers, vc.image_size, vc.patch_size, model.config.scale_factor) == \
-        (768, 12, 512, 16, 4)
+    assert (vc.hidden_size, vc.num_hidden_layers, vc.num_attention_heads, vc.intermediate_size, vc.image_size,
+            vc.patch_size, model.config.scale_factor) == (768, 12, 12, 3072, 512, 16, 4)
+    assert model.config.tie_word_embeddings
     assert spec.image_seq_len == 64 and processor.image_seq_len == 64
-    info = bench.shape_info(model, processor, spec)
+    info = bench.shape_info(model, processor, spec, 2048)
+    # the released processor: resize to 2048 px, 512 px tiles -> 16 tiles + the global view, 64 tokens each
+    assert info["processor"] == {"do_image_splitting": True, "resize_longest_edge": 2048, "tile": 512,
+                                 "image_seq_len": 64}
+    assert info["tiles_per_image"] == 17 and info["image_tokens_per_pair"] == 17 * 64
+    assert info["vision_patches_per_image"] == 17 * 1024
     assert 200e6 < info["params"] < 300e6  # SmolVLM-256M's shape (embeddings tied here)
     pb = info["params_by_part"]
-    flops = bench.model_flops(pb, 880, 144, 8, info["vision_patches_per_image"], 64, train_images=8, ref_images=8,
+    flops = bench.model_flops(pb, 880, 144, 8, 1024, 64, train_images=8, ref_images=8,
                               ref=True)  # 6*N*D trained + 2*N*D reference forward
     nd = pb["text_body"] * 880 + pb["head"] * 144 + (pb["vision"] * 1024 + pb["connector"] * 64) * 8
     assert flops == pytest.approx(8 * nd)
+    frozen = bench.model_flops(pb, 880, 144, 8, 1024, 64, train_images=8, ref_images=8, ref=True, vision_frozen=True)
+    assert flops - frozen == pytest.approx(2 * 2 * pb["vision"] * 1024 * 8)  # no vision backward when frozen
