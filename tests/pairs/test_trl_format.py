@@ -56,7 +56,7 @@ def test_trl_data_utils_accept_an_exported_row(exported, processor):
                "rejected": prepare_multimodal_messages(row["rejected"])}
     out = maybe_apply_chat_template(example, processor)
     assert out == {"prompt": f"User:<image>{PROMPT}<end_of_utterance>\nAssistant:",
-                   "chosen": "a red cup.<end_of_utterance>\n", "rejected": "two red cups.<end_of_utterance>\n"}
+                   "chosen": " a red cup.<end_of_utterance>\n", "rejected": " two red cups.<end_of_utterance>\n"}
 
 
 def test_trl_vision_preference_collator_consumes_the_export(exported, processor):
@@ -75,7 +75,7 @@ def test_trl_vision_preference_collator_consumes_the_export(exported, processor)
         assert int((ids == image_id).sum()) == 4
         completion = tok.decode(batch["input_ids"][i][batch["completion_mask"][i].bool()])
         p = pairs[i % n]
-        assert completion == (p["chosen"] if i < n else p["rejected"]) + "<end_of_utterance>\n"
+        assert completion == " " + (p["chosen"] if i < n else p["rejected"]) + "<end_of_utterance>\n"
         assert PROMPT in tok.decode(ids)
 
 
