@@ -2,7 +2,11 @@
 
 Used to teach the embedded VLM the world and, in evaluation, for the rejection-sampling fine-tuning baseline
 (SFT on chosen captions). A plain loop on purpose: a few hundred small steps where Trainer's machinery would
-cost more than it saves; the loss is the model's own token cross-entropy on completion tokens only.
+cost more than it saves. The loss is the mean negative log-likelihood of the completion tokens, computed as DPO
+computes log-probs (train/logps.py: the LM head only at completion positions, never [batch, seq, vocab]
+logits), on the model's device.
+
+    loss = -(sum over completion tokens t of log p(y_t | image, prompt, y_<t)) / (number of completion tokens)
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .schedule import lr_lambda
 from .train.collate import encode
+from .train.logps import completion_logps
 
 
 @dataclass
@@ -38,7 +43,8 @@ def run_sft(model, processor, batches: Callable[[int], list[SFTExample]], *, ste
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total=steps, warmup=warmup_steps, floor=0.1))  # decays to 0.1 of the peak
+    # warmup, then cosine decay to 0.1 of the peak
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total=steps, warmup=warmup_steps, floor=0.1))
     history = []
     bar = tqdm(range(steps), desc="sft", disable=not progress)
     model_type = getattr(model.config, "model_type", "")
@@ -47,8 +53,9 @@ def run_sft(model, processor, batches: Callable[[int], list[SFTExample]], *, ste
         ex = batches(step)
         enc = encode(processor, [e.image for e in ex], [e.prompt for e in ex], [e.target for e in ex],
                      model_type=model_type)
-        out = model(**enc.inputs, labels=enc.labels)
-        loss = out.loss
+        inputs = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in enc.inputs.items()}
+        lp = completion_logps(model, inputs, enc.labels.to(model.device))
+        loss = -lp.sum.sum() / lp.n_tokens.sum().clamp(min=1)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"SFT step {step}: loss is {loss.item()}")
         opt.zero_grad(set_to_none=True)
