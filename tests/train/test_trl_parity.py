@@ -7,20 +7,20 @@ TRL's side is its own code path: the pairs go in as the conversational vision da
 its fused-LM-head forward and its sigmoid loss. Forward hooks on TRL's policy and reference record the per-token
 log-probs its own forward returns (TRL sums them per row; so do we here).
 
-Tokenisation. TRL scores every token the chat template renders after the generation prompt: with the tiny
-model's template (`vlm_dpo.models.CHAT_TEMPLATE`) that is `"four apples.<end_of_utterance>\\n"` - no space
-after "Assistant:", and the newline after the end-of-utterance token is trained too. Our completion is
-`" " + text` + EOS (what a SmolVLM-style "Assistant: answer" turn holds, ending at EOS). So the parity test gives
-TRL's processor a template variant that differs only in the assistant turn - `"Assistant: " + text +
-"<end_of_utterance>"`, newline after non-assistant turns only (as SmolVLM's own template, minus the trailing
-newline) - which renders the user turn and the generation prompt byte-for-byte as before, so our side, which
-only ever renders prompts, is untouched. The test first asserts that both sides feed the model identical token
-ids (prompt and completion, per row) and identical pixels, so a tokenisation drift fails there, readably,
-before any number is compared. A second test keeps the stock template and checks per-token log-probs on TRL's
-exact collated batch (left-flushed rows, its completion mask, the extra newline included) through our
-`completion_logps`, which is the comparison on identical token sequences that does not depend on the variant.
+Tokenisation. TRL scores every token the chat template renders after the generation prompt, the newline after
+the end-of-turn token included; by default our completion ends at the end-of-turn token (where generation stops),
+and `template_tail=True` (train.template_tail) keeps the tail as TRL does. The comparison runs twice:
+  * "variant": the tiny model's template with an assistant turn that ends at the end-of-utterance token
+    (`TRL_ALIGNED_CHAT_TEMPLATE`, prompts rendered byte-for-byte as the stock one), our default completions;
+  * "smolvlm_stock": SmolVLM-Instruct's real, unmodified chat template (tests/fixtures/chat_templates/smolvlm.jinja)
+    on both sides, ours with template_tail=True.
+Each first asserts that both sides feed the model identical token ids (prompt and completion, per row) and
+identical pixels, so a tokenisation drift fails there, readably, before any number is compared. A last test keeps
+the tiny model's own template and checks per-token log-probs on TRL's exact collated batch (left-flushed rows, its
+completion mask) through our `completion_logps`.
 """
 
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,6 +47,9 @@ SUM_RTOL = 1e-6
 # The tiny template with a SmolVLM-style assistant turn ("Assistant: text<end_of_utterance>", no newline after
 # it). The user turn and the generation prompt render exactly as CHAT_TEMPLATE renders them (asserted below).
 ASSISTANT_VARIANT = TRL_ALIGNED_CHAT_TEMPLATE
+SMOLVLM_STOCK = (Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates" / "smolvlm.jinja").read_text()
+# name -> (template on both sides, our template_tail)
+TEMPLATES = {"variant": (ASSISTANT_VARIANT, False), "smolvlm_stock": (SMOLVLM_STOCK, True)}
 
 
 def _nudge(model, seed=1, scale=0.02):
@@ -120,12 +123,14 @@ def _pairs(pair_root):
     return [p for p in load_pairs(pair_root / "pairs.parquet") if p["split"] == "train"][:N_PAIRS]
 
 
-def _ours(tiny_policy, pair_root, pairs, shared_vision):
+def _ours(tiny_policy, pair_root, pairs, shared_vision, template=None, template_tail=False):
     policy, ref = _models(tiny_policy)
     _, processor = load_model_and_processor(tiny_policy)
+    if template is not None:
+        _set_template(processor, template)
     images = [open_image(resolve_image(p["image"], pair_root)) for p in pairs]
     enc = encode_pairs(processor, images, [p["prompt"] for p in pairs], [p["chosen"] for p in pairs],
-                       [p["rejected"] for p in pairs], model_type="idefics3")
+                       [p["rejected"] for p in pairs], model_type="idefics3", template_tail=template_tail)
     with torch.no_grad():
         c, r = pair_logps(policy, enc, shared_vision=shared_vision)
         rc, rr = pair_logps(ref, enc, shared_vision=shared_vision)
@@ -135,12 +140,13 @@ def _ours(tiny_policy, pair_root, pairs, shared_vision):
     return enc, (c, r, rc, rr), loss, metrics
 
 
-@pytest.fixture(scope="module")
-def trl_side(tiny_policy, pair_root, tmp_path_factory):
+@pytest.fixture(scope="module", params=sorted(TEMPLATES))
+def trl_side(request, tiny_policy, pair_root, tmp_path_factory):
     pairs = _pairs(pair_root)
-    trainer, batch = _trl_batch(tiny_policy, pair_root, pairs, tmp_path_factory.mktemp("trl"), ASSISTANT_VARIANT)
+    template, tail = TEMPLATES[request.param]
+    trainer, batch = _trl_batch(tiny_policy, pair_root, pairs, tmp_path_factory.mktemp("trl"), template)
     loss, policy_tok, ref_tok = _trl_loss(trainer, batch)
-    return pairs, trainer, batch, loss, policy_tok, ref_tok
+    return pairs, trainer, batch, loss, policy_tok, ref_tok, template, tail
 
 
 def test_template_variant_renders_prompts_like_the_model_template(tiny_policy):
@@ -154,8 +160,8 @@ def test_template_variant_renders_prompts_like_the_model_template(tiny_policy):
 
 @pytest.mark.parametrize("shared_vision", [True, False], ids=["shared_vision", "plain"])
 def test_logps_and_sigmoid_loss_match_trl(trl_side, tiny_policy, pair_root, shared_vision):
-    pairs, trainer, batch, trl_loss, policy_tok, ref_tok = trl_side
-    enc, (c, r, rc, rr), loss, metrics = _ours(tiny_policy, pair_root, pairs, shared_vision)
+    pairs, trainer, batch, trl_loss, policy_tok, ref_tok, template, tail = trl_side
+    enc, (c, r, rc, rr), loss, metrics = _ours(tiny_policy, pair_root, pairs, shared_vision, template, tail)
     b = len(pairs)
 
     # 1. The same model inputs: token ids per row (prompt and completion) and the same pixels.
@@ -195,6 +201,7 @@ def test_logps_and_sigmoid_loss_match_trl(trl_side, tiny_policy, pair_root, shar
 def test_per_token_logps_on_trls_own_batch_with_the_stock_template(tiny_policy, pair_root, tmp_path):
     """With the model's own template TRL also trains the newline after EOS; on its exact batch (left-flushed,
     right-padded rows, pixels per row) our head-only `completion_logps` gives its per-token log-probs."""
+    assert SMOLVLM_STOCK.startswith("<|im_start|>")  # the fixture is the real template, not ours
     pairs = _pairs(pair_root)[:2]
     trainer, batch = _trl_batch(tiny_policy, pair_root, pairs, tmp_path, CHAT_TEMPLATE)
     tok = trainer.processing_class.tokenizer

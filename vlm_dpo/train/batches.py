@@ -90,7 +90,7 @@ class TrainBatch:
 
 
 def make_batch(rows: list[dict], processor, *, image_root: Path, model_type: str, max_length: int,
-               corruption: str | None = None, seed: int = 0) -> TrainBatch:
+               corruption: str | None = None, seed: int = 0, template_tail: bool = False) -> TrainBatch:
     """Model inputs for pair records. `corruption` (mask_boxes | crop) also encodes the chosen completions under
     corrupted images; a crop's RNG is keyed by (seed, pair_id), so a pair's corrupted image is the same in the
     reference precompute, in training and in evaluation, whatever batch it falls in."""
@@ -107,7 +107,7 @@ def make_batch(rows: list[dict], processor, *, image_root: Path, model_type: str
     try:
         enc = encode_pairs(processor, images, [r["prompt"] for r in rows], [r["chosen"] for r in rows],
                            [r["rejected"] for r in rows], max_length=max_length, names=names,
-                           model_type=model_type)
+                           model_type=model_type, template_tail=template_tail)
     except ExampleTooLongError:
         raise
     except Exception as e:  # the processor rejected an image or text: name the pairs
@@ -117,6 +117,6 @@ def make_batch(rows: list[dict], processor, *, image_root: Path, model_type: str
         bad = [corrupt_image(im, r.get("boxes") or [], corruption, random.Random(f"corrupt/{seed}/{r['pair_id']}"))
                for im, r in zip(images, rows)]
         corrupt = encode(processor, bad, [r["prompt"] for r in rows], [r["chosen"] for r in rows],
-                         max_length=max_length, names=names, model_type=model_type)
+                         max_length=max_length, names=names, model_type=model_type, template_tail=template_tail)
     n_tokens = int(enc.inputs["attention_mask"].sum())
     return TrainBatch([r["pair_id"] for r in rows], enc, corrupt, n_tokens)

@@ -54,8 +54,11 @@ def _tokenizer(processor):
     return getattr(processor, "tokenizer", processor)
 
 
-def render_completion(processor, prompt: str, completion: str, model_type: str = "") -> str:
-    """The assistant turn's text as the model's chat template writes it after the generation prompt."""
+def render_completion(processor, prompt: str, completion: str, model_type: str = "", *,
+                      template_tail: bool = False) -> str:
+    """The assistant turn's text as the model's chat template writes it after the generation prompt, up to and
+    including the end-of-turn token; `template_tail=True` keeps whatever the template writes after that token too
+    (e.g. SmolVLM's and Qwen's newline), as TRL's DPOTrainer trains it."""
     fam = family_for(model_type)
     tok = _tokenizer(processor)
     text = completion.strip()
@@ -72,19 +75,22 @@ def render_completion(processor, prompt: str, completion: str, model_type: str =
                          f"conversation as the generation prompt followed by the answer; give the family a "
                          f"completion_format in vlm_dpo/families.py")
     rendered = full[len(head):]
+    if template_tail:
+        return rendered
     if end and end in rendered:
         return rendered[:rendered.index(end) + len(end)]
     return rendered.rstrip() + (end or "")
 
 
-def completion_ids(processor, prompt: str, completion: str, model_type: str = "") -> list[int]:
+def completion_ids(processor, prompt: str, completion: str, model_type: str = "", *,
+                   template_tail: bool = False) -> list[int]:
     """Token ids of the assistant turn (see `render_completion`), special tokens as the template writes them."""
-    rendered = render_completion(processor, prompt, completion, model_type)
+    rendered = render_completion(processor, prompt, completion, model_type, template_tail=template_tail)
     return list(_tokenizer(processor)(rendered, add_special_tokens=False)["input_ids"])
 
 
 def encode(processor, images: list, prompts: list[str], completions: list[str], *, max_length: int = 0,
-           names: list[str] | None = None, model_type: str = "") -> Encoded:
+           names: list[str] | None = None, model_type: str = "", template_tail: bool = False) -> Encoded:
     """Encode a batch of single-image examples. `prompts` are user texts; the chat template is applied here."""
     tok = processor.tokenizer
     rendered = render_prompts(processor, prompts)
@@ -105,7 +111,7 @@ def encode(processor, images: list, prompts: list[str], completions: list[str], 
     for i in range(len(prompts)):
         n = int(am[i].sum())
         p_ids = ids[i, :n].tolist()
-        c_ids = completion_ids(processor, prompts[i], completions[i], model_type)
+        c_ids = completion_ids(processor, prompts[i], completions[i], model_type, template_tail=template_tail)
         if max_length:
             room = max_length - n
             if room < 2:  # at least one completion token and EOS

@@ -243,7 +243,8 @@ def completion_logps(model, inputs: dict, labels: torch.Tensor) -> LogpResult:
 
 
 def encode_pairs(processor, images: list, prompts: list[str], chosen: list[str], rejected: list[str], *,
-                 max_length: int = 0, names: list[str] | None = None, model_type: str = "") -> PairBatch:
+                 max_length: int = 0, names: list[str] | None = None, model_type: str = "",
+                 template_tail: bool = False) -> PairBatch:
     """Encode B preference pairs as 2B rows [chosen..., rejected...] that share B images (processor runs once).
 
     Prompts are never truncated (a prompt that leaves no room raises ExampleTooLongError naming the pair);
@@ -254,7 +255,8 @@ def encode_pairs(processor, images: list, prompts: list[str], chosen: list[str],
         raise ValueError(f"encode_pairs: {len(images)} images, {n} prompts, {len(chosen)} chosen, "
                          f"{len(rejected)} rejected; all must match")
     names = list(names) if names is not None else [f"pair {i}" for i in range(n)]
-    enc = encode(processor, images, prompts, chosen, max_length=max_length, names=names, model_type=model_type)
+    enc = encode(processor, images, prompts, chosen, max_length=max_length, names=names, model_type=model_type,
+                 template_tail=template_tail)
     ids = enc.inputs["input_ids"]
     row_keys = tuple(k for k, v in enc.inputs.items() if torch.is_tensor(v) and v.shape == ids.shape)
     tok = processor.tokenizer
@@ -265,7 +267,7 @@ def encode_pairs(processor, images: list, prompts: list[str], chosen: list[str],
     rej_labels, rej_clens = [], []
     for i in range(n):
         p = plens[i]
-        c_ids = completion_ids(processor, prompts[i], rejected[i], model_type)
+        c_ids = completion_ids(processor, prompts[i], rejected[i], model_type, template_tail=template_tail)
         if max_length:
             c_ids = c_ids[:max_length - p]
         for k in row_keys:

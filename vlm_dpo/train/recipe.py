@@ -85,6 +85,9 @@ class TrainConfig:
     shared_prefix: bool = True  # image + prompt once per pair, both completions after it (supported families)
     full_logits: bool = False  # the model's own forward + head (full logits) instead of the completion-only head
     shuffle: bool = True  # False: pairs in file order, epoch after epoch (curricula; the benchmark's fixed order)
+    # Also train what the chat template writes after the end-of-turn token (e.g. a newline), as TRL does;
+    # default: completions end where generation stops (train/collate.py render_completion).
+    template_tail: bool = False
     max_length: int = 0  # 0 = no limit; prompts (image tokens included) are never truncated
     dtype: str = "float32"
     eval_every: int = 50
@@ -143,7 +146,7 @@ def freeze(model, cfg: TrainConfig) -> None:
 def reference_key(model, processor, pairs: list[dict], cfg: TrainConfig, image_root: Path) -> str:
     """Everything precomputed reference log-probs depend on (see reference.py)."""
     corrupt = needs_corrupt(cfg.loss.weights)
-    numerics = {"max_length": cfg.max_length, "dtype": cfg.dtype, "mixed_precision": cfg.mixed_precision,
+    numerics = {"max_length": cfg.max_length, "template_tail": cfg.template_tail, "dtype": cfg.dtype, "mixed_precision": cfg.mixed_precision,
                 "shared_vision": cfg.shared_vision, "shared_prefix": cfg.shared_prefix, "full_logits": cfg.full_logits,
                 "corruption": cfg.loss.corruption if corrupt else None,
                 "corrupt_seed": cfg.seed if corrupt and cfg.loss.corruption == "crop" else None}
@@ -172,7 +175,7 @@ def precompute_reference(model, processor, pairs: list[dict], cfg: TrainConfig, 
             rows = pairs[start:start + cfg.batch_size]
             batch = make_batch(rows, processor, image_root=image_root, model_type=model_type,
                                max_length=cfg.max_length, corruption=cfg.loss.corruption if corrupt else None,
-                               seed=cfg.seed)
+                               seed=cfg.seed, template_tail=cfg.template_tail)
             c, r, cc = forward(batch.to(model.device))
             out["chosen"].append(c.sum.float().cpu())
             out["rejected"].append(r.sum.float().cpu())
@@ -366,8 +369,8 @@ class DPORecipe:
 
     def batch(self, rows: list[dict]) -> TrainBatch:
         return make_batch(rows, self.processor, image_root=self.image_root, model_type=self.model_type,
-                          max_length=self.cfg.max_length, corruption=self.corruption,
-                          seed=self.cfg.seed).to(self.accelerator.device)
+                          max_length=self.cfg.max_length, corruption=self.corruption, seed=self.cfg.seed,
+                          template_tail=self.cfg.template_tail).to(self.accelerator.device)
 
     def micro_batch(self, micro_step: int) -> TrainBatch:
         """This process's pairs of one micro-step (see batches.DataOrder)."""
