@@ -11,10 +11,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from .annotate import AnnotateConfig
+from .checks import FieldValueError, at_least, fraction, positive
 from .describe import DescribeConfig
 from .detect import DetectorConfig
 from .eval.run import EvalConfig
@@ -36,6 +38,9 @@ class HallucinationConfig:
     count: float = 0.25
     vague: float = 0.1
 
+    def __post_init__(self) -> None:
+        fraction(self, "cooccur", "count", "vague")
+
 
 @dataclass
 class SFTConfig:
@@ -53,6 +58,12 @@ class SFTConfig:
     qa_share: float = 0.2  # share of examples that are POPE-style yes/no questions (so POPE can be asked)
     seed: int = 0
     log_every: int = 50
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "steps", "batch_size", "log_every")
+        at_least(self, 0, "warmup_steps", "weight_decay")
+        positive(self, "lr")
+        fraction(self, "grounded_share", "detection_drop", "false_detection", "qa_share")
 
 
 @dataclass
@@ -94,9 +105,87 @@ class Config:
     # "no_context" (without context-robustness pairs), "mdpo" (with mDPO's image-conditional term).
     variants: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        at_least(self, 0, "threads")
+
 
 class ConfigError(ValueError):
     pass
+
+
+# Range checks of config sections whose dataclasses live in modules whose source keys cached assets (editing
+# those would rebuild the embedded world / VLM) or in the training package; run on the loaded config.
+def _check_train(c) -> None:
+    at_least(c, 1, "batch_size", "grad_accum", "max_steps")
+    at_least(c, 0, "warmup_steps", "weight_decay", "lr_vision", "lr_projector", "max_grad_norm", "max_length",
+             "eval_every", "save_every", "keep_checkpoints", "log_every")
+    positive(c, "lr")
+
+
+def _check_eval(c) -> None:
+    at_least(c, 1, "max_new_tokens", "batch_size")
+    at_least(c, 0, "limit", "n_samples", "pope_per_image", "bootstrap", "clip_steps", "workers")
+    positive(c, "temperature")
+    fraction(c, "noise_drop", "noise_add")
+
+
+def _check_world(c) -> None:
+    at_least(c, 0, "n_train", "n_val", "n_test")
+    at_least(c, 1, "image_size", "min_objects")
+    at_least(c, c.min_objects, "max_objects")
+    fraction(c, "max_overlap")
+
+
+def _check_ground(c) -> None:
+    fraction(c, "min_score")
+    at_least(c, 1, "max_classes")
+
+
+def _check_vision_pretrain(c) -> None:
+    at_least(c, 0, "steps", "warmup_steps", "weight_decay", "dense_weight", "eval_scenes")
+    at_least(c, 1, "batch_size")
+    positive(c, "lr")
+
+
+def _check_annotate(c) -> None:
+    fraction(c, "overlap")
+    at_least(c, 0, "limit", "port")
+    at_least(c, 1, "per_image")
+
+
+SECTION_CHECKS = {"train": _check_train, "eval": _check_eval, "world": _check_world, "ground": _check_ground,
+                  "vlm.vision_pretrain": _check_vision_pretrain, "annotate": _check_annotate}
+
+
+def _section(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _failing_node(node, path: str = "") -> tuple[str, Exception] | None:
+    """The deepest dataclass section of a merged config whose construction fails, and its error."""
+    for k in node.keys():
+        child = node._get_node(k)
+        if isinstance(child, DictConfig) and child._metadata.object_type not in (None, dict):
+            found = _failing_node(child, f"{path}{k}.")
+            if found:
+                return found
+    if path:
+        try:
+            OmegaConf.to_object(node)
+        except ValueError as e:
+            return path.rstrip("."), e
+    return None
+
+
+def _value_error(merged, e: ValueError) -> ConfigError:
+    """A dataclass's own check failed while building the config: name its full key."""
+    found = _failing_node(merged)
+    where, err = found if found else ("", e)
+    if isinstance(err, FieldValueError):
+        return ConfigError(f"invalid value: {where + '.' if where else ''}{err}")
+    return ConfigError(f"invalid value in {where or 'the config'}: {str(err).splitlines()[0]}")
 
 
 def _open_plain_dicts(node) -> None:
@@ -112,13 +201,27 @@ def _open_plain_dicts(node) -> None:
                 _open_plain_dicts(child)
 
 
+def _yaml_problem(e) -> str:
+    """One line of a YAML parser error: what is wrong and where (line, column)."""
+    mark = getattr(e, "problem_mark", None)
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{what} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else what
+
+
 def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list:
     """A YAML file's layers: those of its `base:` file (a path relative to it), then its own keys."""
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
     if path.resolve() in seen:
         raise ConfigError(f"{path}: `base:` files form a cycle ({' -> '.join(str(p) for p in seen)})")
-    layer = OmegaConf.load(path)
+    try:
+        layer = OmegaConf.load(path)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
+    if layer is None:
+        layer = OmegaConf.create({})  # an empty file
+    if not isinstance(layer, DictConfig):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys (got a {type(layer).__name__})")
     base = layer.pop("base", None) if isinstance(layer, DictConfig) else None
     if base is None:
         return [layer]
@@ -139,10 +242,23 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"overrides must look like key=value, got {bad}")
-        if overrides:
-            layers.append(OmegaConf.from_dotlist(list(overrides)))
+        for o in overrides:
+            try:
+                layers.append(OmegaConf.from_dotlist([o]))
+            except yaml.YAMLError as e:
+                raise ConfigError(f"override {o!r}: not valid YAML ({_yaml_problem(e)})") from None
         merged = OmegaConf.merge(*layers)
-        return OmegaConf.to_object(merged)
+        try:
+            obj = OmegaConf.to_object(merged)
+        except ValueError as e:
+            raise _value_error(merged, e) from None
+        if schema is Config:
+            for name, check in SECTION_CHECKS.items():
+                try:
+                    check(_section(obj, name))
+                except FieldValueError as e:
+                    raise ConfigError(f"invalid value: {name}.{e}") from None
+        return obj
     except (ConfigKeyError, ConfigAttributeError) as e:
         src = f" in {path}" if path else ""
         raise ConfigError(f"unknown config key{src}: {e.msg if hasattr(e, 'msg') else e}".split("\n")[0]
@@ -150,6 +266,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     except ValidationError as e:
         raise ConfigError(f"invalid value for {getattr(e, 'full_key', '?')}: {str(e).splitlines()[0]}") from None
     except OmegaConfBaseException as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    except TypeError as e:  # e.g. OmegaConf refusing to merge a list into the config
         raise ConfigError(str(e).splitlines()[0]) from None
 
 

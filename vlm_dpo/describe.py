@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .checks import at_least, fraction, positive
 from .ground import PromptConfig, grounding_text, prompt_text, render_prompt
 from .images import DataError, image_items, open_image
 from .records import ResumableJsonl, read_jsonl, write_text_atomic
@@ -36,6 +37,12 @@ class DescribeConfig:
     # Generation processes (1 torch thread each; small-model generation is per-op overhead, so two 1-thread
     # processes beat one 2-thread one). 0 = auto: one per CPU core up to 4 on CPU, 1 on an accelerator.
     workers: int = 0
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "batch_size", "max_new_tokens")
+        at_least(self, 0, "n_samples", "limit", "workers")
+        positive(self, "temperature")
+        fraction(self, "top_p")
 
 
 def generate_captions(model, processor, images, texts, *, max_new_tokens: int, do_sample: bool, n: int = 1,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .checks import at_least, fraction
 from .images import ImageError, image_items, open_image
 from .keys import WORLD_CODE, code_fingerprint, key
 from .offline import configure_offline, disable_ultralytics_sync
@@ -42,6 +43,11 @@ class DetectorConfig:
     iou: float = 0.7
     device: str = "cpu"
     batch_size: int = 32  # inference batch
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "epochs", "imgsz", "batch", "batch_size")
+        at_least(self, 0, "workers")
+        fraction(self, "conf", "iou")
 
 
 def load_yolo(model: str | Path):

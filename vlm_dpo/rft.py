@@ -7,6 +7,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checks import at_least
 from .images import open_image, resolve_image
 from .run import RunFolder
 
@@ -18,6 +19,9 @@ class RFTConfig:
     steps: int = 0  # 0 = as many as DPO (train.max_steps)
     lr: float = 0.0  # 0 = DPO's learning rate
     batch_size: int = 0  # 0 = DPO's batch size (pairs -> chosen examples)
+
+    def __post_init__(self) -> None:
+        at_least(self, 0, "steps", "lr", "batch_size")
 
 
 def rft_baseline(cfg, base_model: str, pairs_path: Path, image_root: Path, out_dir: Path, progress: bool) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ from pathlib import Path
 from ..images import resolve_image  # noqa: F401  (also re-exported: older callers import it from here)
 from ..records import read_jsonl, write_jsonl_atomic
 
+# Default longest prompt / chosen / rejected (characters) of a pair (pairs.max_chars; 0 = no limit): the world's
+# captions are under 150, real captions under 1,000; a 10,000-token runaway caption would exhaust training memory.
+MAX_CHARS = 4000
 SOURCES = ("mined", "synthetic", "context", "human")
 COLUMNS = ("pair_id", "image_id", "image", "prompt", "grounding", "chosen", "rejected", "source", "kind",
            "scores", "margin", "generator", "annotator", "split", "boxes")
@@ -70,8 +74,32 @@ class Rejections:
         return {"skipped": dict(self.counts), "first": self.examples}
 
 
-def validate_pair(p: dict, where: str, rejections: Rejections, root: Path | None = None) -> bool:
-    """Keep a pair or count why not: empty or identical captions, an empty prompt, a missing image.
+def _non_finite(value) -> bool:
+    """Whether a number nested anywhere in `value` is NaN or infinite."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_non_finite(v) for v in value)
+    return False
+
+
+def finite_json(value):
+    """`value` with every NaN / infinite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def validate_pair(p: dict, where: str, rejections: Rejections, root: Path | None = None,
+                  max_chars: int = 0) -> bool:
+    """Keep a pair or count why not: empty or identical captions, an empty prompt, a missing image, a text
+    longer than `max_chars` (0 = no limit), a NaN or infinite score or margin.
 
     (An empty prompt or image would make `load_pairs` refuse the whole saved file.)"""
     chosen, rejected = (p.get("chosen") or "").strip(), (p.get("rejected") or "").strip()
@@ -87,6 +115,14 @@ def validate_pair(p: dict, where: str, rejections: Rejections, root: Path | None
     if not p.get("image"):
         rejections.add("missing_image", where, p)
         return False
+    if max_chars:
+        long = [c for c in ("prompt", "chosen", "rejected") if len(p.get(c) or "") > max_chars]
+        if long:
+            rejections.add("too_long", where, f"{', '.join(long)} over {max_chars} characters (pairs.max_chars)")
+            return False
+    if _non_finite(p.get("margin")) or _non_finite(p.get("scores")):
+        rejections.add("non_finite_score", where, "a score or margin is NaN or infinite")
+        return False
     if root is not None:
         path = resolve_image(p["image"], root)
         if path is None:
@@ -98,12 +134,28 @@ def validate_pair(p: dict, where: str, rejections: Rejections, root: Path | None
     return True
 
 
-def dedupe(pairs: list[dict]) -> list[dict]:
-    seen, out = set(), []
+def _content(p: dict) -> str:
+    return pair_id(p["image"], p["prompt"], p["chosen"], p["rejected"])
+
+
+def dedupe(pairs: list[dict], rejections: Rejections | None = None) -> list[dict]:
+    """Drop repeats of the same pair (same pair_id and same image, prompt and captions), counted as
+    "duplicate". A *different* pair under an id already taken (an import's own pair_id) is not a duplicate: it
+    is left out as "pair_id_conflict", named, since the id keys the reference cache and provenance."""
+    seen: dict[str, str] = {}
+    out = []
     for p in pairs:
-        if p["pair_id"] not in seen:
-            seen.add(p["pair_id"])
+        content = _content(p)
+        first = seen.get(p["pair_id"])
+        if first is None:
+            seen[p["pair_id"]] = content
             out.append(p)
+        elif rejections is not None:
+            if first == content:
+                rejections.counts["duplicate"] += 1  # counted only: the kept copy is the same pair
+            else:
+                rejections.add("pair_id_conflict", f"pair {p['pair_id']} ({p['source']}, image {p['image']})",
+                               "another pair with other content has this pair_id")
     return out
 
 

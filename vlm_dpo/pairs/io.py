@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 from ..images import resolve_image
-from .dataset import COLUMNS, Rejections, make_pair, validate_pair
+from .dataset import COLUMNS, MAX_CHARS, Rejections, _content, make_pair, validate_pair
 
 EXTRA_COLUMNS = [c for c in COLUMNS if c not in ("prompt", "chosen", "rejected")]
 # TRL reads a column named "image" as the example's (single) image and prefers it over "images", so the
@@ -124,6 +124,13 @@ def pair_from_row(row: dict, where: str, root: Path, *, source: str = "human", a
     return pair
 
 
+def _undecodable(value) -> bool:
+    """Whether text read with errors="surrogateescape" held bytes that are no UTF-8."""
+    if isinstance(value, list):  # a CSV row longer than its header
+        return any(_undecodable(v) for v in value)
+    return isinstance(value, str) and any("\udc80" <= ch <= "\udcff" for ch in value)
+
+
 def _rows(path: Path):
     """(where, row) of a JSONL, CSV, parquet file or a `datasets` folder (save_to_disk)."""
     if path.is_dir():
@@ -135,8 +142,13 @@ def _rows(path: Path):
         for i, row in enumerate(ds):
             yield f"{path}[{i}]", row
     elif path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
+        with path.open("rb") as f:
+            for i, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield f"{path}:{i}", ValueError(f"not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})")
+                    continue
                 if not line.strip():
                     continue
                 try:
@@ -144,8 +156,14 @@ def _rows(path: Path):
                 except json.JSONDecodeError as e:
                     yield f"{path}:{i}", ValueError(f"not valid JSON ({e.msg})")
     elif path.suffix == ".csv":
-        with path.open(encoding="utf-8-sig", newline="") as f:  # spreadsheet exports often start with a BOM
+        # spreadsheet exports often start with a BOM; bytes that are no UTF-8 are kept as surrogates so that only
+        # their row is skipped
+        with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
             for i, row in enumerate(csv.DictReader(f), 2):
+                bad = [k for k, v in row.items() if _undecodable(k) or _undecodable(v)]
+                if bad:
+                    yield f"{path}:{i}", ValueError(f"not UTF-8 text (column {bad[0]!r})")
+                    continue
                 yield f"{path}:{i}", {k: (v if v != "" else None) for k, v in row.items()}
     elif path.suffix == ".parquet":
         import datasets
@@ -157,13 +175,16 @@ def _rows(path: Path):
 
 
 def import_pairs(path: str | Path, root: str | Path, *, source: str = "human", annotator: str | None = None,
-                 rejections: Rejections | None = None, check_images: bool = True) -> list[dict]:
-    """Import pairs from a file; malformed rows are skipped and counted in `rejections` (nothing else is lost)."""
+                 rejections: Rejections | None = None, check_images: bool = True,
+                 max_chars: int = MAX_CHARS) -> list[dict]:
+    """Import pairs from a file; malformed rows are skipped and counted in `rejections` (nothing else is lost):
+    rows that are no JSON or not UTF-8 text, NaN / infinite scores, texts over `max_chars` characters (0 = no
+    limit), a pair_id already used in the file by a different pair."""
     path, root = Path(path), Path(root)
     if not path.exists():
         raise ImportError_(f"{path}: pair file not found")
     rejections = rejections if rejections is not None else Rejections()
-    out = []
+    out, ids = [], {}
     for where, row in _rows(path):
         if isinstance(row, Exception):
             rejections.add("malformed_row", where, str(row))
@@ -173,8 +194,14 @@ def import_pairs(path: str | Path, root: str | Path, *, source: str = "human", a
         except ValueError as e:
             rejections.add("malformed_row", where, str(e))
             continue
-        if validate_pair(pair, where, rejections, root if check_images else None):
-            out.append(pair)
+        if not validate_pair(pair, where, rejections, root if check_images else None, max_chars=max_chars):
+            continue
+        first = ids.setdefault(pair["pair_id"], (where, _content(pair)))
+        if first[0] != where and first[1] != _content(pair):
+            rejections.add("pair_id_conflict", where, f"pair_id {pair['pair_id']} is already used by a different "
+                                                      f"pair at {first[0]}")
+            continue
+        out.append(pair)
     return out
 
 

@@ -29,6 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from itertools import combinations
 
+from ..checks import at_least
 from ..ground import GroundingConfig, PromptConfig, grounding_text, prompt_text
 from ..judge import JudgeConfig, Vocabulary, parse_caption, score_caption
 from ..world.captions import NUMBER_WORDS, VAGUE_CAPTIONS, noun_phrase, reference_caption
@@ -48,6 +49,10 @@ class MineConfig:
     context_per_image: int = 1
     adversarial_top: int = 3  # absent objects are drawn from the 3 labels co-occurring most with the scene
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        at_least(self, 0, "min_margin", "max_pairs_per_image", "synthetic_per_image", "context_per_image")
+        at_least(self, 1, "adversarial_top")
 
 
 def detection_caption(detections: list[dict], width: int, judge: JudgeConfig, vocab: Vocabulary) -> str | None:

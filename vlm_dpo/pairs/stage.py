@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..checks import at_least, fraction
 from ..ground import GroundingConfig, PromptConfig
 from ..images import data_root
 from ..judge import JudgeConfig, resolve_vocabulary
@@ -25,7 +26,7 @@ from ..keys import key as stage_key
 from ..keys import path_fingerprint
 from ..records import read_jsonl, write_text_atomic
 from ..run import RunFolder
-from .dataset import Rejections, dedupe, save_pairs, split_by_image, statistics, validate_pair
+from .dataset import MAX_CHARS, Rejections, dedupe, finite_json, save_pairs, split_by_image, statistics, validate_pair
 from .io import import_pairs, pairs_from_judgements
 from .mine import Cooccurrence, MineConfig, SyntheticContext, context_pairs, mine_image, synthetic_pairs
 
@@ -42,6 +43,13 @@ class PairsConfig:
     judgements: list[str] = field(default_factory=list)  # annotation app judgement JSONL files
     val_fraction: float = 0.1
     seed: int = 0
+    # Longest prompt / chosen / rejected text (characters) a pair may have; longer pairs (a runaway caption in an
+    # import) are skipped and counted as "too_long". 0 = no limit.
+    max_chars: int = MAX_CHARS
+
+    def __post_init__(self) -> None:
+        fraction(self, "val_fraction")
+        at_least(self, 0, "max_chars")
 
 
 def pairs_config(cfg, run: RunFolder) -> PairsConfig:
@@ -109,17 +117,14 @@ def build_pairs(cfg: PairsConfig, out_dir: str | Path, *, ground: GroundingConfi
                 pairs += context_pairs(rec, best, boxes, det["width"], det["height"], vocab, cfg.judge,
                                        ground, prompt, cfg.mine, ctx, rec["file"])
     for path in cfg.imports:
-        pairs += import_pairs(path, root, rejections=rejections)
+        pairs += import_pairs(path, root, rejections=rejections, max_chars=cfg.max_chars)
     for path in cfg.judgements:
         pairs += pairs_from_judgements(list(read_jsonl(path)), rejections)
     checked = []
     for p in pairs:
-        if validate_pair(p, f"pair {p['pair_id']} ({p['source']})", rejections, root):
+        if validate_pair(p, f"pair {p['pair_id']} ({p['source']})", rejections, root, max_chars=cfg.max_chars):
             checked.append(p)
-    before = len(checked)
-    checked = dedupe(checked)
-    if before != len(checked):
-        rejections.counts["duplicate"] += before - len(checked)
+    checked = dedupe(checked, rejections)
     if not checked:
         raise ValueError(f"no usable pairs from {inputs}: {rejections.to_dict()}")
     checked = split_by_image(checked, cfg.val_fraction, cfg.seed)
@@ -127,5 +132,5 @@ def build_pairs(cfg: PairsConfig, out_dir: str | Path, *, ground: GroundingConfi
     save_pairs(checked, out_dir / "pairs.jsonl")
     save_pairs(checked, out_dir / "pairs.parquet")
     stats = statistics(checked) | {"rejections": rejections.to_dict(), "key": key}
-    write_text_atomic(stats_path, json.dumps(stats, indent=1, default=str))
+    write_text_atomic(stats_path, json.dumps(finite_json(stats), indent=1, default=str, allow_nan=False))
     return stats
