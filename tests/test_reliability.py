@@ -148,3 +148,30 @@ def test_a_runaway_caption_is_rejected_at_import_by_default(tmp_path):
     assert load_config(None, []).pairs.max_chars == MAX_CHARS
     stats, _, _ = _build_from_imports(tmp_path / "nolimit", [json.dumps(ROW | {"chosen": huge}).encode()], max_chars=0)
     assert stats["pairs"] == 1
+
+
+# ---- images ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_16_bit_grey_png_is_scaled_not_clipped_to_white(tmp_path, mode):
+    from vlm_dpo.images import open_image
+
+    ramp = (np.arange(64, dtype=np.uint16)[None, :].repeat(8, 0) * 1040)  # 0 .. 65520
+    im = Image.fromarray(ramp)  # mode I;16 (a 16-bit PNG); mode I as TIFF (PNG cannot hold it)
+    path = tmp_path / ("grey16.png" if mode == "I;16" else "grey32.tiff")
+    (im if mode == "I;16" else im.convert("I")).save(path)
+    rgb = np.asarray(open_image(path))
+    assert rgb.shape == (8, 64, 3)
+    assert rgb[0, 0, 0] == 0 and rgb[0, -1, 0] == 255 and abs(int(rgb[0, 32, 0]) - round(32 * 1040 / 257)) <= 1
+    assert (rgb[..., 0] == 255).mean() < 0.05  # not all white
+
+
+def test_a_folder_whose_only_image_is_an_outward_symlink_says_why(tmp_path):
+    from vlm_dpo.images import DataError, folder_items
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cam.png").symlink_to(tmp_path / "outside.png")
+    with pytest.raises(DataError, match="no images.*symlinked image.*outside the folder.*cam.png"), \
+            pytest.warns(UserWarning, match="refused"):
+        folder_items(tmp_path / "photos")

@@ -41,12 +41,28 @@ def open_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
+            return _to_rgb(im)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ImageError(f"{path}: not a readable image ({e})") from None
     except ImportError:
         # Ultralytics patches Image.open to retry unknown formats as HEIF, importing an optional plugin.
         raise ImageError(f"{path}: not a readable image (unrecognised format)") from None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB of any image. 16- and 32-bit grey images (mode I;16 / I from 16-bit PNG and TIFF) are scaled to 8 bit:
+    PIL's own convert clips them, turning nearly every pixel white."""
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        import numpy as np
+
+        a = np.asarray(im, dtype=np.float64)
+        if im.mode == "F" or a.max(initial=0) > 65535 or a.min(initial=0) < 0:
+            lo, hi = float(a.min(initial=0)), float(a.max(initial=0))  # other ranges: stretch to 0-255
+            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        else:
+            a = a / 257.0  # 0-65535 -> 0-255
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    return im.convert("RGB")
 
 
 def resolve_image(image: str, root: Path) -> Path | None:
@@ -62,11 +78,19 @@ def folder_items(folder: str | Path) -> list[dict]:
     root = Path(folder).resolve()
     if not root.is_dir():
         raise DataError(f"{root}: image folder not found")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    found = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     # rglob stays under root, but a symlink could point outside it: refuse those (no escaping the data root).
-    files = [p for p in files if p.resolve().is_relative_to(root)]
+    files = [p for p in found if p.resolve().is_relative_to(root)]
+    outside = [p for p in found if p not in files]
+    if outside:
+        import warnings
+
+        warnings.warn(f"{root}: {len(outside)} image(s) refused: symlinks pointing outside the data root, e.g. "
+                      f"{outside[0].relative_to(root)} -> {outside[0].resolve()}", stacklevel=2)
     if not files:
-        raise DataError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        why = (f" ({len(outside)} symlinked image(s) refused because they point outside the folder, e.g. "
+               f"{outside[0].relative_to(root)} -> {outside[0].resolve()})" if outside else "")
+        raise DataError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder{why}")
     return [{"image_id": str(p.relative_to(root).with_suffix("")), "file": str(p.relative_to(root)),
              "path": str(p)} for p in files]
 
