@@ -7,9 +7,10 @@
     dpo/                              metrics.jsonl, checkpoints/, reference/, model/, summary.json
     rft/                              model/, sft_log.jsonl: the rejection-sampling fine-tuning baseline
     variants/<name>/                  pairs.parquet, dpo/: DPO variants trained beside the main run
-    eval/                             <model>.captions.jsonl, .pope.jsonl, .robustness.jsonl, .metrics.json
+    eval/                             <model>.captions.jsonl, .pope.jsonl, .per_image.jsonl, .robustness.jsonl,
+                                      .metrics.json
     metrics.json                      every model's metrics (+ the pipeline's summary)
-    report/                           index.html, curves.png, gallery/
+    report/                           index.html, curves.png, metrics.png, pairs.png, gallery/
     annotate/                         judgements.sqlite (the annotation app's store), judgements.jsonl (export)
 
 `RunFolder(path)` opens any run, finished or not (notebooks, explore.py); `RunFolder.setup(cfg)` is how a
@@ -94,6 +95,13 @@ class RunFolder:
 
     def eval_captions(self, model: str) -> Path:
         return self.eval / f"{model}.captions.jsonl"
+
+    def eval_pope(self, model: str) -> Path:
+        return self.eval / f"{model}.pope.jsonl"
+
+    def eval_per_image(self, model: str) -> Path:
+        """Per image: the greedy caption's stats and POPE counts (what the report bootstraps differences of)."""
+        return self.eval / f"{model}.per_image.jsonl"
 
     # annotate
     annotate = property(lambda self: self.root / "annotate")

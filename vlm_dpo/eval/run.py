@@ -156,6 +156,24 @@ def bootstrap_pope_f1(rows: list[dict], n_boot: int, seed: int) -> tuple[float, 
         [r["parsed"] for g in pick for r in g], [r["answer"] for g in pick for r in g])["f1"], n_boot, seed)
 
 
+def per_image_rows(items: list[dict], scenes: list[dict], greedy: list[list[str]], pope_rows: list[dict],
+                   vocab: Vocabulary, tokenizer=None) -> list[dict]:
+    """One row per image: the greedy caption's CaptionStats and the image's adversarial POPE confusion counts,
+    whose ratios of sums over images are the model's chair_i, chair_s, recall, mean_words and pope_f1 (so the
+    report can bootstrap differences between models over the same images)."""
+    from dataclasses import asdict
+
+    pope: dict[str, dict] = {}
+    for r in pope_rows:
+        if r["split"] == "adversarial":
+            c = pope.setdefault(r["image_id"], {"pope_tp": 0, "pope_fp": 0, "pope_fn": 0, "pope_tn": 0})
+            c["pope_" + {("yes", "yes"): "tp", ("yes", "no"): "fp", ("no", "yes"): "fn", ("no", "no"): "tn"}[
+                (r["parsed"], r["answer"])]] += 1
+    empty = {"pope_tp": 0, "pope_fp": 0, "pope_fn": 0, "pope_tn": 0}
+    return [{"image_id": it["image_id"], **asdict(caption_stats(g[0], sc["objects"], vocab, tokenizer)),
+             **pope.get(it["image_id"], empty)} for it, sc, g in zip(items, scenes, greedy)]
+
+
 def evaluate_model(model_path: str, name: str, items: list[dict], scenes: list[dict], cfg: EvalConfig,
                    out_dir: Path, *, progress: bool = True, device: str = "cpu", clip=None,
                    robustness: dict | None = None) -> dict:
@@ -198,5 +216,6 @@ def evaluate_model(model_path: str, name: str, items: list[dict], scenes: list[d
         {"image_id": it["image_id"], "prompt": it["prompt"], "greedy": g[0], "samples": s}
         for it, g, s in zip(items, greedy, sampled)])
     write_jsonl_atomic(out_dir / f"{name}.pope.jsonl", pope_rows)
+    write_jsonl_atomic(out_dir / f"{name}.per_image.jsonl", per_image_rows(items, scenes, greedy, pope_rows, vocab, tok))
     write_text_atomic(done, json.dumps(metrics, indent=1))
     return metrics
