@@ -145,3 +145,17 @@ def test_unknown_nouns_and_word_count():
     assert p.n_words == 9
     assert parse_caption("two red cups, a blue ball and a green book.", WORLD).n_words == 10
 
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("a cup", [(1, True, 0)]),  # an indefinite article: at least one
+    ("an apple", [(1, True, 0)]),
+    ("one cup", [(1, False, 0)]),  # a number word is exact
+    ("a single cup", [(1, False, 0)]),
+    ("a pair of books", [(2, False, 0)]),
+    ("two cups. One cup is blue and one cup is red.", [(2, False, 0), (1, False, 1), (1, False, 1)]),
+    ("a cup; the cup is red! A ball", [(1, True, 0), (None, False, 1), (1, True, 2)]),
+])
+def test_count_lower_bound_and_sentence(text, expected):
+    p = parse_caption(text, VOCABS["world"])
+    assert [(m.count, m.at_least, m.sentence) for m in p.mentions] == expected

@@ -83,7 +83,13 @@ def test_score_counts():
     assert r.score == pytest.approx(1.0 - 0.5)
     # counts add up over mentions
     assert score_caption("a red cup and a blue cup", cups, WORLD).count_errors == []
-    assert len(score_caption("a cup", cups, WORLD).count_errors) == 1
+    # "a" is "at least one": "a cup" of two cups is true but partial (issue 16), "one cup" is a wrong count
+    r = score_caption("a cup", cups, WORLD)
+    assert r.count_errors == [] and r.partial == ["cup"] and not r.perfect
+    assert len(score_caption("one cup", cups, WORLD).count_errors) == 1
+    # ... and a lower bound above what is there is still wrong
+    r = score_caption("a red cup and a blue cup", cups[:1], WORLD)
+    assert [(e.label, e.stated, e.detected) for e in r.count_errors] == [("cup", 2, 1)]
     # no stated number: nothing to check
     assert score_caption("cups", cups, WORLD).count_errors == []
     # an uncertain third cup makes "three" and "two" both acceptable, "four" not
@@ -92,6 +98,44 @@ def test_score_counts():
     assert score_caption("two cups", unsure, WORLD).count_errors == []
     r = score_caption("four cups", unsure, WORLD)
     assert [(e.label, e.stated, e.detected) for e in r.count_errors] == [("cup", 4, 2)]
+
+
+@pytest.mark.parametrize("extra", [[], [det("book", [6, 0, 7, 1]), det("phone", [8, 0, 9, 1])]])
+def test_partial_but_true_ranks_between_complete_and_empty(extra):
+    # two cups and a ball (and, in the second case, more objects no caption names)
+    dets = [det("cup", [0, 0, 1, 1]), det("cup", [2, 0, 3, 1]), det("ball", [4, 0, 5, 1])] + extra
+    complete = score_caption("two cups and a ball", dets, WORLD)
+    partial = score_caption("a cup and a ball", dets, WORLD)
+    empty = score_caption("A photo.", dets, WORLD)
+    hallucinated = score_caption("a bottle", dets, WORLD)
+    assert partial.count_errors == [] and partial.partial == ["cup"] and partial.covered == ["cup", "ball"]
+    assert complete.partial == [] and complete.count_errors == []
+    assert complete.score > partial.score > empty.score > hallucinated.score
+    # the partial loss: w_partial * (1 - 1/2) / |present|
+    n_present = 2 + len(extra)  # cup, ball and the extra labels
+    assert partial.score == pytest.approx(complete.score - 0.5 * 0.5 / n_present)
+
+
+def test_partial_weight_cannot_exceed_recall_weight():
+    with pytest.raises(ValueError, match="w_partial"):
+        JudgeConfig(w_recall=0.4, w_partial=0.5)
+
+
+@pytest.mark.parametrize("caption, n_cups, stated, partial", [
+    ("two cups. One cup is blue and one cup is red.", 2, None, False),  # itemising re-counts: 2, not 4
+    ("two cups. One cup is blue and one cup is red.", 3, 2, False),  # ... and 2 is exact
+    ("two cups and a red cup", 3, None, False),  # one sentence: 2 + 1
+    ("two cups and a red cup", 2, 3, False),
+    ("a cup. The cup is red.", 1, None, False),  # a definite mention adds nothing
+    ("a cup. The cup is red.", 2, None, True),  # 1, a lower bound: partial, not wrong
+    ("a cup. A cup.", 2, None, True),  # limit: a new sentence does not add (documented)
+    ("a cup; two cups.", 3, 2, False),  # the largest sentence total, exact
+])
+def test_counts_across_mentions(caption, n_cups, stated, partial):
+    cups = [det("cup", [2 * i, 0, 2 * i + 1, 1]) for i in range(n_cups)]
+    r = score_caption(caption, cups, WORLD)
+    assert [e.stated for e in r.count_errors] == ([] if stated is None else [stated])
+    assert r.partial == (["cup"] if partial else [])
 
 
 def test_score_colours_need_coloured_detections():

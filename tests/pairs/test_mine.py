@@ -30,7 +30,8 @@ DETS = [
     {"label": "ball", "score": 0.8, "box": [90, 10, 110, 30]},
 ]
 PERFECT = "two cups and a ball."  # 1.0 (recall 1, nothing wrong)
-ONE_CUP = "a cup and a ball."  # 0.5 (count error: one cup stated, two detected)
+ONE_CUP = "one cup and a ball."  # 0.5 (count error: exactly one cup stated, two detected; "a cup" would be
+# only partial, see tests/judge/test_score.py)
 CUPS_ONLY = "two cups."  # 0.5 (recall 1/2)
 BALL_ONLY = "a ball."  # 0.5 (recall 1/2)
 BOTTLE = "two cups, a ball and a bottle."  # 0.0 (recall 1, one hallucination)

@@ -24,8 +24,10 @@ How it scores
 Limits (on purpose: it must be fast, pure Python and predictable)
     * Negation is local: a cue must stand right before the noun phrase (or two words before with a bridging
       verb, "don't see any cups"), and it carries over only through "or"/"nor" ("no cups or balls").
-    * Counts of a label are summed over its mentions that state a number ("a red cup and a blue cup" = 2);
-      anaphora ("the cup", "it") is not resolved and adds nothing.
+    * "a"/"an" is a lower bound ("a cup" is true, if partial, of two cups); number words are exact. Counts of
+      a label add up within a sentence ("a red cup and a blue cup" = 2); across sentences the largest sentence
+      total counts, so re-descriptions do not add ("two cups. One cup is blue and one cup is red." = 2).
+      Anaphora ("the cup", "it") is not resolved and adds nothing. Rule and limits: `score_caption`.
     * Relations are existential: "a cup left of a ball" holds when some cup's centre is left of some ball's.
       Relations between two objects of the same label are not scored.
     * Colours are scored only when the detections carry a "color" (ground truth does, detectors usually not).

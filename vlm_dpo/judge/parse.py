@@ -31,7 +31,10 @@ class Mention:
     """One object mention. count: the stated number, None if unspecified ("cups", "several cups").
     negated: the phrase is under a negation ("no cups", "not a cup"). claims_absent: the caption asserts the object
     is not there ("no cups", "without a ball"), as opposed to "the ball is not a cup". span/phrase: the matched
-    name in the caption (character offsets, end exclusive)."""
+    name in the caption (character offsets, end exclusive). at_least: the count is a lower bound, not an exact
+    number: an indefinite article ("a cup") says a cup is there, not that only one is, so "a cup" is true, if
+    partial, of two cups; number words ("one cup", "two cups") stay exact. sentence: the index of the sentence
+    the mention is in (sentences end at . ; ! ? or a newline), which `score_caption` uses to add counts up."""
 
     label: str
     count: int | None
@@ -41,6 +44,8 @@ class Mention:
     span: tuple[int, int]
     phrase: str
     claims_absent: bool = False
+    at_least: bool = False
+    sentence: int = 0
 
 
 @dataclass(frozen=True)
@@ -161,7 +166,7 @@ def _negation_kind(tk: _Tokens, k: int) -> bool:
 def _analyse_prefix(tk: _Tokens, start: int, lower: int, idx: _Index):
     """Look back from a name at token `start` (not below `lower`) for colours, a count and a negation.
 
-    Returns (count, plural_hint, negated, claims_absent, colors, has_quantifier, phrase_start)."""
+    Returns (count, plural_hint, negated, claims_absent, colors, has_quantifier, phrase_start, at_least)."""
     words, brk = tk.words, tk.brk
     colors: list[str] = []
     j = start - 1
@@ -182,7 +187,7 @@ def _analyse_prefix(tk: _Tokens, start: int, lower: int, idx: _Index):
     count: int | None = None
     plural_hint: bool | None = None
     negated = absent = False
-    has_q = False
+    has_q = at_least = False
     phrase_start = j + 1
     if j >= lower and not brk[j + 1]:
         if words[j].isdigit():
@@ -198,6 +203,7 @@ def _analyse_prefix(tk: _Tokens, start: int, lower: int, idx: _Index):
                     count, plural_hint, negated = q
                     absent = negated
                     has_q, phrase_start = True, s
+                    at_least = words[s:j + 1] in (["a"], ["an"])  # "a cup" = at least one; "a single cup" = one
                     break
         # "twenty one" (hyphenated or not) reads as 21.
         if count is not None and 1 <= count <= 9 and phrase_start - 1 >= lower and not brk[phrase_start] \
@@ -211,7 +217,7 @@ def _analyse_prefix(tk: _Tokens, start: int, lower: int, idx: _Index):
                 negated, absent = True, _negation_kind(tk, k)
             elif words[k] in _NEG_BRIDGE and k - 1 >= lower and not brk[k] and words[k - 1] in _NEGATORS:
                 negated, absent = True, _negation_kind(tk, k - 1)
-    return count, plural_hint, negated, absent, colors, has_q, phrase_start
+    return count, plural_hint, negated, absent, colors, has_q, phrase_start, at_least
 
 
 def parse_caption(text: str, vocab: Vocabulary) -> ParsedCaption:
@@ -233,7 +239,7 @@ def parse_caption(text: str, vocab: Vocabulary) -> ParsedCaption:
         if label is None:  # a blocking phrase: names nothing, but bounds the next look-back
             lower = e
             continue
-        count, hint, negated, absent, colors, has_q, p_start = _analyse_prefix(tk, s, lower, idx)
+        count, hint, negated, absent, colors, has_q, p_start, at_least = _analyse_prefix(tk, s, lower, idx)
         # "no cups or balls": negation carries over "or"/"nor" to a phrase with no determiner of its own.
         if not negated and mentions and (not has_q or words[p_start] == "any"):
             prev = mentions[-1]
@@ -243,7 +249,7 @@ def parse_caption(text: str, vocab: Vocabulary) -> ParsedCaption:
                 negated, absent = True, prev.claims_absent
         if count == 1 and flag is True and not words[p_start].isdigit() and words[p_start] != "one":
             # "a table holding cups": the article belongs to another noun the look-back walked past.
-            count, hint = None, None
+            count, hint, at_least = None, None, False
         if count is not None and count > 0:
             plural = count > 1
         elif hint is not None:
@@ -255,6 +261,7 @@ def parse_caption(text: str, vocab: Vocabulary) -> ParsedCaption:
         mentions.append(Mention(
             label=label, count=count, plural=plural, color=distinct[0] if len(distinct) == 1 else None,
             negated=negated, span=span, phrase=text[span[0]:span[1]], claims_absent=absent,
+            at_least=at_least and count == 1, sentence=sum(tk.sent[1:s + 1]),
         ))
         positions.append((p_start, s, e))
         lower = e

@@ -4,7 +4,7 @@ Detections at or above `JudgeConfig.min_score` are present. Those in the band [u
 the judge abstain: a mention of such a label is neither right nor wrong (it is listed as `unknown`) and an
 unmentioned one is not missed. Lower ones are ignored. Labels the vocabulary does not know are never wrong,
 whether they come from the detector or the caption. `score_caption` turns hallucinations, misses, wrong counts,
-relations, colours and negations, vagueness and length into one weighted score (the formula is on the function);
+relations, colours and negations, partial counts, vagueness and length into one weighted score (the formula is on the function);
 pair mining ranks captions by it, and its parts are the evaluation's metrics.
 """
 
@@ -26,6 +26,9 @@ class JudgeConfig:
     w_recall: float = 1.0
     w_halluc: float = 1.0  # per hallucinated label
     w_count: float = 0.5  # per label whose stated count is wrong
+    # A true but partial caption ("a cup" of two cups) loses at most this share of each such label's recall
+    # credit; kept <= w_recall so that partial-but-true still ranks above saying nothing.
+    w_partial: float = 0.5
     w_relation: float = 0.5  # per contradicted relation
     w_color: float = 0.25  # per mention whose colour fits no detection of its label
     w_negation: float = 1.0  # per label said to be absent but detected
@@ -36,12 +39,15 @@ class JudgeConfig:
     def __post_init__(self) -> None:
         if self.uncertain_low > self.min_score:
             raise ValueError("uncertain_low must not exceed min_score")
+        if not 0 <= self.w_partial <= self.w_recall:
+            raise ValueError("w_partial must be in [0, w_recall]: a true but partial caption must not score below "
+                             "an empty one")
 
 
 @dataclass(frozen=True)
 class CountError:
     label: str
-    stated: int  # the sum of the numbers the caption gives for this label
+    stated: int  # the number the caption states for this label (see `score_caption` on how mentions add up)
     detected: int  # confident detections of the label
 
 
@@ -57,6 +63,7 @@ class JudgeResult:
     hallucinated: list[str]  # labels affirmed but not detected (distinct, in caption order)
     covered: list[str]  # detected labels the caption affirms
     missed: list[str]  # detected labels the caption does not affirm (detection order)
+    partial: list[str]  # covered labels stated only as "at least" fewer than detected ("a cup" of two cups)
     count_errors: list[CountError]
     relation_errors: list[Relation]
     color_errors: list[ColorError]
@@ -74,7 +81,7 @@ class JudgeResult:
     @property
     def perfect(self) -> bool:
         """Nothing wrong, nothing missed, nothing vague (length is not part of it)."""
-        return not (self.hallucinated or self.missed or self.count_errors or self.relation_errors
+        return not (self.hallucinated or self.missed or self.partial or self.count_errors or self.relation_errors
                     or self.color_errors or self.negation_errors or self.vague)
 
     def to_dict(self) -> dict:
@@ -125,6 +132,7 @@ def score_caption(
     score = w_recall   * recall
           - w_halluc   * len(hallucinated)
           - w_count    * len(count_errors)
+          - w_partial  * sum over partial labels of (1 - stated / confident) / |present|
           - w_relation * len(relation_errors)
           - w_color    * len(color_errors)
           - w_negation * len(negation_errors)
@@ -136,8 +144,20 @@ def score_caption(
       uncertain   = labels with detections in [uncertain_low, min_score) only; the judge abstains on them;
       recall      = |covered| / |present| (1.0 when nothing is present);
       precision   = |covered| / (|covered| + |hallucinated|) (1.0 when the caption affirms nothing);
-      a count error is a label whose stated numbers (summed over its mentions that give one) fall outside
-        [confident, confident + uncertain] detections;
+      stated      = per label, the numbers its mentions give, added up within a sentence ("a red cup and a blue
+        cup" = 2, "two cups and a red cup" = 3); across sentences the largest sentence total counts, not the
+        sum, because a later sentence mostly re-describes objects already counted: definite mentions state no
+        number ("a cup. The cup is red." = 1) and itemising ones re-count ("two cups. One cup is blue and one
+        cup is red." = 2). Limits of that rule: objects added in a later sentence are not added ("a cup on the
+        left. A cup on the right." = 1, at worst partial since "a" is a lower bound), and itemising within one
+        sentence still adds up ("two cups, one cup red and one cup blue" = 4);
+      the stated number is exact when any of the label's counting mentions uses a number word, and only a lower
+        bound when all of them are indefinite articles ("a cup": at least one, see `Mention.at_least`);
+      a count error is a label whose stated number is above confident + uncertain detections, or, when exact,
+        below the confident ones;
+      a partial label is one whose lower-bound number is below its confident detections ("a cup and a ball"
+        of two cups and a ball): true, so no error, but less complete than "two cups and a ball". Its penalty is
+        below its recall credit (w_partial <= w_recall), so partial-but-true ranks between complete and empty;
       a relation error is a relation between two present, affirmed, different labels that holds for no pair
         of their box centres;
       a colour error is a mention whose colour fewer detections of its label have than it claims
@@ -171,16 +191,27 @@ def score_caption(
             bucket.append(m.label)
     missed = [label for label in confident if label not in covered]
 
-    count_errors: list[CountError] = []
-    stated: dict[str, int] = {}
+    # Counts: summed within a sentence, the largest sentence total across sentences (see the docstring).
+    per_sentence: dict[str, dict[int, int]] = {}
+    exact: dict[str, bool] = {}
     for m in affirmed:
         if m.count is not None:
-            stated[m.label] = stated.get(m.label, 0) + m.count
-    for label, k in stated.items():
-        if label in confident:
-            n_conf, n_unc = len(confident[label]), len(uncertain.get(label, ()))
-            if not n_conf <= k <= n_conf + n_unc:
-                count_errors.append(CountError(label, k, n_conf))
+            sums = per_sentence.setdefault(m.label, {})
+            sums[m.sentence] = sums.get(m.sentence, 0) + m.count
+            exact[m.label] = exact.get(m.label, False) or not m.at_least
+    count_errors: list[CountError] = []
+    partial: list[str] = []
+    partial_loss = 0.0  # summed share of instances the partial labels leave out
+    for label, sums in per_sentence.items():
+        if label not in confident:
+            continue
+        k = max(sums.values())
+        n_conf, n_unc = len(confident[label]), len(uncertain.get(label, ()))
+        if k > n_conf + n_unc or (exact[label] and k < n_conf):
+            count_errors.append(CountError(label, k, n_conf))
+        elif k < n_conf:  # "at least k" and k is true: nothing wrong, but not all of them
+            partial.append(label)
+            partial_loss += 1 - k / n_conf
 
     color_errors: list[ColorError] = []
     for m in affirmed:
@@ -227,6 +258,7 @@ def score_caption(
         cfg.w_recall * recall
         - cfg.w_halluc * len(hallucinated)
         - cfg.w_count * len(count_errors)
+        - cfg.w_partial * (partial_loss / len(confident) if confident else 0.0)
         - cfg.w_relation * len(relation_errors)
         - cfg.w_color * len(color_errors)
         - cfg.w_negation * len(negation_errors)
@@ -234,7 +266,7 @@ def score_caption(
         - cfg.w_length * max(0, parsed.n_words - cfg.target_words)
     )
     return JudgeResult(
-        hallucinated=hallucinated, covered=covered, missed=missed, count_errors=count_errors,
+        hallucinated=hallucinated, covered=covered, missed=missed, partial=partial, count_errors=count_errors,
         relation_errors=relation_errors, color_errors=color_errors, negation_errors=negation_errors,
         vague=n_vague, vague_phrases=list(parsed.vague), unknown=unknown, unknown_nouns=list(parsed.unknown_nouns),
         n_words=parsed.n_words, n_tokens=_count_tokens(tokenizer, parsed.text), precision=precision,
