@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from vlm_dpo.judge import (
@@ -91,3 +94,63 @@ def test_resolve_vocabulary_unknown_name():
     assert "'imagenet'" in msg
     assert all(name in msg for name in VOCABULARIES)
     assert VOCABULARIES == ("world", "coco", "detections")
+
+
+# ------------------------------------------------------------------------------------------- vocabulary files
+EXAMPLE = Path(__file__).resolve().parents[2] / "data" / "vocabulary.example.yaml"
+
+
+def test_resolve_vocabulary_from_the_example_yaml():
+    v = resolve_vocabulary(str(EXAMPLE))
+    assert v.classes == ("screwdriver", "wrench", "gripper", "cable", "mug", "laptop", "box")
+    assert v.canonical("spanners") == "wrench" and v.canonical("Robot Hand") == "gripper"
+    assert v.canonical("coffee cups") == "mug" and v.canonical("cup") == "mug" and v.canonical("ball") is None
+    p = parse_caption("two spanners and a robot hand next to a coffee cup", v)
+    assert [(m.label, m.count) for m in p.mentions] == [("wrench", 2), ("gripper", 1), ("mug", 1)]
+
+
+@pytest.mark.parametrize("suffix, text", [
+    (".json", json.dumps({"dog": ["puppy", "hound"], "traffic light": []})),
+    (".yml", "dog: [puppy, hound]\ntraffic light: []\n"),
+])
+def test_resolve_vocabulary_from_json_and_yml(tmp_path, suffix, text):
+    path = tmp_path / f"vocab{suffix}"
+    path.write_text(text)
+    v = resolve_vocabulary(str(path))
+    assert v.classes == ("dog", "traffic light") and v.name == str(path)
+    assert v.canonical("puppies") == "dog" and v.canonical("traffic lights") == "traffic light"
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("", "empty"),
+    ("{}", "empty"),
+    ("- dog\n- cat\n", "must be a mapping of class -> list of synonyms, not list"),
+    ("dog: puppy\n", "the synonyms of 'dog' must be a list of strings"),
+    ("dog: [puppy, 3]\n", "the synonyms of 'dog' must be a list of strings"),
+    ("1: [one]\n", "class 1 is not a non-empty string"),
+    ("dog: [puppy\n", "not valid YAML"),
+    ("dog: [pet]\ncat: [pet]\n", "'pet' names both 'dog' and 'cat'"),
+])
+def test_vocabulary_file_errors_name_the_file_and_the_problem(tmp_path, text, problem):
+    path = tmp_path / "vocab.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as e:
+        resolve_vocabulary(str(path))
+    assert str(path) in str(e.value) and problem in str(e.value)
+
+
+def test_vocabulary_file_missing_or_not_json(tmp_path):
+    with pytest.raises(ValueError, match=r"vocabulary file '.*nope\.yaml' does not exist"):
+        resolve_vocabulary(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "vocab.json"
+    bad.write_text("{dog: [puppy]}")
+    with pytest.raises(ValueError, match=r"vocab\.json' cannot be read"):
+        resolve_vocabulary(str(bad))
+
+
+def test_unknown_vocabulary_names_the_known_ones_and_files():
+    with pytest.raises(ValueError) as e:
+        resolve_vocabulary("imagenet")
+    msg = str(e.value)
+    assert "unknown vocabulary 'imagenet'" in msg and "world, coco, detections" in msg
+    assert ".json/.yaml/.yml" in msg

@@ -172,3 +172,33 @@ def test_pairs_vocabulary_by_name(stage_inputs, tmp_path):
     with pytest.raises(ValueError, match="unknown vocabulary 'imagenet'"):
         build_pairs(replace(_config(root), vocabulary="imagenet"), tmp_path / "typo", progress=False)
     assert JudgeConfig().min_score == 0.5  # the detections above (0.9) are confident
+
+
+def test_pairs_vocabulary_from_a_file(stage_inputs, tmp_path, monkeypatch):
+    """pairs.vocabulary=<a YAML file>: the world's cups are the example vocabulary's mugs, its other kinds
+    unknown (never wrong); the file is part of the stage key, and a missing one is a clear error."""
+    from pathlib import Path
+
+    from vlm_dpo.config import load_config
+
+    root, _ = stage_inputs
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the path is relative to the repository
+    cfg = load_config(overrides=["pairs.vocabulary=data/vocabulary.example.yaml"])
+    assert cfg.pairs.vocabulary == "data/vocabulary.example.yaml"
+    stats = build_pairs(replace(_config(root), vocabulary=cfg.pairs.vocabulary), tmp_path / "file", progress=False)
+    pairs = load_pairs(tmp_path / "file" / "pairs.parquet")
+    mined = [p for p in pairs if p["source"] == "mined"]
+    assert stats["by_source"]["mined"] == len(mined) > 0
+    for p in mined:  # judged in the file's classes: a cup is a mug; a ball, a bowl, an elephant are unknown
+        for side in ("chosen", "rejected"):
+            judged = p["scores"][side]
+            assert set(judged["hallucinated"]) | set(judged["missed"]) <= {"mug"}
+    # another vocabulary file with the same name is another judge: the stage rebuilds
+    own = tmp_path / "vocab.yaml"
+    own.write_text("mug: [mug, cup]\n")
+    first = build_pairs(replace(_config(root), vocabulary=str(own)), tmp_path / "own", progress=False)
+    own.write_text("mug: [mug, cup]\nball: [ball]\n")
+    second = build_pairs(replace(_config(root), vocabulary=str(own)), tmp_path / "own", progress=False)
+    assert first["key"] != second["key"]
+    with pytest.raises(ValueError, match=r"vocabulary file 'data/no-such\.yaml' does not exist"):
+        build_pairs(replace(_config(root), vocabulary="data/no-such.yaml"), tmp_path / "missing", progress=False)

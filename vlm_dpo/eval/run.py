@@ -38,7 +38,9 @@ class EvalConfig:
     pope_grounded: bool = True  # ask POPE questions with the grounding context, as the pipeline prompts
     bootstrap: int = 1000
     seed: int = 0
-    vocabulary: str = "world"  # world | coco (judge.resolve_vocabulary)
+    # world | coco | detections (the labels in the detection records) | a .json/.yaml/.yml file of class -> list
+    # of synonyms (e.g. data/vocabulary.example.yaml); judge.resolve_vocabulary, an unknown name is an error
+    vocabulary: str = "world"
     models: dict[str, str] = field(default_factory=dict)  # name -> HF id/path, for `vlm-dpo eval` on any models
     # Ground truth of your own images (with data.images): JSONL of {image_id, objects: [{label, box}]}, image_id
     # being the path relative to data.images without suffix (as `vlm-dpo detect` names them). Empty = the world.

@@ -39,7 +39,7 @@ Layout
     lexicon.py     the hand-written word lists (colours, numbers, quantifiers, negators, hedges, relation
                    shapes) and the tokeniser; plural forms come from `vlm_dpo.plurals`
     vocabulary.py  `Vocabulary` (classes, synonyms, compiled name table); the world and COCO/CHAIR data;
-                   `resolve_vocabulary`
+                   `resolve_vocabulary` (also of a JSON/YAML file: `vocabulary_from_file`)
     parse.py       `parse_caption` -> `ParsedCaption` (mentions, relations, vague words, unknown nouns)
     score.py       `score_caption` -> `JudgeResult`, with `JudgeConfig`'s thresholds and weights
 This package re-exports the public names, so callers import from `vlm_dpo.judge`.
@@ -52,10 +52,10 @@ from ..plurals import plural_forms as pluralize  # the judge's name for it, kept
 from .lexicon import BASIC_COLORS, RELATIONS
 from .parse import Mention, ParsedCaption, Relation, parse_caption
 from .score import ColorError, CountError, JudgeConfig, JudgeResult, score_caption
-from .vocabulary import COCO_CLASSES, VOCABULARIES, Vocabulary, resolve_vocabulary
+from .vocabulary import COCO_CLASSES, VOCABULARIES, Vocabulary, resolve_vocabulary, vocabulary_from_file
 
 __all__ = [
     "BASIC_COLORS", "COCO_CLASSES", "ColorError", "CountError", "IRREGULAR_PLURALS", "JudgeConfig", "JudgeResult",
     "Mention", "ParsedCaption", "Relation", "RELATIONS", "VOCABULARIES", "Vocabulary", "parse_caption", "pluralize",
-    "resolve_vocabulary", "score_caption",
+    "resolve_vocabulary", "score_caption", "vocabulary_from_file",
 ]

@@ -14,9 +14,11 @@ class), which is all the parser (`parse.py`) and the scorer (`score.py`) look na
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
@@ -302,12 +304,14 @@ def _coco_vocab() -> Vocabulary:
 
 
 VOCABULARIES = ("world", "coco", "detections")
+VOCABULARY_FILE_SUFFIXES = (".json", ".yaml", ".yml")
 
 
 def resolve_vocabulary(name: str, detection_records: list[dict] | None = None) -> Vocabulary:
     """The one place a vocabulary name becomes a Vocabulary: "world" (the embedded world's kinds), "coco"
-    (CHAIR's 80 classes and synonyms), "detections" (the labels the detector reported in `detection_records`).
-    An unknown name is an error, never a silent fallback."""
+    (CHAIR's 80 classes and synonyms), "detections" (the labels the detector reported in `detection_records`),
+    or the path of a .json/.yaml/.yml file mapping each class to the words captions may use for it (see
+    `vocabulary_from_file`). An unknown name is an error, never a silent fallback."""
     if name == "world":
         return Vocabulary.world()
     if name == "coco":
@@ -317,4 +321,48 @@ def resolve_vocabulary(name: str, detection_records: list[dict] | None = None) -
             raise ValueError("vocabulary 'detections' needs detection records")
         labels = sorted({d["label"] for r in detection_records for d in r["detections"]})
         return Vocabulary.from_labels(labels)
-    raise ValueError(f"unknown vocabulary {name!r}; known: {', '.join(VOCABULARIES)}")
+    if str(name).lower().endswith(VOCABULARY_FILE_SUFFIXES):
+        return vocabulary_from_file(name)
+    raise ValueError(f"unknown vocabulary {name!r}; known: {', '.join(VOCABULARIES)}, or the path of a "
+                     f"{'/'.join(VOCABULARY_FILE_SUFFIXES)} file mapping each class to a list of synonyms")
+
+
+def vocabulary_from_file(path: str | Path) -> Vocabulary:
+    """A vocabulary from a JSON or YAML file of class -> list of synonyms (plural forms are derived; the class
+    name always names itself), e.g. data/vocabulary.example.yaml. A missing file, a file that does not parse,
+    is not a non-empty mapping of str -> list[str], or names one synonym for two classes is an error that names
+    the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"vocabulary file {str(path)!r} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml  # only needed for YAML vocabularies
+
+            data = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"vocabulary file {str(path)!r} cannot be read: {e}") from None
+    except Exception as e:  # yaml.YAMLError, without importing yaml for JSON files
+        raise ValueError(f"vocabulary file {str(path)!r} is not valid YAML: {e}") from None
+    if data is None or data == {}:  # an empty YAML file loads as None
+        raise ValueError(f"vocabulary file {str(path)!r} is empty: it names no classes")
+    if not isinstance(data, dict):
+        raise ValueError(f"vocabulary file {str(path)!r} must be a mapping of class -> list of synonyms, "
+                         f"not {type(data).__name__}")
+    owner: dict[str, str] = {}  # normalised phrase -> the class that claims it
+    for cls_name, synonyms in data.items():
+        if not isinstance(cls_name, str) or not _split_words(cls_name):
+            raise ValueError(f"vocabulary file {str(path)!r}: class {cls_name!r} is not a non-empty string")
+        if not isinstance(synonyms, list) or not all(isinstance(p, str) for p in synonyms):
+            raise ValueError(f"vocabulary file {str(path)!r}: the synonyms of {cls_name!r} must be a list of "
+                             f"strings, not {synonyms!r}")
+        for phrase in [cls_name, *synonyms]:
+            key = " ".join(_split_words(phrase))
+            # Silently letting the later class win would make the judge read one word two ways by file order.
+            if key and owner.setdefault(key, cls_name) != cls_name:
+                raise ValueError(f"vocabulary file {str(path)!r}: {phrase!r} names both {owner[key]!r} and "
+                                 f"{cls_name!r}")
+    return Vocabulary.from_labels(list(data), synonyms=data, name=str(path))

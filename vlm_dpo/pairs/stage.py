@@ -22,6 +22,7 @@ from ..checks import at_least, fraction
 from ..ground import GroundingConfig, PromptConfig
 from ..images import data_root
 from ..judge import JudgeConfig, resolve_vocabulary
+from ..judge.vocabulary import VOCABULARY_FILE_SUFFIXES
 from ..keys import key as stage_key
 from ..keys import path_fingerprint
 from ..records import read_jsonl, write_text_atomic
@@ -36,7 +37,9 @@ class PairsConfig:
     captions: str = ""  # captions JSONL (default: <out>/captions/train.jsonl)
     detections: str = ""  # the judge's detections JSONL (default: <out>/detections/train.jsonl)
     image_root: str = ""  # root of the relative image paths (default: the world / data.images)
-    vocabulary: str = "world"  # world | coco | detections (the labels found in the detections file)
+    # world | coco | detections (the labels found in the detections file) | a .json/.yaml/.yml file of class ->
+    # list of synonyms (e.g. data/vocabulary.example.yaml); judge.resolve_vocabulary, an unknown name is an error
+    vocabulary: str = "world"
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     mine: MineConfig = field(default_factory=MineConfig)
     imports: list[str] = field(default_factory=list)  # JSONL/CSV/parquet/datasets folders of pairs (TRL ok)
@@ -78,6 +81,8 @@ def build_pairs(cfg: PairsConfig, out_dir: str | Path, *, ground: GroundingConfi
     out_dir = Path(out_dir)
     root = Path(cfg.image_root).resolve()
     inputs = [p for p in (cfg.captions, cfg.detections, *cfg.imports, *cfg.judgements) if p]
+    if cfg.vocabulary.lower().endswith(VOCABULARY_FILE_SUFFIXES):
+        inputs.append(cfg.vocabulary)  # an edited vocabulary file judges differently: part of the key
     ground = ground or GroundingConfig()
     prompt = prompt or PromptConfig()
     # The grounding and prompt configs shape the context pairs' prompts, so they are part of the key too;
