@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
 
 import pytest
 from PIL import Image
@@ -59,12 +60,23 @@ def test_make_pair_and_pair_id():
         make_pair(image_id="1", image="x.png", prompt="P", chosen="a", rejected="b", source="gpt", kind="k")
 
 
-def test_dedupe_keeps_the_first_of_each_pair():
+def test_dedupe_keeps_one_of_each_pair_human_first():
     p1 = make_pair(image_id="1", image="x.png", prompt="P", chosen="a", rejected="b", source="mined", kind="mined")
     p2 = make_pair(image_id="1", image="x.png", prompt="P", chosen="a", rejected="c", source="mined", kind="mined")
     p1_again = make_pair(image_id="1", image="x.png", prompt="P", chosen="a ", rejected="b", source="human",
                          kind="human")
-    assert dedupe([p1, p2, p1_again, p2]) == [p1, p2]
+    # issue 16: the human judgement of the mined pair p1 wins (in p1's place); same-source repeats are dropped
+    rejections, merged = Rejections(), Counter()
+    assert dedupe([p1, p2, p1_again, p2], rejections, merged) == [p1_again, p2]
+    assert rejections.counts == {"duplicate": 1} and merged == {"human_over_mined": 1}
+    mined_again = dict(p1, source="synthetic", kind="synthetic")
+    merged = Counter()
+    assert dedupe([p1_again, p1, mined_again], Rejections(), merged) == [p1_again]  # human first: still human
+    assert merged == {"human_over_mined": 1, "human_over_synthetic": 1}
+    merged = Counter()
+    assert dedupe([mined_again, p1, p2], Rejections(), merged) == [mined_again, p2]  # no human: the first stays
+    assert merged == {"synthetic_over_mined": 1}
+    assert dedupe([p1, p2, p1, p2]) == [p1, p2]
     assert dedupe([]) == []
 
 

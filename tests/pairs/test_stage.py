@@ -202,3 +202,25 @@ def test_pairs_vocabulary_from_a_file(stage_inputs, tmp_path, monkeypatch):
     assert first["key"] != second["key"]
     with pytest.raises(ValueError, match=r"vocabulary file 'data/no-such\.yaml' does not exist"):
         build_pairs(replace(_config(root), vocabulary="data/no-such.yaml"), tmp_path / "missing", progress=False)
+
+
+def test_human_judgement_of_a_mined_pair_wins(stage_inputs, tmp_path):
+    """A person's import identical to a mined pair (image, prompt, chosen, rejected) is kept once, as human;
+    stats.json counts the merge by source."""
+    root, _ = stage_inputs
+    base = build_pairs(_config(root), tmp_path / "base", progress=False)
+    assert base["merged"] == {}
+    mined = next(p for p in load_pairs(tmp_path / "base" / "pairs.parquet") if p["source"] == "mined")
+    row = {k: mined[k] for k in ("image", "prompt", "chosen", "rejected")}
+    (root / "human.jsonl").write_text(json.dumps(row) + "\n")
+    cfg = replace(_config(root), imports=[str(root / "imports.jsonl"), str(root / "human.jsonl")])
+    stats = build_pairs(cfg, tmp_path / "merged", progress=False)
+    pairs = load_pairs(tmp_path / "merged" / "pairs.parquet")
+    (same,) = [p for p in pairs if p["pair_id"] == mined["pair_id"]]
+    assert same["source"] == "human" and (same["chosen"], same["rejected"]) == (mined["chosen"], mined["rejected"])
+    assert stats["merged"] == {"human_over_mined": 1}
+    assert json.loads((tmp_path / "merged" / "stats.json").read_text())["merged"] == {"human_over_mined": 1}
+    assert stats["pairs"] == base["pairs"]  # one pair, not two
+    assert stats["by_source"]["mined"] == base["by_source"]["mined"] - 1
+    assert stats["by_source"]["human"] == base["by_source"]["human"] + 1
+    assert stats["rejections"]["skipped"] == base["rejections"]["skipped"]  # a merge is not a duplicate

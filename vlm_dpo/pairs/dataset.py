@@ -138,24 +138,35 @@ def _content(p: dict) -> str:
     return pair_id(p["image"], p["prompt"], p["chosen"], p["rejected"])
 
 
-def dedupe(pairs: list[dict], rejections: Rejections | None = None) -> list[dict]:
+def dedupe(pairs: list[dict], rejections: Rejections | None = None, merged: Counter | None = None) -> list[dict]:
     """Drop repeats of the same pair (same pair_id and same image, prompt and captions), counted as
     "duplicate". A *different* pair under an id already taken (an import's own pair_id) is not a duplicate: it
-    is left out as "pair_id_conflict", named, since the id keys the reference cache and provenance."""
-    seen: dict[str, str] = {}
+    is left out as "pair_id_conflict", named, since the id keys the reference cache and provenance.
+    The same pair from two sources (a person judged exactly what the judge mined) is one pair: a human pair wins
+    over any other source, since a person's preference is the evidence the judge only estimates; otherwise the
+    first is kept. The winner takes the loser's place, and each merge is counted in `merged` as
+    "<kept>_over_<dropped>" (e.g. "human_over_mined"), not as a duplicate."""
+    seen: dict[str, int] = {}  # pair_id -> index of the kept pair in `out`
     out = []
     for p in pairs:
-        content = _content(p)
-        first = seen.get(p["pair_id"])
-        if first is None:
-            seen[p["pair_id"]] = content
+        i = seen.get(p["pair_id"])
+        if i is None:
+            seen[p["pair_id"]] = len(out)
             out.append(p)
-        elif rejections is not None:
-            if first == content:
-                rejections.counts["duplicate"] += 1  # counted only: the kept copy is the same pair
-            else:
+            continue
+        first = out[i]
+        if _content(first) != _content(p):
+            if rejections is not None:
                 rejections.add("pair_id_conflict", f"pair {p['pair_id']} ({p['source']}, image {p['image']})",
                                "another pair with other content has this pair_id")
+        elif first["source"] == p["source"]:
+            if rejections is not None:
+                rejections.counts["duplicate"] += 1  # counted only: the kept copy is the same pair
+        else:
+            keep, drop = (p, first) if p["source"] == "human" else (first, p)
+            out[i] = keep
+            if merged is not None:
+                merged[f"{keep['source']}_over_{drop['source']}"] += 1
     return out
 
 

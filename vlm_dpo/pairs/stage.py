@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,13 +130,14 @@ def build_pairs(cfg: PairsConfig, out_dir: str | Path, *, ground: GroundingConfi
     for p in pairs:
         if validate_pair(p, f"pair {p['pair_id']} ({p['source']})", rejections, root, max_chars=cfg.max_chars):
             checked.append(p)
-    checked = dedupe(checked, rejections)
+    merged: Counter = Counter()  # the same pair from two sources: kept once, the human one winning
+    checked = dedupe(checked, rejections, merged)
     if not checked:
         raise ValueError(f"no usable pairs from {inputs}: {rejections.to_dict()}")
     checked = split_by_image(checked, cfg.val_fraction, cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_pairs(checked, out_dir / "pairs.jsonl")
     save_pairs(checked, out_dir / "pairs.parquet")
-    stats = statistics(checked) | {"rejections": rejections.to_dict(), "key": key}
+    stats = statistics(checked) | {"merged": dict(merged), "rejections": rejections.to_dict(), "key": key}
     write_text_atomic(stats_path, json.dumps(finite_json(stats), indent=1, default=str, allow_nan=False))
     return stats
