@@ -121,7 +121,8 @@ def test_browser_judgements_survive_reload_and_kill(tmp_path):
                                    " return i.complete && i.naturalWidth > 0; }", timeout=WAIT)
             item = shown(page)
             image_id = page.get_attribute("#image", "alt").removeprefix("image ")
-            assert page.locator("#boxes rect").count() == boxes_per_image[image_id] > 0
+            expect(page.locator("#boxes rect")).to_have_count(boxes_per_image[image_id])
+            assert boxes_per_image[image_id] > 0
             page.click("#show-boxes")
             expect(page.locator("#boxes")).to_be_hidden()
             page.keyboard.press("d")
@@ -217,3 +218,212 @@ def test_browser_judgements_survive_reload_and_kill(tmp_path):
     assert {(p["chosen"], p["rejected"]) for p in pairs if p["kind"] == "human_edit"} == {
         ("Two objects on a wooden table.", it3["a"]), ("Two objects on a wooden table.", it3["b"])}
     assert (judged[1][0]["b"], judged[1][0]["a"]) in {(p["chosen"], p["rejected"]) for p in pairs}
+
+
+def _serve(tmp_path, n, detections, extra=None):
+    data = make_data(tmp_path, n)
+    if detections is not None:
+        data.detections.write_text("".join(json.dumps(r) + "\n" for r in detections(data)))
+    db = tmp_path / "annotate" / "judgements.sqlite"
+    config = tmp_path / "annotate.yaml"
+    config.write_text(json.dumps({"captions": str(data.captions), "detections": str(data.detections),
+                                  "image_root": str(data.root), "db": str(db), "token": TOKEN} | (extra or {})))
+    port = free_port()
+    return data, db, Server(config, port, tmp_path / "server.log").start()
+
+
+def _with_low_scores(data):
+    """Each image's true boxes at 0.9 plus two low-score detections (0.2, 0.05) that the context left out."""
+    out = []
+    for r in data.detection_records:
+        extra = [{"label": "phone", "score": 0.2, "box": [2, 2, 30, 30]},
+                 {"label": "cup", "score": 0.05, "box": [4, 4, 34, 34]}]
+        out.append(r | {"detections": r["detections"] + extra})
+    return out
+
+
+@pytest.mark.timeout(240)
+def test_browser_annotator_tools(tmp_path):
+    """What an annotator sees and uses: hidden screens stay hidden, a clear page without the token, boxes above
+    the threshold with readable labels that do not overlap, the threshold control, zoom, guidelines, e only after
+    a choice and on the chosen caption, tags and a reason, skip, flag, back/undo (a new revision), review."""
+    from playwright import sync_api
+    expect = sync_api.expect
+    data, db, server = _serve(tmp_path, 4, _with_low_scores, {"annotators": ["alice", "bob"], "overlap": 1.0})
+    port = server.port
+    errors = []
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+
+            # No token: a page that says what to do, not bare JSON.
+            resp = page.goto(f"http://127.0.0.1:{port}/")
+            assert resp.status == 401
+            expect(page.locator("h1")).to_have_text("This page needs its access link")
+            assert "token=" in page.inner_text("body") and "detail" not in page.inner_text("body")
+            errors.clear()  # the 401 itself is logged by the browser
+
+            # The login screen alone: the work area and "All done" are not shown.
+            page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}")
+            page.evaluate("localStorage.clear()")
+            page.reload()
+            expect(page.locator("#login")).to_be_visible(timeout=WAIT)
+            for hidden in ("#work", "#done", "#review", "#guidelines"):
+                expect(page.locator(hidden)).to_be_hidden()
+            page.fill("#annotator-input", "alice")
+            page.keyboard.press("Enter")
+            expect(page.locator("#progress")).to_have_text("0 / 4", timeout=WAIT)
+            expect(page.locator("#login")).to_be_hidden()
+            expect(page.locator("#done")).to_be_hidden()
+            page.wait_for_function("() => document.getElementById('image').naturalWidth > 0", timeout=WAIT)
+
+            # Boxes: only those at or above the context's 0.5 threshold; the slider shows the others.
+            image_id = page.get_attribute("#image", "alt").removeprefix("image ")
+            true_boxes = next(len(r["detections"]) for r in data.detection_records if r["image_id"] == image_id)
+            expect(page.locator("#boxes rect")).to_have_count(true_boxes)
+            expect(page.locator("#box-count")).to_have_text(f"({true_boxes} of {true_boxes + 2})")
+            page.locator("#threshold").fill("0.1")
+            expect(page.locator("#boxes rect")).to_have_count(true_boxes + 1)
+            page.locator("#threshold").fill("0.5")
+            expect(page.locator("#boxes rect")).to_have_count(true_boxes)
+            # Labels: readable (11 px text, not scaled with the image), inside the image, not overlapping.
+            geo = page.evaluate("""() => {
+                const s = document.getElementById('stage').getBoundingClientRect();
+                return Array.from(document.querySelectorAll('.blabel')).map(l => {
+                    const r = l.getBoundingClientRect();
+                    return {x: r.left - s.left, y: r.top - s.top, w: r.width, h: r.height, sw: s.width, sh: s.height,
+                            font: parseFloat(getComputedStyle(l).fontSize)}; }); }""")
+            assert len(geo) == true_boxes
+            for i, g in enumerate(geo):
+                assert g["font"] == 11 and g["x"] >= 0 and g["y"] >= 0
+                assert g["x"] + g["w"] <= g["sw"] + 0.5 and g["y"] + g["h"] <= g["sh"] + 0.5
+                for o in geo[i + 1:]:
+                    assert not (g["x"] < o["x"] + o["w"] and o["x"] < g["x"] + g["w"]
+                                and g["y"] < o["y"] + o["h"] and o["y"] < g["y"] + g["h"]), (g, o)
+
+            # Zoom and guidelines.
+            before = page.locator("#image").bounding_box()["width"]
+            page.keyboard.press("z")
+            page.wait_for_function(f"() => document.getElementById('image').clientWidth > {before + 50}",
+                                   timeout=WAIT)
+            page.keyboard.press("z")
+            page.keyboard.press("?")
+            expect(page.locator("#guidelines")).to_be_visible()
+            expect(page.locator("#guidelines")).to_contain_text("only what is in the image")
+            page.keyboard.press("Escape")
+            expect(page.locator("#guidelines")).to_be_hidden()
+
+            # e before a choice does nothing but say so; after choosing B it edits B.
+            first = shown(page)
+            page.keyboard.press("e")
+            expect(page.locator("#status")).to_contain_text("choose first")
+            expect(page.locator("#edit")).not_to_be_focused()
+            page.keyboard.press("a")
+            page.keyboard.press("e")
+            assert page.locator("#edit").input_value() == first["a"]
+            page.keyboard.press("Escape")
+            page.keyboard.press("b")  # the untouched edit follows the choice
+            assert page.locator("#edit").input_value() == first["b"]
+            page.locator("#edit").fill("")
+            page.keyboard.press("Escape")  # leave the text box: keys are shortcuts again
+            page.keyboard.press("h")
+            page.keyboard.press("o")
+            expect(page.locator('#tags [data-tag="hallucination"]')).to_have_attribute("aria-pressed", "true")
+            page.fill("#reason", "A names a phone")
+            page.click("#save")
+            expect(page.locator("#progress")).to_have_text("1 / 4", timeout=WAIT)
+            second = wait_next_item(page, first["item_id"])
+
+            # Skip: the next item comes, the skipped one returns at the end.
+            page.keyboard.press("n")
+            third = wait_next_item(page, second["item_id"])
+            # Flag: stored as a note, the item is set aside.
+            page.keyboard.press("f")
+            fourth = wait_next_item(page, third["item_id"])
+            notes = json.loads(api(port, "/api/notes"))
+            assert {(n["item_id"], n["flag"]) for n in notes} >= {(third["item_id"], True)}
+            assert any(n["item_id"] == first["item_id"] and n["tags"] == ["colour", "hallucination"]
+                       and n["reason"] == "A names a phone" for n in notes)
+
+            # Back / undo: u reopens the last judgement with its choice; changing it adds a revision.
+            page.keyboard.press("u")
+            expect(page.locator("#work")).to_have_attribute("data-item", first["item_id"], timeout=WAIT)
+            expect(page.locator("#btn-b")).to_have_attribute("aria-pressed", "true")
+            expect(page.locator("#revisit")).to_contain_text("revision 1")
+            page.keyboard.press("3")
+            page.keyboard.press("Enter")
+            expect(page.locator("#status")).to_contain_text("revision 2", timeout=WAIT)
+            expect(page.locator("#work")).to_have_attribute("data-item", fourth["item_id"], timeout=WAIT)
+
+            # Review of one's own judgements.
+            page.keyboard.press("r")
+            expect(page.locator("#review")).to_be_visible()
+            expect(page.locator("#work")).to_be_hidden()
+            expect(page.locator("#review-list li")).to_have_count(1)
+            expect(page.locator("#review-list li").first).to_contain_text("tie")
+            expect(page.locator("#review-list li").first).to_contain_text("revision 2")
+            page.keyboard.press("Escape")
+            expect(page.locator("#work")).to_be_visible()
+
+            # Finish: the fourth, then the skipped and flagged ones come back.
+            page.keyboard.press("1")
+            page.keyboard.press("Enter")
+            expect(page.locator("#done")).to_be_visible(timeout=WAIT)
+            expect(page.locator("#work")).to_be_hidden()
+            expect(page.locator("#done-text")).to_contain_text("2 skipped")
+            page.click("#done-skipped")
+            for _ in range(2):
+                expect(page.locator("#work")).to_be_visible(timeout=WAIT)
+                old = page.get_attribute("#work", "data-item")
+                page.keyboard.press("2")
+                page.keyboard.press("Enter")
+                page.wait_for_function("old => document.getElementById('work').dataset.item !== old"
+                                       " || !document.getElementById('done').hidden", arg=old, timeout=WAIT)
+            expect(page.locator("#done")).to_be_visible(timeout=WAIT)
+            expect(page.locator("#done-text")).to_contain_text("Every item")
+            assert not errors, errors
+            browser.close()
+    finally:
+        server.kill(signal.SIGKILL)
+    con = sqlite3.connect(db)
+    revs = con.execute("SELECT choice, revision FROM judgements WHERE item_id = ? ORDER BY id",
+                       (first["item_id"],)).fetchall()
+    con.close()
+    assert revs == [("b", 1), ("tie", 2)]
+
+
+@pytest.mark.timeout(240)
+def test_browser_items_per_minute(tmp_path, capsys):
+    """A scripted annotator judging by keyboard only (read, choose, save): the app's own overhead per item,
+    measured as items per minute (README quotes it)."""
+    from playwright import sync_api
+    expect = sync_api.expect
+    n = 12
+    _, _, server = _serve(tmp_path, n, None)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{server.port}/?token={TOKEN}&annotator=carol")
+            expect(page.locator("#progress")).to_have_text(f"0 / {n}", timeout=WAIT)
+            t0 = time.monotonic()
+            for i in range(n):
+                old = page.get_attribute("#work", "data-item")
+                page.keyboard.press("12"[i % 2])
+                page.keyboard.press("Enter")
+                expect(page.locator("#progress")).to_have_text(f"{i + 1} / {n}", timeout=WAIT)
+                page.wait_for_function("old => document.getElementById('work').dataset.item !== old"
+                                       " || !document.getElementById('done').hidden", arg=old, timeout=WAIT)
+            expect(page.locator("#done")).to_be_visible(timeout=WAIT)
+            per_minute = n / ((time.monotonic() - t0) / 60)
+            rate = page.inner_text("#rate")
+            browser.close()
+    finally:
+        server.kill(signal.SIGKILL)
+    with capsys.disabled():
+        print(f"\nannotate: {per_minute:.0f} items per minute (scripted keyboard run, {n} items; page says {rate!r})")
+    assert "items/min" in rate
+    assert per_minute > 60  # the app is never the bottleneck: a person reading two captions takes longer

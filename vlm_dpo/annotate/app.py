@@ -10,6 +10,10 @@ Endpoints (JSON unless noted; all behind the token when one is set):
     GET  /api/agreement             Cohen's kappa per annotator pair (agreement.py)
     GET  /api/export                the judgement JSONL (application/x-ndjson)
     GET  /api/stats                 counts
+    POST /api/notes                 {"item_id", "annotator", "tags": [hallucination|count|colour|side|vague], "reason",
+                                    "flag"}: error tags, a reason, a flag (broken item) for one item
+    GET  /api/notes                 the latest note per (item, annotator)
+    GET  /api/history?annotator=ID  the annotator's judged items, newest first (review, back/undo)
 
 Safety: binds 127.0.0.1 unless told otherwise; an optional token (header X-Annotate-Token, Authorization:
 Bearer, or ?token=) compared in constant time; a Host allow-list on loopback (stops DNS rebinding); POSTs must be
@@ -36,8 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import ACTIONS, AnnotateConfig
 from .agreement import agreement_of
 from .items import IMAGE_TYPES, load_detections, load_items, safe_image_path
-from .page import CSP, PAGE
-from .store import NotVisible, Store, export_judgements
+from .page import CSP, NO_TOKEN_PAGE, PAGE
+from .store import TAGS, NotVisible, Store, export_judgements
 
 ANNOTATOR_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
 ITEM_PATTERN = r"^[0-9a-f]{16}$"
@@ -55,6 +59,15 @@ class JudgementIn(BaseModel):
     choice: Literal["a", "b", "tie", "both_bad"]
     edit: str | None = Field(default=None, max_length=4000)
     ms: int | None = Field(default=None, ge=0, le=10**9)  # time on the item, for curiosity (not exported)
+
+
+class NoteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item_id: str = Field(pattern=ITEM_PATTERN)
+    annotator: str = Field(pattern=ANNOTATOR_PATTERN)
+    tags: list[Literal[TAGS]] = Field(default_factory=list, max_length=len(TAGS))
+    reason: str | None = Field(default=None, max_length=2000)
+    flag: bool = False
 
 
 def _host_only(netloc: str) -> str:
@@ -89,6 +102,8 @@ def create_app(store: Store, image_root: str | Path, *, annotators: list[str] | 
             if not got and auth.lower().startswith("bearer "):
                 got = auth[7:].strip()
             if not hmac.compare_digest(got.encode(), token.encode()):
+                if request.url.path == "/" and "text/html" in request.headers.get("accept", ""):
+                    return HTMLResponse(NO_TOKEN_PAGE, status_code=401)  # a person, not a script: say what to do
                 return error(401, "missing or wrong token")
         if request.method not in ("GET", "HEAD"):
             origin = request.headers.get("origin")
@@ -129,7 +144,8 @@ def create_app(store: Store, image_root: str | Path, *, annotators: list[str] | 
             boxes = {"width": None, "height": None, "boxes": item.get("boxes") or []}
         return {"item_id": v["item_id"], "image_id": v["image_id"], "prompt": v["prompt"],
                 "grounding": v["grounding"], "a": v["a"], "b": v["b"], "detections": boxes,
-                "judgement": store.judgement(item["item_id"], annotator)}
+                "judgement": store.judgement(item["item_id"], annotator),
+                "note": store.note(item["item_id"], annotator)}
 
     @app.get("/", response_class=HTMLResponse)
     def page():
@@ -140,9 +156,9 @@ def create_app(store: Store, image_root: str | Path, *, annotators: list[str] | 
         return Response(status_code=204)
 
     @app.get("/api/next")
-    def next_item(annotator: AnnotatorQ):
+    def next_item(annotator: AnnotatorQ, skip: Annotated[str, Query(pattern=r"^[0-9a-f,]{0,9000}$")] = ""):
         check_annotator(annotator)
-        item = store.next_item(annotator, open_=open_)
+        item = store.next_item(annotator, open_=open_, skip=[s for s in skip.split(",") if s])
         return {"item": payload(item, annotator) if item else None,
                 "progress": store.progress(annotator, open_=open_)}
 
@@ -180,6 +196,22 @@ def create_app(store: Store, image_root: str | Path, *, annotators: list[str] | 
         except NotVisible:
             raise HTTPException(409, "this item belongs to another annotator") from None
         return {"saved": True, **saved, "progress": store.progress(j.annotator, open_=open_)}
+
+    @app.post("/api/notes")
+    def save_note(n: NoteIn):
+        check_annotator(n.annotator)
+        if store.item(n.item_id) is None:
+            raise HTTPException(404, "no such item")
+        return {"saved": True, **store.save_note(n.item_id, n.annotator, list(n.tags), n.reason, n.flag)}
+
+    @app.get("/api/notes")
+    def notes():
+        return store.notes()
+
+    @app.get("/api/history")
+    def history(annotator: AnnotatorQ):
+        check_annotator(annotator)
+        return {"history": store.history(annotator), "progress": store.progress(annotator, open_=open_)}
 
     @app.get("/api/agreement")
     def agreement():
@@ -258,7 +290,9 @@ def run(acfg: AnnotateConfig) -> dict:
         print(f"annotate: WARNING: listening on {acfg.host} without a token: anyone who can reach this port can "
               "read the images and write judgements (set annotate.token)", file=sys.stderr)
     shown = f"[{acfg.host}]" if ":" in acfg.host else acfg.host
-    url = f"http://{shown}:{acfg.port}/" + (f"?token={acfg.token}" if acfg.token else "")
+    base = f"http://{shown}:{acfg.port}/?" + (f"token={acfg.token}&" if acfg.token else "")
+    who = list(acfg.annotators) or [""]  # open list: the page asks for an id
+    url = " , ".join(f"{base}annotator={a}" for a in who[:5]) + (" ..." if len(who) > 5 else "")
     print(f"annotate: {summary['items']} items ({summary['new_items']} new, {summary['shared']} shared), "
           f"{summary['judgements']} judged so far; open {url}", file=sys.stderr, flush=True)
     # uvicorn stops gracefully on SIGINT/SIGTERM and then re-raises the signal to the previous handler: make

@@ -7,6 +7,8 @@ Tables:
                 in) and `shared` (every annotator sees it; the others go to one annotator each)
     claims      item -> the one annotator a non-shared item belongs to
     judgements  every submission, append-only; the latest per (item, annotator) counts, earlier ones are history
+    notes       per (item, annotator), append-only, latest counts: error tags (TAGS), a free reason, a flag
+                ("this item is broken"); kept beside the judgements so their export format does not change
 
 Overlap: of each batch of new items, round(overlap * n) (the first by order_key) are shared. With a fixed
 annotator list the other items are dealt out at start-up, each to the annotator with the fewest so far; with
@@ -46,7 +48,12 @@ CREATE TABLE IF NOT EXISTS judgements (
     ms INTEGER);
 CREATE INDEX IF NOT EXISTS judgements_item ON judgements (item_id, annotator);
 CREATE INDEX IF NOT EXISTS judgements_annotator ON judgements (annotator);
+CREATE TABLE IF NOT EXISTS notes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, item_id TEXT NOT NULL REFERENCES items, annotator TEXT NOT NULL,
+    tags TEXT NOT NULL, reason TEXT, flag INTEGER NOT NULL, time TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS notes_item ON notes (item_id, annotator);
 """
+TAGS = ("hallucination", "count", "colour", "side", "vague")
 
 
 class NotVisible(LookupError):
@@ -194,14 +201,18 @@ class Store:
 
     _VISIBLE = """(i.shared = 1 OR c.annotator = :who OR (:open AND c.annotator IS NULL))"""
 
-    def next_item(self, annotator: str, *, open_: bool) -> dict | None:
-        """The annotator's next unjudged item (claiming it if it is an unclaimed non-shared one), or None."""
+    def next_item(self, annotator: str, *, open_: bool, skip: list[str] | tuple[str, ...] = ()) -> dict | None:
+        """The annotator's next unjudged item (claiming it if it is an unclaimed non-shared one), or None; items
+        in `skip` (skipped for now) are passed over."""
+        skip = list(skip)[:500]
+        marks = ",".join("?" * len(skip))
         with self._write() as con:
             row = con.execute(f"""SELECT i.*, c.annotator AS owner FROM items i
                 LEFT JOIN claims c ON c.item_id = i.item_id
-                WHERE {self._VISIBLE} AND NOT EXISTS (
-                    SELECT 1 FROM judgements j WHERE j.item_id = i.item_id AND j.annotator = :who)
-                ORDER BY i.order_key LIMIT 1""", {"who": annotator, "open": int(open_)}).fetchone()
+                WHERE {self._VISIBLE.replace(':who', '?').replace(':open', '?')} AND NOT EXISTS (
+                    SELECT 1 FROM judgements j WHERE j.item_id = i.item_id AND j.annotator = ?)
+                    {f"AND i.item_id NOT IN ({marks})" if skip else ""}
+                ORDER BY i.order_key LIMIT 1""", [annotator, int(open_), annotator, *skip]).fetchone()
             if row is None:
                 return None
             if not row["shared"] and row["owner"] is None:
@@ -254,6 +265,43 @@ class Store:
             row = self.con.execute("""SELECT choice, edit, revision, time FROM judgements WHERE item_id = ? AND
             annotator = ? ORDER BY id DESC LIMIT 1""", (item_id, annotator)).fetchone()
         return dict(row) if row else None
+
+    def save_note(self, item_id: str, annotator: str, tags: list[str], reason: str | None, flag: bool) -> dict:
+        bad = [t for t in tags if t not in TAGS]
+        if bad:
+            raise ValueError(f"tags must be among {TAGS}, got {bad}")
+        with self._write() as con:
+            if con.execute("SELECT 1 FROM items WHERE item_id = ?", (item_id,)).fetchone() is None:
+                raise KeyError(item_id)
+            t = now()
+            con.execute("INSERT INTO notes (item_id, annotator, tags, reason, flag, time) VALUES (?, ?, ?, ?, ?, ?)",
+                        (item_id, annotator, json.dumps(sorted(set(tags))), (reason or "").strip() or None,
+                         int(flag), t))
+        return {"time": t}
+
+    def note(self, item_id: str, annotator: str) -> dict | None:
+        with self._lock:
+            row = self.con.execute("""SELECT tags, reason, flag, time FROM notes WHERE item_id = ? AND annotator = ?
+                ORDER BY id DESC LIMIT 1""", (item_id, annotator)).fetchone()
+        return {"tags": json.loads(row["tags"]), "reason": row["reason"], "flag": bool(row["flag"]),
+                "time": row["time"]} if row else None
+
+    def notes(self) -> list[dict]:
+        """The latest note per (item, annotator)."""
+        with self._lock:
+            rows = self.con.execute("""SELECT n.* FROM notes n WHERE n.id = (SELECT MAX(id) FROM notes k
+                WHERE k.item_id = n.item_id AND k.annotator = n.annotator) ORDER BY n.id""").fetchall()
+        return [{"item_id": r["item_id"], "annotator": r["annotator"], "tags": json.loads(r["tags"]),
+                 "reason": r["reason"], "flag": bool(r["flag"]), "time": r["time"]} for r in rows]
+
+    def history(self, annotator: str) -> list[dict]:
+        """The annotator's judged items, most recent first: latest judgement (+ note) per item, revisions."""
+        with self._lock:
+            rows = self.con.execute("""SELECT j.item_id, j.a, j.b, j.choice, j.edit, j.time, j.revision, i.image_id
+                FROM judgements j JOIN items i ON i.item_id = j.item_id WHERE j.annotator = ? AND j.id = (
+                    SELECT MAX(id) FROM judgements k WHERE k.item_id = j.item_id AND k.annotator = j.annotator)
+                ORDER BY j.id DESC""", (annotator,)).fetchall()
+        return [dict(r) | {"note": self.note(r["item_id"], annotator)} for r in rows]
 
     def latest(self) -> list[dict]:
         """The latest judgement per (item, annotator), as judgement records (pairs/io.py) plus our columns."""
