@@ -22,7 +22,7 @@ def test_missing_token_gets_a_page_for_people(data, tmp_path):
     app, store, _ = app_mod.build(AnnotateConfig(captions=str(data.captions), image_root=str(data.root),
                                                  db=str(tmp_path / "j.sqlite"), token="tok"))
     try:
-        client = TestClient(app)
+        client = TestClient(app, base_url="http://127.0.0.1")
         r = client.get("/", headers={"Accept": "text/html,application/xhtml+xml"})
         assert r.status_code == 401 and r.headers["content-type"].startswith("text/html")
         assert "needs its access link" in r.text and "token=" in r.text
