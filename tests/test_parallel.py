@@ -99,4 +99,6 @@ def test_describe_parallel_writes_what_one_process_writes(tmp_path, tiny_cfg):
     strip = lambda rows: [{k: v for k, v in r.items() if k != "model"} for r in rows]  # noqa: E731
     assert strip(read_jsonl(two)) == strip(read_jsonl(one))
     assert [r["image_id"] for r in read_jsonl(two)] == [it["image_id"] for it in items]
-    assert sorted(p.name for p in out.iterdir()) == ["one.jsonl", "two.jsonl"]  # shard files merged away
+    # shard files merged away (each file has the settings it was made under beside it)
+    assert sorted(p.name for p in out.iterdir()) == ["one.jsonl", "one.jsonl.settings.json", "two.jsonl",
+                                                     "two.jsonl.settings.json"]

@@ -175,3 +175,161 @@ def test_a_folder_whose_only_image_is_an_outward_symlink_says_why(tmp_path):
     with pytest.raises(DataError, match="no images.*symlinked image.*outside the folder.*cam.png"), \
             pytest.warns(UserWarning, match="refused"):
         folder_items(tmp_path / "photos")
+
+
+# ---- stale reuse: a stage file is redone when what made it changed ----------------------------------------
+
+def _photos(folder: Path, names, colour=(90, 60, 30)):
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        Image.new("RGB", (96, 96), colour).save(folder / f"{n}.png")
+    return folder
+
+
+def test_detect_redoes_its_file_when_the_folder_changes(tiny_cfg, tmp_path):
+    from vlm_dpo import detect
+    from vlm_dpo.records import read_jsonl
+    from vlm_dpo.run import RunFolder
+
+    tiny_cfg.data.images = str(_photos(tmp_path / "photos", ["a", "b"]))
+    ids = lambda: sorted(r["image_id"] for r in read_jsonl(detect.run(tiny_cfg, RunFolder.setup(tiny_cfg),  # noqa: E731
+                                                                      progress=False)))
+    assert ids() == ["a", "b"]
+    (tmp_path / "photos" / "a.png").unlink()
+    _photos(tmp_path / "photos", ["c"])
+    assert ids() == ["b", "c"]  # added and deleted images
+    tiny_cfg.data.images = str(_photos(tmp_path / "other", ["x"]))
+    assert ids() == ["x"]  # another folder, same --out
+    _photos(tmp_path / "other", ["x"], colour=(10, 200, 10))  # same name, new pixels
+    path = detect.run(tiny_cfg, RunFolder.setup(tiny_cfg), progress=False)
+    settings = json.loads(path.with_name(path.name + ".settings.json").read_text())
+    assert settings["images"] == __import__("vlm_dpo.keys", fromlist=["x"]).images_fingerprint(
+        [{"image_id": "x", "file": "x.png", "path": str(tmp_path / "other" / "x.png")}])
+
+
+def test_detect_redoes_its_file_for_other_detector_weights(tiny_cfg, tmp_path):
+    import shutil
+
+    from vlm_dpo import detect
+    from vlm_dpo.records import settings_path
+    from vlm_dpo.run import RunFolder
+
+    weights = tmp_path / "det.pt"
+    shutil.copy(detect.detector_weights(tiny_cfg), weights)
+    tiny_cfg.detector.model = str(weights)
+    path = detect.run(tiny_cfg, RunFolder.setup(tiny_cfg), "val", progress=False)
+    before = json.loads(settings_path(path).read_text())["detector"]
+    with weights.open("ab") as f:
+        f.write(b"\0")  # a retrained checkpoint at the same path
+    detect.run(tiny_cfg, RunFolder.setup(tiny_cfg), "val", progress=False)
+    assert json.loads(settings_path(path).read_text())["detector"] != before
+
+
+def test_describe_with_other_settings_does_not_return_the_old_file(tiny_cfg, caplog):
+    from vlm_dpo import describe
+    from vlm_dpo.records import read_jsonl
+    from vlm_dpo.run import RunFolder
+
+    path = describe.run(tiny_cfg, RunFolder.setup(tiny_cfg), "val", progress=False)
+    assert {len(r["samples"]) for r in read_jsonl(path)} == {2}
+    tiny_cfg.describe.n_samples, tiny_cfg.describe.temperature = 1, 0.3
+    with caplog.at_level("WARNING", logger="vlm_dpo"):
+        path = describe.run(tiny_cfg, RunFolder.setup(tiny_cfg), "val", progress=False)
+    recs = list(read_jsonl(path))
+    assert {len(r["samples"]) for r in recs} == {1} and {r["generation"]["temperature"] for r in recs} == {0.3}
+    assert "n_samples: 2 -> 1" in caplog.text and "temperature: 1.0 -> 0.3" in caplog.text
+
+
+def test_describe_redoes_captions_of_a_model_retrained_at_the_same_path(tiny_cfg, tmp_path):
+    import shutil
+
+    from vlm_dpo import describe
+    from vlm_dpo.embedded import ensure_vlm
+    from vlm_dpo.records import settings_path
+    from vlm_dpo.run import RunFolder
+
+    model = tmp_path / "model"
+    shutil.copytree(ensure_vlm(tiny_cfg, progress=False)["model"], model)
+    tiny_cfg.vlm.model = str(model)
+    path = describe.run(tiny_cfg, RunFolder.setup(tiny_cfg), "val", progress=False)
+    before = json.loads(settings_path(path).read_text())["model"]
+    (model / "extra.json").write_text("{}")  # the folder's content changed
+    describe.run(tiny_cfg, RunFolder.setup(tiny_cfg), "val", progress=False)
+    assert json.loads(settings_path(path).read_text())["model"] != before
+
+
+# ---- torn state ------------------------------------------------------------------------------------------------
+
+def test_disk_full_mid_batch_then_rerun_writes_each_image_once(tiny_cfg, monkeypatch, capsys):
+    """ENOSPC while a batch is written: one clear CLI line, no temp files, and the rerun neither loses nor
+    duplicates a record."""
+    from tiny_config import TINY_OVERRIDES
+
+    from vlm_dpo import records
+    from vlm_dpo.records import read_jsonl
+    from vlm_dpo.run import RunFolder
+
+    args = ["describe", *TINY_OVERRIDES, f"cache_dir={tiny_cfg.cache_dir}", f"out={tiny_cfg.out}", "data.split=val",
+            "--quiet"]
+    real_dumps, calls = json.dumps, []
+
+    def filling_disk(obj, *a, **kw):
+        if isinstance(obj, dict) and "samples" in obj:
+            calls.append(1)
+            if len(calls) == 6:  # the second record of the second batch (batches of 4)
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_dumps(obj, *a, **kw)
+
+    monkeypatch.setattr(records.json, "dumps", filling_disk)
+    assert cli_main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [e for e in err.splitlines() if "error" in e.lower()]  # (progress bars of the cache build aside)
+    assert line.startswith("vlm-dpo describe: error:") and "no space left on device" in line, err
+    run = RunFolder(tiny_cfg.out)
+    assert not list(run.root.rglob("*.tmp"))
+    monkeypatch.setattr(records.json, "dumps", real_dumps)
+    assert cli_main(args) == 0
+    ids = [r["image_id"] for r in read_jsonl(run.captions("val"))]
+    assert len(ids) == len(set(ids)) == tiny_cfg.world.n_val
+
+
+def test_a_failed_write_is_cut_back_to_the_last_whole_batch(tmp_path, monkeypatch):
+    from vlm_dpo import records
+    from vlm_dpo.records import ResumableJsonl, StorageError, read_jsonl
+
+    out = tmp_path / "out.jsonl"
+    real_write = os.write
+
+    def half_then_full(fd, data):
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(StorageError, match="out.jsonl.partial: no space left"):
+        with ResumableJsonl(out, key="id") as w:
+            w.write_many([{"id": 1}, {"id": 2}])
+            monkeypatch.setattr(records.os, "write", half_then_full)
+            w.write_many([{"id": 3}, {"id": 4}])
+    monkeypatch.setattr(records.os, "write", real_write)
+    assert [r["id"] for r in read_jsonl(out.with_name("out.jsonl.partial"))] == [1, 2]
+    with ResumableJsonl(out, key="id") as w:
+        assert w.done == {"1", "2"}
+        w.write_many([{"id": 1}, {"id": 2}, {"id": 3}, {"id": 4}])  # a regenerated batch is not appended twice
+    assert [r["id"] for r in read_jsonl(out)] == [1, 2, 3, 4]
+
+
+def test_atomic_writes_leave_no_temp_file_when_the_disk_is_full(tmp_path, monkeypatch):
+    from pathlib import Path as P
+
+    from vlm_dpo.records import StorageError, write_jsonl_atomic, write_text_atomic
+
+    def full(self, *a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(P, "write_text", full)
+    with pytest.raises(StorageError):
+        write_text_atomic(tmp_path / "a.json", "{}")
+    monkeypatch.setattr(os, "fsync", lambda fd: full(None))
+    with pytest.raises(StorageError):
+        write_jsonl_atomic(tmp_path / "b.jsonl", [{"x": 1}])
+    assert list(tmp_path.iterdir()) == []

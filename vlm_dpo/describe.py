@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from .checks import at_least, fraction, positive
 from .ground import PromptConfig, grounding_text, prompt_text, render_prompt
 from .images import DataError, image_items, open_image
+from .keys import images_fingerprint, key, model_fingerprint
 from .records import ResumableJsonl, read_jsonl, write_text_atomic
 from .run import RunFolder, apply_threads
 
@@ -75,7 +76,7 @@ def describe(model, processor, items: list[dict], cfg) -> list[dict]:
     samples = (generate_captions(model, processor, images, texts, do_sample=True, n=cfg.n_samples, **settings)
                if cfg.n_samples > 0 else [[] for _ in items])
     gen = {k: v for k, v in asdict(cfg).items() if k in ("n_samples", "temperature", "top_p", "max_new_tokens", "seed")}
-    model_id = getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")
+    model_id = _model_id(model)
     return [{
         "image_id": it["image_id"], "file": it.get("file", str(it["path"])), "prompt": it["prompt"],
         "grounding": it.get("grounding"), "greedy": greedy[i][0] if greedy else None, "samples": samples[i],
@@ -83,8 +84,22 @@ def describe(model, processor, items: list[dict], cfg) -> list[dict]:
     } for i, it in enumerate(items)]
 
 
+def describe_settings(model_id: str, items: list[dict], cfg) -> dict:
+    """What shapes a captions file: the model (by content), the images and prompts, and the generation settings
+    (not `workers`: n processes write what one does)."""
+    gen = {k: v for k, v in asdict(cfg).items() if k != "workers"}
+    return {"model": model_fingerprint(model_id), "generation": gen,
+            "items": key([(str(it["image_id"]), str(it.get("file", "")), it["prompt"], it.get("grounding"))
+                          for it in items]),
+            "images": images_fingerprint(items)}
+
+
+def _model_id(model) -> str:
+    return str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", ""))
+
+
 def describe_to_jsonl(model, processor, items: list[dict], cfg, out_path: str | Path, progress: bool = True,
-                      shard: tuple[int, int] = (0, 1)) -> Path:
+                      shard: tuple[int, int] = (0, 1), settings: dict | None = None) -> Path:
     """`describe` over all items into a resumable JSONL; finished batches are skipped on rerun.
 
     shard=(k, n) does only the batches whose index is k modulo n; every batch keeps the seed of its index in
@@ -92,7 +107,8 @@ def describe_to_jsonl(model, processor, items: list[dict], cfg, out_path: str | 
     """
     out_path = Path(out_path)
     k, n = shard
-    with ResumableJsonl(out_path, key="image_id") as w:
+    settings = settings or describe_settings(_model_id(model), items, cfg)
+    with ResumableJsonl(out_path, key="image_id", settings=settings) as w:
         if w.finished:
             return out_path
         chunks = [(bi, items[i:i + cfg.batch_size]) for bi, i in enumerate(range(0, len(items), cfg.batch_size))]
@@ -105,12 +121,13 @@ def describe_to_jsonl(model, processor, items: list[dict], cfg, out_path: str | 
 
 
 def _describe_shard(model_path: str, items: list[dict], cfg, out_path: str, shard: tuple[int, int], dtype: str,
-                    device: str, progress: bool) -> str:
+                    device: str, progress: bool, settings: dict | None = None) -> str:
     from .models import load_model_and_processor
 
     model, processor = load_model_and_processor(model_path, dtype=dtype, device=device)
     model.eval()
-    return str(describe_to_jsonl(model, processor, items, cfg, out_path, progress=progress, shard=shard))
+    return str(describe_to_jsonl(model, processor, items, cfg, out_path, progress=progress, shard=shard,
+                                 settings=settings))
 
 
 def describe_parallel(model_path: str, items: list[dict], cfg, out_path: str | Path, *, workers: int,
@@ -123,16 +140,22 @@ def describe_parallel(model_path: str, items: list[dict], cfg, out_path: str | P
     from .parallel import run_parallel
     from .records import read_jsonl, write_jsonl_atomic
 
+    from .records import drop_if_other_settings, record_settings, settings_path
+
     out_path = Path(out_path)
+    settings = describe_settings(model_path, items, cfg)
+    drop_if_other_settings(out_path, settings)
     if out_path.exists():
         return out_path
     parts = [out_path.with_name(f"{out_path.stem}.shard{k}of{workers}.jsonl") for k in range(workers)]
-    run_parallel(_describe_shard, [(model_path, items, cfg, str(p), (k, workers), dtype, device, progress and k == 0)
-                                   for k, p in enumerate(parts)], workers=workers, threads=1)
+    run_parallel(_describe_shard, [(model_path, items, cfg, str(p), (k, workers), dtype, device, progress and k == 0,
+                                    settings) for k, p in enumerate(parts)], workers=workers, threads=1)
     by_id = {str(r["image_id"]): r for p in parts for r in read_jsonl(p)}
+    record_settings(out_path, settings)
     write_jsonl_atomic(out_path, [by_id[str(it["image_id"])] for it in items])
     for p in parts:
         p.unlink()
+        settings_path(p).unlink(missing_ok=True)
     return out_path
 
 
@@ -169,9 +192,8 @@ def run(cfg, run: RunFolder, split: str | None = None, *, progress: bool = True,
 
     apply_threads(cfg)
     split = split or cfg.data.split
-    det_path = run.detections(split)
-    if not det_path.exists():
-        detect.run(cfg, run, split, progress=progress)
+    # Always through the detect stage: it reuses its file only when the images and detector are unchanged.
+    det_path = detect.run(cfg, run, split, progress=progress)
     items, counts = describe_items(cfg, split, det_path, grounded)
     if not items:
         raise DataError(f"{det_path}: no usable images to describe ({counts})")

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .checks import at_least, fraction
 from .images import ImageError, image_items, open_image
-from .keys import WORLD_CODE, code_fingerprint, key
+from .keys import WORLD_CODE, code_fingerprint, images_fingerprint, key, model_fingerprint
 from .offline import configure_offline, disable_ultralytics_sync
 from .records import ResumableJsonl, write_text_atomic
 from .run import RunFolder, apply_threads
@@ -105,10 +105,18 @@ def detect(images: list[dict], model, *, conf: float = 0.25, iou: float = 0.7, d
     return out
 
 
+def detection_settings(images: list[dict], model, *, conf: float = 0.25, iou: float = 0.7, imgsz: int | None = None,
+                       skip_bad_images: bool = False, **_) -> dict:
+    """What shapes a detections file: the images (by content), the detector (by content) and its thresholds."""
+    return {"images": images_fingerprint(images), "detector": model_fingerprint(model) if isinstance(model, (str, Path))
+            else type(model).__name__, "conf": conf, "iou": iou, "imgsz": imgsz, "skip_bad_images": skip_bad_images}
+
+
 def detect_to_jsonl(images: list[dict], model, out_path: str | Path, *, progress: bool = True, **kwargs) -> Path:
-    """`detect` over many images into a resumable JSONL (finished images are skipped on rerun)."""
+    """`detect` over many images into a resumable JSONL (finished images are skipped on rerun). A file made from
+    other images or by another detector or thresholds is redone (see records.ResumableJsonl)."""
     out_path = Path(out_path)
-    with ResumableJsonl(out_path, key="image_id") as w:
+    with ResumableJsonl(out_path, key="image_id", settings=detection_settings(images, model, **kwargs)) as w:
         if w.finished:
             return out_path
         todo = [r for r in images if str(r["image_id"]) not in w.done]

@@ -4,6 +4,8 @@
     code_fingerprint(*modules)  hash of the source files of modules/packages: a key that covers the code which
                                 builds an asset, so editing that code builds a new one (no hand-bumped versions)
     file_fingerprint(path)      hash of a file's content (big files: size + sampled chunks), never its mtime
+    path_fingerprint(path)      the same for a file or a whole folder (None when missing)
+    model_fingerprint(model)    a model by content: a local file/folder's fingerprint, else the hub id itself
 """
 
 from __future__ import annotations
@@ -92,3 +94,17 @@ def path_fingerprint(path: str | Path) -> str | None:
         return key([(p.relative_to(path).as_posix(), file_fingerprint(p)) for p in sorted(path.rglob("*"))
                     if p.is_file()])
     return None
+
+
+def model_fingerprint(model: str | Path) -> str:
+    """What a model *is*, for keys: a local checkpoint (file or save_pretrained folder) by its path and content,
+    so a model retrained at the same path is another model; a hub id (or any name not on disk) by the name."""
+    path = Path(str(model)).expanduser()
+    fp = path_fingerprint(path) if path.exists() else None
+    return f"{path.resolve()}@{fp}" if fp is not None else str(model)
+
+
+def images_fingerprint(items: list[dict]) -> str:
+    """The content of a list of images ({image_id, path, ...}): ids, names and every file's fingerprint (None
+    for a missing one), so added, deleted, renamed or edited images change it."""
+    return key([(str(it["image_id"]), str(it.get("file", "")), path_fingerprint(it["path"])) for it in items])

@@ -20,9 +20,7 @@ def eval_items(cfg, run: RunFolder) -> tuple[list[dict], list[dict]]:
     from ..describe import describe_items
 
     split = cfg.eval.split
-    det_path = run.detections(split)
-    if not det_path.exists():
-        detect.run(cfg, run, split, progress=False)
+    det_path = detect.run(cfg, run, split, progress=False)  # reused when its images and detector are unchanged
     items, _ = describe_items(cfg, split, det_path)
     if cfg.eval.annotations:
         truth = {str(r["image_id"]): r for r in read_jsonl(cfg.eval.annotations)}
