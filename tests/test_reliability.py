@@ -333,3 +333,42 @@ def test_atomic_writes_leave_no_temp_file_when_the_disk_is_full(tmp_path, monkey
     with pytest.raises(StorageError):
         write_jsonl_atomic(tmp_path / "b.jsonl", [{"x": 1}])
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- eval: results keyed by model content; metrics.json merged, never replaced by a partial one -----------
+
+def test_eval_merges_into_a_finished_run_and_keys_results_by_model_content(tiny_cfg, tmp_path):
+    import shutil
+
+    from vlm_dpo.embedded import ensure_vlm
+    from vlm_dpo.eval import stage
+    from vlm_dpo.run import RunFolder
+
+    cfg = tiny_cfg
+    cfg.eval.limit, cfg.eval.n_samples, cfg.eval.bootstrap, cfg.eval.robustness = 3, 1, 10, False
+    cfg.eval.clip_model = ""
+    sft = ensure_vlm(cfg, progress=False)["model"]
+    cfg.eval.models = {"sft": sft, "dpo": sft}
+    run = RunFolder.setup(cfg)
+    stage.run(cfg, run, progress=False)
+    finished = json.loads(run.metrics.read_text())
+    finished |= {"pairs": {"pairs": 7}, "train": {"model": "x"}}  # as a pipeline writes it
+    run.metrics.write_text(json.dumps(finished))
+
+    cfg.eval.models = {"sft": sft}  # `vlm-dpo eval` on the finished run
+    stage.run(cfg, run, progress=False)
+    after = json.loads(run.metrics.read_text())
+    assert set(after["models"]) == {"sft", "dpo"} and after["pairs"] == {"pairs": 7} and after["train"]
+    assert after["models"]["dpo"] == finished["models"]["dpo"]
+
+    other = tmp_path / "other_model"  # another model under the name "sft": evaluated, not the cached numbers
+    shutil.copytree(sft, other)
+    (other / "note.txt").write_text("retrained")
+    cfg.eval.models = {"sft": str(other)}
+    stage.run(cfg, run, progress=False)
+    assert json.loads(run.metrics.read_text())["models"]["sft"]["model"] == str(other)
+
+    cfg.eval.split = "val"  # other images: refused, naming what changed, the finished results untouched
+    with pytest.raises(ValueError, match="another evaluation.*eval.split: 'test' -> 'val'"):
+        stage.run(cfg, run, progress=False)
+    assert set(json.loads(run.metrics.read_text())["models"]) == {"sft", "dpo"}

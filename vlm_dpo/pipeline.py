@@ -124,6 +124,8 @@ def run_pipeline(cfg, progress: bool = True) -> dict:
         },
         "detector": detector, "vlm": vlm, "pairs": {k: v for k, v in pair_stats.items() if k != "key"},
         "train": train_summary, "timing_s": lap.seconds, "held_out_images": len(items),
+        # what a later `vlm-dpo eval` into this folder must match to merge its results (eval/stage.py)
+        "eval_settings": eval_stage.eval_settings(cfg, items, scenes),
     }
     report.run(cfg, run, summary, items=items, scenes=scenes, pair_stats=summary["pairs"],
                curves_from=Path(tcfg.output_dir) / "metrics.jsonl")

@@ -114,10 +114,11 @@ def settings_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".settings.json")
 
 
-def _changes(old, new, prefix: str = "") -> list[str]:
+def setting_changes(old, new, prefix: str = "") -> list[str]:
+    """What differs between two settings dicts, as 'key.sub: old -> new' lines."""
     if isinstance(old, dict) and isinstance(new, dict):
         return [c for k in sorted(set(old) | set(new), key=str)
-                for c in _changes(old.get(k), new.get(k), f"{prefix}{k}.")]
+                for c in setting_changes(old.get(k), new.get(k), f"{prefix}{k}.")]
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
 
 
@@ -139,7 +140,7 @@ def drop_if_other_settings(path: str | os.PathLike, settings: dict, also: Iterab
         return []
     if old is None and not path.exists() and not any(Path(f).exists() for f in also):
         return []  # a partial file from before settings were recorded: resumed, as it always was
-    changed = _changes(old, now) if old is not None else ["settings not recorded"]
+    changed = setting_changes(old, now) if old is not None else ["settings not recorded"]
     log.warning("%s was made with other settings (%s): redoing it", path, "; ".join(changed[:6]))
     for f in files:
         _unlink_quietly(f)

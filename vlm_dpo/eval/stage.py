@@ -1,5 +1,13 @@
 """The eval stage: the evaluation images and their truth, the see-don't-copy inputs, and every model's
-metrics (models side by side in worker processes on CPU). Writes <run>/eval/<model>.* and metrics.json."""
+metrics (models side by side in worker processes on CPU). Writes <run>/eval/<model>.* and metrics.json.
+
+A model's results in <run>/eval/ are reused only for the same model *content* (its path and file
+fingerprints, keys.model_fingerprint), evaluation settings and images: `<model>.metrics.json.settings.json`
+records them, so `eval.models={sft: <another model>}` or a model retrained at the same path is evaluated anew.
+`vlm-dpo eval` on a run that already has metrics.json (a finished pipeline) merges its models' results into it,
+keeping the other models, the training curves and the pair statistics; when the existing results are on other
+evaluation images or settings it refuses, naming what changed, rather than mixing the two.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,9 @@ from pathlib import Path
 from ..ground import PromptConfig, grounding_text, prompt_text
 from ..images import DataError
 from ..judge import resolve_vocabulary
-from ..records import read_jsonl, write_text_atomic
+from ..keys import key, model_fingerprint
+from ..records import (drop_if_other_settings, read_jsonl, record_settings, setting_changes,
+                       write_text_atomic)
 from ..run import RunFolder
 
 
@@ -60,6 +70,22 @@ def robustness_inputs(cfg, run: RunFolder, items: list[dict], scenes: list[dict]
     }
 
 
+def eval_settings(cfg, items: list[dict], scenes: list[dict]) -> dict:
+    """What every model's results depend on besides the model: the evaluation settings (not which models, nor
+    how many processes), the images with their prompts, and their ground truth."""
+    from dataclasses import asdict
+
+    ev = {k: v for k, v in asdict(cfg.eval).items() if k not in ("models", "workers")}
+    return json.loads(json.dumps({"eval": ev, "images": len(items), "truth": key(scenes),
+                                  "items": key([(it["image_id"], it.get("file"), it["prompt"]) for it in items])},
+                                 default=str))
+
+
+def _model_results(out_dir: Path, name: str) -> list[Path]:
+    return [out_dir / f"{name}.{kind}" for kind in ("captions.jsonl", "pope.jsonl", "robustness.jsonl",
+                                                     "per_image.jsonl")]
+
+
 def _evaluate_in_worker(cfg, path: str, name: str, items, scenes, out_dir: Path, rob) -> dict:
     from ..embedded import ensure_clip
     from .run import evaluate_model
@@ -77,6 +103,12 @@ def evaluate_models(cfg, run: RunFolder, models: dict[str, str], items: list[dic
     from .run import evaluate_model
 
     rob = robustness_inputs(cfg, run, items, scenes) if cfg.eval.robustness else None
+    # Cached results count only for the same model content, settings and images (never by the model's name).
+    common = eval_settings(cfg, items, scenes) | {"device": cfg.vlm.device,
+                                                  "robustness": key(rob) if rob is not None else None}
+    settings = {name: common | {"model": model_fingerprint(path)} for name, path in models.items()}
+    for name in models:
+        drop_if_other_settings(out_dir / f"{name}.metrics.json", settings[name], also=_model_results(out_dir, name))
     workers = auto_workers(cfg.eval.workers, cfg.vlm.device, jobs=len(models))
     if workers > 1:
         clip_model_name(cfg, progress)  # trained once here (cached) before the workers load it
@@ -89,6 +121,8 @@ def evaluate_models(cfg, run: RunFolder, models: dict[str, str], items: list[dic
         results = {name: evaluate_model(path, name, items, scenes, cfg.eval, out_dir, progress=progress,
                                         device=cfg.vlm.device, clip=clip, robustness=rob)
                    for name, path in models.items()}
+    for name in models:
+        record_settings(out_dir / f"{name}.metrics.json", settings[name])
     if val_pairs:
         tables = {name: pair_logps_table(path, val_pairs, image_root) for name, path in models.items()}
         ref = tables[next(iter(models))]
@@ -106,9 +140,50 @@ def run(cfg, run: RunFolder, *, progress: bool = True) -> dict:
 
     models = dict(cfg.eval.models) or {"sft": ensure_vlm(cfg, progress)["model"]}
     items, scenes = eval_items(cfg, run)
+    summary = merged_summary(run, eval_settings(cfg, items, scenes), {})  # refuses before any work
     results = evaluate_models(cfg, run, models, items, scenes, run.eval, [], Path("."), progress)
-    summary = {"models": results, "held_out_images": len(items)}
+    summary = merged_summary(run, eval_settings(cfg, items, scenes), results)
     write_text_atomic(run.metrics, json.dumps(summary, indent=1, default=str))
-    report.run(cfg, run, summary, items=items, scenes=scenes)
+    curves = run.dpo_metrics if "train" in summary and run.dpo_metrics.exists() else None
+    report.run(cfg, run, summary, items=items, scenes=scenes, pair_stats=summary.get("pairs"), curves_from=curves)
     return {"metrics": str(run.metrics), "report": str(run.report_index),
             "chair_i": {n: r["chair_i"] for n, r in results.items()}}
+
+
+def change_dpo_vs_sft(results: dict) -> dict | None:
+    """Relative change of the headline metrics from the SFT model to the DPO model (None without both)."""
+    if "sft" not in results or "dpo" not in results:
+        return None
+    sft_m, dpo_m = results["sft"], results["dpo"]
+    rel = lambda a, b: (a - b) / b if b else None  # noqa: E731
+    return {"chair_i_relative": rel(dpo_m["chair_i"], sft_m["chair_i"]),
+            "recall_relative": rel(dpo_m["recall"], sft_m["recall"]),
+            "mean_words_relative": rel(dpo_m["mean_words"], sft_m["mean_words"])}
+
+
+def merged_summary(run: RunFolder, settings: dict, results: dict) -> dict:
+    """metrics.json with `results` merged in: other models' results, curves and pair statistics of an earlier
+    evaluation (a finished pipeline) are kept when they were made on the same images and settings; results on
+    other images or settings are never mixed in (ValueError naming what changed)."""
+    old = {}
+    if run.metrics.exists():
+        try:
+            old = json.loads(run.metrics.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = {}  # a damaged file holds nothing worth keeping
+    if old.get("models"):
+        before = old.get("eval_settings")
+        if before is None:  # written before settings were recorded: only the image count can be compared
+            changed = ([] if old.get("held_out_images") == settings["images"]
+                       else [f"images: {old.get('held_out_images')} -> {settings['images']}"])
+        else:
+            changed = setting_changes(before, settings)
+        if changed:
+            raise ValueError(f"{run.metrics} holds results of another evaluation ({'; '.join(changed[:6])}); "
+                             "evaluate into another folder (--out) to keep both")
+    models = dict(old.get("models") or {}) | results
+    summary = old | {"models": models, "held_out_images": settings["images"], "eval_settings": settings}
+    change = change_dpo_vs_sft(models)
+    if change is not None:
+        summary["change_dpo_vs_sft"] = change
+    return summary
