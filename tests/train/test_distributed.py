@@ -1,8 +1,8 @@
 """Two processes with 2 pairs each train exactly like one process with 4 pairs.
 
 `accelerate launch` starts 2 CPU processes (gloo) running `train_dpo` (tests/train/dist_train.py) with
-batch_size=2 per process for 3 steps and a precomputed reference (the main process computes the cache, the
-other loads it); the same config with batch_size=4 then runs in this process. The global batches are the same
+batch_size=2 per process for 3 steps and a precomputed reference (each process computes every other pair,
+both gather the table, the main process writes it); the same config with batch_size=4 then runs in this process. The global batches are the same
 (data order is a pure function of seed and step, sliced per process), so every logged metric, the gradient norm,
 the learning rate, the final evaluation and the final weights must agree up to float rounding (per-process
 batches pad to other widths). Each process also reports a digest of the weights it ended with: they must be

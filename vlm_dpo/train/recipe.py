@@ -97,6 +97,7 @@ class TrainConfig:
     seed: int = 0
     trackers: list[str] = field(default_factory=list)  # e.g. [tensorboard], [wandb]
     resume: bool = True
+    dist_timeout_s: int = 7200  # how long a process waits for the others at a collective (multi-process runs)
 
 
 class PairForward(torch.nn.Module):
@@ -155,15 +156,41 @@ def reference_key(model, processor, pairs: list[dict], cfg: TrainConfig, image_r
 
 
 def precompute_reference(model, processor, pairs: list[dict], cfg: TrainConfig, image_root: Path, cache_dir: Path,
-                         progress: bool = True, autocast=nullcontext) -> ReferenceCache:
+                         progress: bool = True, autocast=nullcontext, accelerator=None) -> ReferenceCache:
     """Reference log-probs (and token counts) of every pair under `model` (the initial policy), cached on disk.
-    `autocast`: the training forward's mixed-precision context, so the reference has the policy's numerics."""
+    `autocast`: the training forward's mixed-precision context, so the reference has the policy's numerics.
+    With an `accelerator` of several processes, each computes every N-th pair and all gather the whole table
+    (every rank must call this); the main process writes the file."""
     corrupt = needs_corrupt(cfg.loss.weights)
     ids = [p["pair_id"] for p in pairs]
     ref_key = reference_key(model, processor, pairs, cfg, image_root)
     path = ReferenceCache.path_for(cache_dir, ref_key, corrupt)
     if path.exists():
         return ReferenceCache.load(path)
+    ranks = accelerator.num_processes if accelerator is not None else 1
+    if ranks > 1:
+        import torch.distributed as dist
+
+        rank = accelerator.process_index
+        mine = reference_values(model, processor, pairs[rank::ranks], cfg, image_root, progress, autocast)
+        shards = [None] * ranks
+        dist.all_gather_object(shards, mine)
+        values = {k: torch.stack([shards[i % ranks][k][i // ranks] for i in range(len(pairs))]) for k in mine}
+        cache = ReferenceCache(values, ids)
+        if accelerator.is_main_process:
+            cache.save(path, ref_key, ids)
+        accelerator.wait_for_everyone()
+        return cache
+    cache = ReferenceCache(reference_values(model, processor, pairs, cfg, image_root, progress, autocast), ids)
+    cache.save(path, ref_key, ids)
+    return cache
+
+
+def reference_values(model, processor, pairs: list[dict], cfg: TrainConfig, image_root: Path, progress: bool,
+                     autocast) -> dict[str, torch.Tensor]:
+    """Per pair: summed reference log-probs of chosen and rejected (and chosen under the corrupted image), and
+    their token counts, in `pairs` order (CPU tensors)."""
+    corrupt = needs_corrupt(cfg.loss.weights)
     model_type = getattr(model.config, "model_type", "")
     forward = PairForward.of(model, cfg)
     out = {"chosen": [], "rejected": [], "chosen_tokens": [], "rejected_tokens": []}
@@ -184,9 +211,7 @@ def precompute_reference(model, processor, pairs: list[dict], cfg: TrainConfig, 
             if corrupt:
                 out["chosen_corrupt"].append(cc.sum.float().cpu())
     model.train(was_training)
-    cache = ReferenceCache({k: torch.cat(v) for k, v in out.items()}, ids)
-    cache.save(path, ref_key, ids)
-    return cache
+    return {k: torch.cat(v) if v else torch.zeros(0) for k, v in out.items()}
 
 
 def list_checkpoints(out: Path) -> list[Path]:
@@ -201,7 +226,8 @@ def list_checkpoints(out: Path) -> list[Path]:
 
 
 # TrainConfig fields that do not change what is trained (where it is logged, how often it is saved).
-NOT_IN_RUN_KEY = ("output_dir", "eval_every", "save_every", "keep_checkpoints", "log_every", "trackers", "resume")
+NOT_IN_RUN_KEY = ("output_dir", "eval_every", "save_every", "keep_checkpoints", "log_every", "trackers", "resume",
+                  "dist_timeout_s")
 
 
 def run_settings(cfg: TrainConfig) -> dict:
@@ -249,9 +275,15 @@ class DPORecipe:
         if cfg.reference == "lora_disabled" and not cfg.lora.enabled:
             raise ValueError("train.reference=lora_disabled needs train.lora.enabled=true")
         self.out = Path(cfg.output_dir)
-        self.accelerator = acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
-                                             mixed_precision=cfg.mixed_precision, log_with=cfg.trackers or None,
-                                             project_dir=str(self.out))
+        from datetime import timedelta
+
+        from accelerate.utils import InitProcessGroupKwargs
+
+        # collectives wait up to dist_timeout_s (a long reference precompute or checkpoint must not kill a rank)
+        self.accelerator = acc = Accelerator(
+            gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
+            log_with=cfg.trackers or None, project_dir=str(self.out),
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist_timeout_s))])
         set_seed(cfg.seed)
         self.image_root = Path(cfg.image_root or ".").resolve()
         pairs = load_pairs(cfg.pairs)
@@ -320,10 +352,10 @@ class DPORecipe:
         # Precomputed: only the pairs this run will visit (a short run on a big pair set sees a fraction of it).
         t = time.perf_counter()
         used = [self.train_pairs[i] for i in self.order.used(cfg.max_steps * cfg.grad_accum)]
-        with acc.main_process_first():  # main computes and saves; the others then load the file
-            self.ref_cache = precompute_reference(ref, self.processor, used + self.val_pairs, cfg, self.image_root,
-                                                  self.out / "reference", autocast=acc.autocast,
-                                                  progress=self.progress and acc.is_main_process)
+        # every process computes its share of the pairs; all gather the table (the main process writes it)
+        self.ref_cache = precompute_reference(ref, self.processor, used + self.val_pairs, cfg, self.image_root,
+                                              self.out / "reference", autocast=acc.autocast, accelerator=acc,
+                                              progress=self.progress and acc.is_main_process)
         self.timing["reference_s"] = time.perf_counter() - t
 
     def recompute_reference(self, reason: str) -> None:
