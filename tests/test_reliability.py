@@ -372,3 +372,54 @@ def test_eval_merges_into_a_finished_run_and_keys_results_by_model_content(tiny_
     with pytest.raises(ValueError, match="another evaluation.*eval.split: 'test' -> 'val'"):
         stage.run(cfg, run, progress=False)
     assert set(json.loads(run.metrics.read_text())["models"]) == {"sft", "dpo"}
+
+
+# ---- worker processes ------------------------------------------------------------------------------------
+
+def test_a_killed_worker_is_a_clear_error_not_a_broken_pool_traceback():
+    from vlm_dpo.parallel import WorkerDiedError, run_parallel
+
+    with pytest.raises(WorkerDiedError, match="worker process running abort died.*rerun to resume"):
+        run_parallel(os.abort, [(), ()], workers=2)
+
+
+def _spawned_workers(parent: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    out.append(int(pid))
+            except OSError:
+                pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_exit_when_their_parent_is_killed():
+    code = ("import time\nfrom vlm_dpo.parallel import run_parallel\n"
+            "run_parallel(time.sleep, [(120,), (120,)], workers=2)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], env=os.environ | {"OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 60
+        while len(workers := _spawned_workers(parent.pid)) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        assert len(workers) == 2
+        time.sleep(4)  # the workers are set up and sleeping in their job
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.time() + 15
+    while any(_alive(p) for p in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    left = [p for p in workers if _alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, "workers outlived their parent"

@@ -7,6 +7,11 @@ and OpenMP state do not survive a fork) with OMP_WAIT_POLICY=PASSIVE, so idle Op
 against the other worker.
 
 `workers <= 1` runs everything in this process, in order, which is also what tests and debuggers get.
+
+Workers never outlive this process: on Linux each asks the kernel to kill it when its parent dies
+(prctl PR_SET_PDEATHSIG), and everywhere a watcher thread exits it once its parent is gone. A worker that dies
+(killed, out of memory) is a `WorkerDiedError` naming the function, not a BrokenProcessPool traceback; what the
+workers finished is kept, so a rerun resumes.
 """
 
 from __future__ import annotations
@@ -14,9 +19,25 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
+
+
+class WorkerDiedError(ValueError):
+    """A worker process died without an answer (killed, out of memory). A ValueError so that the CLI reports
+    it as one line."""
+
+
+def _died(fn) -> WorkerDiedError:
+    name = getattr(fn, "__qualname__", repr(fn))
+    return WorkerDiedError(f"a worker process running {name} died (killed, or out of memory?); finished work is "
+                           "kept: rerun to resume")
 
 
 def auto_workers(requested: int, device: str = "cpu", jobs: int | None = None) -> int:
@@ -48,7 +69,30 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _init_worker(threads: int) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """This worker ends when `parent` does: PR_SET_PDEATHSIG on Linux, and a watcher thread everywhere."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # died before we asked
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _init_worker(threads: int, parent: int | None = None) -> None:
+    if parent is not None:
+        _exit_with_parent(parent)
     import torch
 
     torch.set_num_threads(max(1, threads))
@@ -57,7 +101,7 @@ def _init_worker(threads: int) -> None:
 def _spawn_pool(workers: int, threads: int) -> ProcessPoolExecutor:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read by each spawned worker's OpenMP at start
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                               initargs=(threads,))
+                               initargs=(threads, os.getpid()))
 
 
 def run_parallel(fn: Callable[..., Any], jobs: Sequence[tuple], *, workers: int, threads: int = 1,
@@ -69,6 +113,13 @@ def run_parallel(fn: Callable[..., Any], jobs: Sequence[tuple], *, workers: int,
     """
     if workers <= 1 or len(jobs) <= 1:
         return [fn(*job) for job in jobs]
+    try:
+        return _run_in_pool(fn, jobs, workers, threads, desc)
+    except BrokenProcessPool:
+        raise _died(fn) from None
+
+
+def _run_in_pool(fn, jobs, workers: int, threads: int, desc: str | None) -> list[Any]:
     with _spawn_pool(min(workers, len(jobs)), threads) as pool:
         futures = [pool.submit(fn, *job) for job in jobs]
         bar = None
@@ -111,7 +162,10 @@ class Background:
 
     def result(self) -> Any:
         if self._future is not None:
-            return self._future.result()
+            try:
+                return self._future.result()
+            except BrokenProcessPool:
+                raise _died(self.fn) from None
         if self._value is None:
             self._value = (self.fn(*self.args),)  # disabled: run here, on first request
         return self._value[0]
