@@ -423,3 +423,72 @@ def test_workers_exit_when_their_parent_is_killed():
     for p in left:
         os.kill(p, signal.SIGKILL)
     assert not left, "workers outlived their parent"
+
+
+# ---- annotation server: the body cap holds for the stream; errors never echo the body ----------------------
+
+@pytest.fixture
+def annotate_client(tmp_path):
+    from annotate.conftest import make_data
+    from fastapi.testclient import TestClient
+
+    from vlm_dpo.annotate import AnnotateConfig
+    from vlm_dpo.annotate.app import build
+
+    data = make_data(tmp_path)
+    app, store, _ = build(AnnotateConfig(captions=str(data.captions), detections=str(data.detections),
+                                         image_root=str(data.root), db=str(tmp_path / "j.sqlite"), overlap=1.0),
+                          log=lambda *a, **k: None)
+    yield TestClient(app, base_url="http://127.0.0.1:8765")
+    store.close()
+
+
+def test_a_chunked_body_over_the_cap_is_refused_without_reading_it_all(annotate_client):
+    """A real server and a raw socket: chunked transfer, no Content-Length; the answer must come (413) long
+    before the client has sent everything."""
+    import select
+    import socket
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(annotate_client.app, host="127.0.0.1", port=0, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not (server.started and server.servers) and time.time() < deadline:
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    sent, reply = 0, b""
+    try:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)  # little room in flight
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(f"POST /api/judgements HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
+                         "application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+            chunk = b"%x\r\n%s\r\n" % (16384, b" " * 16384)
+            while sent < 20 * 1024 * 1024:  # 20 MB if the server reads it all
+                if select.select([sock], [], [], 0)[0]:
+                    break
+                try:
+                    sock.sendall(chunk)
+                except OSError:  # the server answered and closed
+                    break
+                sent += 16384
+            sock.settimeout(10)
+            reply = sock.recv(4096)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert sent < 8 * 1024 * 1024  # answered while the client was still sending (kernel buffers aside)
+
+
+def test_validation_errors_do_not_echo_the_body(annotate_client):
+    secret = "s3cr3t-" + "x" * 5000
+    r = annotate_client.post("/api/judgements", json={"item_id": secret, "annotator": "ann", "choice": "a"})
+    assert r.status_code == 422
+    assert "s3cr3t" not in r.text and r.json()["detail"][0]["loc"] == ["body", "item_id"]
+    r = annotate_client.post("/api/judgements", content=b'{"item_id": "s3cr3t", ', headers={"content-type":
+                                                                                             "application/json"})
+    assert r.status_code == 422 and "s3cr3t" not in r.text

@@ -34,6 +34,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -120,12 +121,26 @@ def create_app(store: Store, image_root: str | Path, *, annotators: list[str] | 
                 return error(400, "bad Content-Length")
             if length > MAX_BODY:
                 return error(413, f"request body over {MAX_BODY} bytes")
+            # The cap holds for the stream itself (chunked bodies have no Content-Length): read at most one chunk
+            # past it, then refuse; the endpoint gets the body read here.
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY:
+                    return error(413, f"request body over {MAX_BODY} bytes")
+            request._body = bytes(body)
         response = await call_next(request)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"  # the token may sit in the URL
         response.headers["X-Frame-Options"] = "DENY"
         response.headers.setdefault("Cache-Control", "no-store")
         return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):  # never echo the request body back
+        return JSONResponse({"detail": [{"type": e.get("type"), "msg": e.get("msg"),
+                                         "loc": [str(part)[:64] for part in e.get("loc", ())]}
+                                        for e in exc.errors()[:20]]}, status_code=422)
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception):  # last resort: still a JSON answer
