@@ -1,5 +1,6 @@
 """The notebooks execute headless on a tiny run and fail if any cell fails; they are stored without outputs."""
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -26,3 +27,71 @@ def test_notebook_executes_on_a_tiny_run(path, pipeline_run, monkeypatch, tmp_pa
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+
+
+def _outputs(nb):
+    """Per code cell: (source, text of stream/HTML/plain outputs, number of PNG figures)."""
+    out = []
+    for c in nb.cells:
+        if c.cell_type != "code":
+            continue
+        text, pngs = [], 0
+        for o in c.outputs:
+            if o.output_type == "stream":
+                text.append(o.text)
+            elif o.output_type in ("display_data", "execute_result"):
+                text.append(o.data.get("text/html", "") + o.data.get("text/plain", ""))
+                pngs += "image/png" in o.data
+        out.append((c.source, "".join(text), pngs))
+    return out
+
+
+def _execute(name, pipeline_run, monkeypatch, tmp_path):
+    _, out, _ = pipeline_run
+    monkeypatch.setenv("VLM_DPO_RUN", str(out))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")  # figures shown as in Jupyter
+    nb = nbformat.read(Path(__file__).resolve().parents[1] / "notebooks" / name, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    return _outputs(nb)
+
+
+def test_pairs_notebook_shows_labelled_figures(pipeline_run, monkeypatch, tmp_path):
+    cells = _execute("01_explore_pairs.ipynb", pipeline_run, monkeypatch, tmp_path)
+    figures = [c for c in cells if "show_pair" in c[0]][0]
+    assert figures[2] >= 2  # one figure per pair kind
+    allout = "".join(t for _, t, _ in cells)
+    assert "TqdmWarning" not in allout and "Traceback" not in allout
+    assert "boxes drawn at score >=" in allout
+
+
+def test_pair_figure_labels_boxes_by_source_and_threshold(pipeline_run):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from vlm_dpo import explore
+
+    _, out, _ = pipeline_run
+    boxes = explore.pair_boxes(out)
+    df = explore.pairs_frame(out)
+    row = df.iloc[0]
+    boxes["detections"][row["image_id"]] = [{"label": "cup", "score": 0.9, "box": [1, 1, 20, 20]},
+                                            {"label": "ball", "score": 0.01, "box": [2, 2, 30, 30]}]
+    fig = explore.show_pair(row, explore.image_root_of(out), boxes)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    truth = boxes["truth"][row["image_id"]]
+    assert sum(t.startswith("GT ") for t in texts) == len(truth) > 0
+    assert "det cup 0.90" in texts and not any("ball 0.01" in t for t in texts)  # below the threshold: not drawn
+    assert any(t.startswith("judge flagged") for t in texts)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend[0] == "ground truth" and legend[1].startswith("detector (score >=")
+
+
+def test_eval_notebook_tables_and_logratio_view(pipeline_run, monkeypatch, tmp_path):
+    cells = _execute("02_training_and_eval.ipynb", pipeline_run, monkeypatch, tmp_path)
+    table = [t for s, t, _ in cells if "metrics_table" in s][0]
+    assert re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", table), table[:500]  # rounded, with intervals
+    assert not re.search(r"\d\.\d{5,}", table)
+    view = [t for s, t, _ in cells if "logratio_view" in s][0]
+    assert view.count('<img alt="pair image"') == 3 and view.count("<b>prompt</b>") == 3
+    assert view.count("per-token log-ratios:   0%") == 1 and "it/s]" in view  # one progress bar, updated in place
+    assert "Loading weights" not in view and "TqdmWarning" not in view
