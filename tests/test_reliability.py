@@ -39,8 +39,12 @@ def test_out_of_range_numbers_are_refused_at_load_with_the_full_key(override, ke
         load_config(None, [override])
 
 
-def test_bad_number_is_one_line_from_the_cli(capsys):
-    assert cli_main(["describe", "describe.batch_size=-1"]) == 2
+def test_bad_number_is_one_line_from_the_cli(capsys, tmp_path):
+    # (cache and run folder in tmp_path: without the check, the command would start working)
+    from tiny_config import TINY_OVERRIDES
+
+    assert cli_main(["describe", *TINY_OVERRIDES, "describe.batch_size=-1", f"cache_dir={tmp_path}",
+                     f"out={tmp_path}/run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "config error" in err[0] and "describe.batch_size" in err[0]
 
@@ -52,15 +56,15 @@ def test_broken_yaml_files_are_a_clean_config_error(tmp_path, capsys, text, matc
     path.write_text(text)
     with pytest.raises(ConfigError, match=match):
         load_config(path)
-    assert cli_main(["describe", str(path)]) == 2
+    assert cli_main(["describe", str(path), f"cache_dir={tmp_path}", f"out={tmp_path}/run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("vlm-dpo: config error:") and "bad.yaml" in err[0]
 
 
-def test_broken_yaml_override_is_a_clean_config_error(capsys):
+def test_broken_yaml_override_is_a_clean_config_error(capsys, tmp_path):
     with pytest.raises(ConfigError, match="override.*not valid YAML"):
         load_config(None, ["eval.models={sft: [1,"])
-    assert cli_main(["eval", "describe.n_samples=[1,"]) == 2
+    assert cli_main(["eval", "describe.n_samples=[1,", f"cache_dir={tmp_path}", f"out={tmp_path}/run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("vlm-dpo: config error:")
 
