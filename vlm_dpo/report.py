@@ -425,6 +425,9 @@ def write_report(out: Path, metrics: dict, *, scenes: list[dict], captions: dict
     counts = {n: [n_errors(e) for e in errs[n]] for n in names}
     same = [len({captions.get(n, {}).get(it["image_id"], "") for n in names}) == 1 for it in items]
     sections = choose_gallery(counts, same, base, after, n_gallery)
+    if not any(idx for _, idx in sections):  # nothing to single out: still show what the captions look like
+        sections.append(("No image singles a model out; the first images, for reference",
+                         list(range(min(4, n_gallery, len(items))))))
     dets = detections or {}
     gallery = []
     for title, idx in sections:
