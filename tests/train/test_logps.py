@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.tiny_models import tiny_idefics3, tiny_llava, tiny_qwen2_vl  # noqa: E402
+from tests.tiny_models import tiny_idefics3, tiny_llava  # noqa: E402
 from vlm_dpo import families  # noqa: E402
 from vlm_dpo.train import logps as L  # noqa: E402
 from vlm_dpo.train import pair_logps as P  # noqa: E402
