@@ -18,7 +18,7 @@ import errno
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 log = logging.getLogger("vlm_dpo")
@@ -71,41 +71,38 @@ def read_jsonl(path: str | os.PathLike, *, allow_torn_tail: bool = False) -> Ite
         yield obj
 
 
-def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> Path:
-    """Write all records to `path` atomically (temp file + fsync + rename)."""
+def _replace_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """`write(tmp)` fills `<path>.tmp`, which then replaces `path`: readers see the old file or the whole new one.
+    A failed write leaves no temp file, and a full disk is one StorageError naming the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        _unlink_quietly(tmp)
+        err = storage_error(e, path)
+        if err is e:
+            raise
+        raise err from None
+    return path
+
+
+def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> Path:
+    """Write all records to `path` atomically (temp file + fsync + rename)."""
+    def write(tmp: Path) -> None:
         with tmp.open("w", encoding="utf-8") as f:
             for r in records:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        _unlink_quietly(tmp)
-        err = storage_error(e, path)
-        if err is e:
-            raise
-        raise err from None
-    return path
+
+    return _replace_atomically(path, write)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException as e:
-        _unlink_quietly(tmp)
-        err = storage_error(e, path)
-        if err is e:
-            raise
-        raise err from None
-    return path
+    return _replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def settings_path(path: str | os.PathLike) -> Path:
