@@ -179,16 +179,20 @@ def _config_command(argv: list[str]) -> int:
     from .config import to_yaml
 
     config = args.rest[0] if args.rest and "=" not in args.rest[0] else None
-    overrides = args.rest[1:] if config else list(args.rest)
-    if args.out:
-        overrides.append(f"out={args.out}")
-    try:
-        cfg = load_config(config, overrides)
-    except ConfigError as e:
-        print(f"vlm-dpo: config error: {e}", file=sys.stderr)
+    cfg = _load(config, args.rest[1:] if config else list(args.rest), args.out)
+    if cfg is None:
         return 2
     print(to_yaml(cfg), end="")
     return 0
+
+
+def _load(config: str | None, overrides: list[str], out: str | None):
+    """The validated config (`--out` is `out=`), or None after printing the config error in one line."""
+    try:
+        return load_config(config, overrides + ([f"out={out}"] if out else []))
+    except ConfigError as e:
+        print(f"vlm-dpo: config error: {e}", file=sys.stderr)
+        return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,12 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     if config is not None and "=" in config:  # no config file, only overrides
         overrides.insert(0, config)
         config = None
-    if args.out:
-        overrides.append(f"out={args.out}")
-    try:
-        cfg = load_config(config, overrides)
-    except ConfigError as e:
-        print(f"vlm-dpo: config error: {e}", file=sys.stderr)
+    cfg = _load(config, overrides, args.out)
+    if cfg is None:
         return 2
     fn, _ = COMMANDS[args.command]
     try:
