@@ -57,27 +57,32 @@ def test_frozen_reference_stays_frozen(tiny_policy, pair_root, tmp_path, monkeyp
     assert all(torch.equal(seen["before"][k], after[k]) for k in after)
 
 
+def train_until_interrupted(cfg, at_step: int) -> None:
+    """Run `train_dpo` and stop it with KeyboardInterrupt at its `at_step`-th loss computation (1-based)."""
+    calls = {"n": 0}
+    real = recipe_mod.preference_loss
+
+    def dies(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == at_step:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    recipe_mod.preference_loss = dies
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_dpo(cfg, progress=False)
+    finally:
+        recipe_mod.preference_loss = real
+
+
 def test_resume_reproduces_the_uninterrupted_run(tiny_policy, pair_root, tmp_path):
     full = cfg_for(tiny_policy, pair_root, tmp_path / "a", max_steps=6, save_every=3, reference="precomputed")
     train_dpo(full, progress=False)
     ref_losses = [r["loss"] for r in read_jsonl(tmp_path / "a" / "dpo" / "metrics.jsonl") if "loss" in r]
 
     part = cfg_for(tiny_policy, pair_root, tmp_path / "b", max_steps=6, save_every=3, reference="precomputed")
-    calls = {"n": 0}
-    real = recipe_mod.preference_loss
-
-    def dies_at_step_5(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    recipe_mod.preference_loss = dies_at_step_5
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train_dpo(part, progress=False)
-    finally:
-        recipe_mod.preference_loss = real
+    train_until_interrupted(part, at_step=5)
     assert (tmp_path / "b" / "dpo" / "checkpoints" / "step-3" / "trainer.json").exists()
     train_dpo(part, progress=False)
     resumed = [r["loss"] for r in read_jsonl(tmp_path / "b" / "dpo" / "metrics.jsonl") if "loss" in r]
@@ -267,21 +272,7 @@ def test_resume_skips_a_torn_checkpoint(tiny_policy, pair_root, tmp_path):
     full = cfg_for(tiny_policy, pair_root, tmp_path / "a", max_steps=8, save_every=3, reference="precomputed")
     want = train_dpo(full, progress=False)["last"]["loss"]
     cfg = cfg_for(tiny_policy, pair_root, tmp_path / "b", max_steps=8, save_every=3, reference="precomputed")
-    calls = {"n": 0}
-    real = recipe_mod.preference_loss
-
-    def dies_at_step_7(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    recipe_mod.preference_loss = dies_at_step_7
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train_dpo(cfg, progress=False)
-    finally:
-        recipe_mod.preference_loss = real
+    train_until_interrupted(cfg, at_step=7)
     ck = tmp_path / "b" / "dpo" / "checkpoints"
     assert sorted(p.name for p in ck.iterdir()) == ["step-3", "step-6"]
     # what kill -9 during the writing of step-6 leaves: a half-written folder under either name
