@@ -349,14 +349,18 @@ class DPORecipe:
         if cfg.reference == "frozen":
             self.ref_model = PairForward.of(frozen_copy(ref), cfg)
             return
-        # Precomputed: only the pairs this run will visit (a short run on a big pair set sees a fraction of it).
         t = time.perf_counter()
-        used = [self.train_pairs[i] for i in self.order.used(cfg.max_steps * cfg.grad_accum)]
-        # every process computes its share of the pairs; all gather the table (the main process writes it)
-        self.ref_cache = precompute_reference(ref, self.processor, used + self.val_pairs, cfg, self.image_root,
-                                              self.out / "reference", autocast=acc.autocast, accelerator=acc,
-                                              progress=self.progress and acc.is_main_process)
+        self.ref_cache = self._precompute(ref, progress=self.progress and acc.is_main_process)
         self.timing["reference_s"] = time.perf_counter() - t
+
+    def _precompute(self, ref, progress: bool) -> ReferenceCache:
+        """The precomputed reference of the pairs this run will visit (a short run on a big pair set sees a
+        fraction of it) and the val pairs; every process computes its share, all gather the table."""
+        cfg, acc = self.cfg, self.accelerator
+        used = [self.train_pairs[i] for i in self.order.used(cfg.max_steps * cfg.grad_accum)]
+        return precompute_reference(ref, self.processor, used + self.val_pairs, cfg, self.image_root,
+                                    self.out / "reference", autocast=acc.autocast, accelerator=acc,
+                                    progress=progress)
 
     def recompute_reference(self, reason: str) -> None:
         """A precomputed reference that disagrees with the batch (StaleReferenceError) is computed again from the
@@ -369,10 +373,7 @@ class DPORecipe:
         shutil.rmtree(self.out / "reference", ignore_errors=True)
         ref, _ = load_model_and_processor(self.cfg.reference_model or self.cfg.model, dtype=self.cfg.dtype,
                                           device=str(self.accelerator.device))
-        used = [self.train_pairs[i] for i in self.order.used(self.cfg.max_steps * self.cfg.grad_accum)]
-        self.ref_cache = precompute_reference(ref, self.processor, used + self.val_pairs, self.cfg, self.image_root,
-                                              self.out / "reference", autocast=self.accelerator.autocast,
-                                              progress=False)
+        self.ref_cache = self._precompute(ref, progress=False)
 
     def check_settings(self) -> None:
         """An output folder holds one run: checkpoints or a model made under other settings are never resumed or
