@@ -17,12 +17,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checks import at_least, fraction, positive
+from .checks import FieldValueError, at_least, fraction, positive
 from .ground import PromptConfig, grounding_text, prompt_text, render_prompt
 from .images import DataError, image_items, open_image
 from .keys import images_fingerprint, key, model_fingerprint
 from .records import ResumableJsonl, read_jsonl, write_text_atomic
 from .run import RunFolder, apply_threads
+from .shards import batches, is_main, launched, local_device, main_first, write_sharded
+
+BACKENDS = ("hf", "vllm")
 
 
 @dataclass
@@ -38,12 +41,17 @@ class DescribeConfig:
     # Generation processes (1 torch thread each; small-model generation is per-op overhead, so two 1-thread
     # processes beat one 2-thread one). 0 = auto: one per CPU core up to 4 on CPU, 1 on an accelerator.
     workers: int = 0
+    # hf: transformers' generate (any device). vllm: vLLM's engine on a CUDA GPU (`pip install vllm`), the same
+    # records with other random draws (vlm_dpo.describe_vllm).
+    backend: str = "hf"
 
     def __post_init__(self) -> None:
         at_least(self, 1, "batch_size", "max_new_tokens")
         at_least(self, 0, "n_samples", "limit", "workers")
         positive(self, "temperature")
         fraction(self, "top_p")
+        if self.backend not in BACKENDS:
+            raise FieldValueError("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
 
 
 def generate_captions(model, processor, images, texts, *, max_new_tokens: int, do_sample: bool, n: int = 1,
@@ -75,8 +83,14 @@ def describe(model, processor, items: list[dict], cfg) -> list[dict]:
               if cfg.greedy else None)
     samples = (generate_captions(model, processor, images, texts, do_sample=True, n=cfg.n_samples, **settings)
                if cfg.n_samples > 0 else [[] for _ in items])
+    return caption_records(items, greedy, samples, cfg, _model_id(model))
+
+
+def caption_records(items: list[dict], greedy: list[list[str]] | None, samples: list[list[str]], cfg,
+                    model_id: str) -> list[dict]:
+    """The captions file's records (whichever backend generated the texts): greedy[i][0] and samples[i] of
+    items[i]; greedy None when cfg.greedy is off."""
     gen = {k: v for k, v in asdict(cfg).items() if k in ("n_samples", "temperature", "top_p", "max_new_tokens", "seed")}
-    model_id = _model_id(model)
     return [{
         "image_id": it["image_id"], "file": it.get("file", str(it["path"])), "prompt": it["prompt"],
         "grounding": it.get("grounding"), "greedy": greedy[i][0] if greedy else None, "samples": samples[i],
@@ -86,8 +100,9 @@ def describe(model, processor, items: list[dict], cfg) -> list[dict]:
 
 def describe_settings(model_id: str, items: list[dict], cfg) -> dict:
     """What shapes a captions file: the model (by content), the images and prompts, and the generation settings
-    (not `workers`: n processes write what one does)."""
-    gen = {k: v for k, v in asdict(cfg).items() if k != "workers"}
+    (not `workers`: n processes write what one does). The backend counts only when it is not the default, so
+    files written before the setting existed keep their settings."""
+    gen = {k: v for k, v in asdict(cfg).items() if k != "workers" and not (k == "backend" and v == "hf")}
     return {"model": model_fingerprint(model_id), "generation": gen,
             "items": key([(str(it["image_id"]), str(it.get("file", "")), it["prompt"], it.get("grounding"))
                           for it in items]),
@@ -103,16 +118,14 @@ def describe_to_jsonl(model, processor, items: list[dict], cfg, out_path: str | 
     """`describe` over all items into a resumable JSONL; finished batches are skipped on rerun.
 
     shard=(k, n) does only the batches whose index is k modulo n; every batch keeps the seed of its index in
-    the full list, so n shards together write what one process would (see describe_parallel).
+    the full list, so n shards together write what one process would (vlm_dpo.shards).
     """
     out_path = Path(out_path)
-    k, n = shard
     settings = settings or describe_settings(_model_id(model), items, cfg)
     with ResumableJsonl(out_path, key="image_id", settings=settings) as w:
         if w.finished:
             return out_path
-        chunks = [(bi, items[i:i + cfg.batch_size]) for bi, i in enumerate(range(0, len(items), cfg.batch_size))]
-        for bi, chunk in tqdm(chunks[k::n], desc="describe", disable=not progress):
+        for bi, chunk in tqdm(batches(items, cfg.batch_size, shard), desc="describe", disable=not progress):
             if all(str(it["image_id"]) in w.done for it in chunk):
                 continue
             torch.manual_seed(cfg.seed * 1_000_003 + bi)
@@ -120,11 +133,12 @@ def describe_to_jsonl(model, processor, items: list[dict], cfg, out_path: str | 
     return out_path
 
 
-def _describe_shard(model_path: str, items: list[dict], cfg, out_path: str, shard: tuple[int, int], dtype: str,
-                    device: str, progress: bool, settings: dict | None = None) -> str:
+def _describe_shard(model_path: str, items: list[dict], cfg, dtype: str, device: str, settings: dict | None,
+                    out_path: Path, shard: tuple[int, int], progress: bool) -> str:
+    """One shard in this process (a pool worker or a launched process): load the model, describe its batches."""
     from .models import load_model_and_processor
 
-    model, processor = load_model_and_processor(model_path, dtype=dtype, device=device)
+    model, processor = load_model_and_processor(model_path, dtype=dtype, device=local_device(device))
     model.eval()
     return str(describe_to_jsonl(model, processor, items, cfg, out_path, progress=progress, shard=shard,
                                  settings=settings))
@@ -132,31 +146,16 @@ def _describe_shard(model_path: str, items: list[dict], cfg, out_path: str, shar
 
 def describe_parallel(model_path: str, items: list[dict], cfg, out_path: str | Path, *, workers: int,
                       dtype: str = "float32", device: str = "cpu", progress: bool = True) -> Path:
-    """describe_to_jsonl split over `workers` 1-thread processes (vlm_dpo.parallel), then merged in item order.
+    """describe_to_jsonl split over `workers` 1-thread pool processes, or over the processes of a launcher
+    (`accelerate launch`), then merged in item order by the main process (vlm_dpo.shards.write_sharded).
 
     Each shard is its own resumable file next to `out_path`, so an interrupted run redoes only unfinished
     batches; the merged file appears atomically once every shard is complete.
     """
-    from .parallel import run_parallel
-    from .records import read_jsonl, write_jsonl_atomic
-
-    from .records import drop_if_other_settings, record_settings, settings_path
-
-    out_path = Path(out_path)
     settings = describe_settings(model_path, items, cfg)
-    drop_if_other_settings(out_path, settings)
-    if out_path.exists():
-        return out_path
-    parts = [out_path.with_name(f"{out_path.stem}.shard{k}of{workers}.jsonl") for k in range(workers)]
-    run_parallel(_describe_shard, [(model_path, items, cfg, str(p), (k, workers), dtype, device, progress and k == 0,
-                                    settings) for k, p in enumerate(parts)], workers=workers, threads=1)
-    by_id = {str(r["image_id"]): r for p in parts for r in read_jsonl(p)}
-    record_settings(out_path, settings)
-    write_jsonl_atomic(out_path, [by_id[str(it["image_id"])] for it in items])
-    for p in parts:
-        p.unlink()
-        settings_path(p).unlink(missing_ok=True)
-    return out_path
+    return write_sharded(out_path, _describe_shard, (model_path, items, cfg, dtype, device, settings),
+                         settings=settings, ids=[str(it["image_id"]) for it in items], batch_size=cfg.batch_size,
+                         workers=workers, progress=progress)
 
 
 def describe_items(cfg, split: str, detections_path: Path, grounded: bool | None = None) -> tuple[list[dict], dict]:
@@ -187,10 +186,13 @@ def run(cfg, run: RunFolder, split: str | None = None, *, progress: bool = True,
     here first when missing). `model`/`processor` describe with an already loaded model in this process."""
     from . import detect
     from .embedded import ensure_vlm
-    from .models import load_model_and_processor
     from .parallel import auto_workers
 
     apply_threads(cfg)
+    if cfg.describe.backend == "vllm":
+        from .describe_vllm import require_vllm
+
+        require_vllm()  # before any detection work: a missing package or GPU is one line, at once
     split = split or cfg.data.split
     # Always through the detect stage: it reuses its file only when the images and detector are unchanged.
     det_path = detect.run(cfg, run, split, progress=progress)
@@ -198,15 +200,22 @@ def run(cfg, run: RunFolder, split: str | None = None, *, progress: bool = True,
     if not items:
         raise DataError(f"{det_path}: no usable images to describe ({counts})")
     out_path = run.captions_dir / out_name if out_name else run.captions(split)
-    workers = auto_workers(cfg.describe.workers, cfg.vlm.device)
-    if model is None and workers > 1:
-        path = describe_parallel(ensure_vlm(cfg, progress)["model"], items, cfg.describe, out_path,
-                                 workers=workers, dtype=cfg.vlm.dtype, device=cfg.vlm.device, progress=progress)
+    if cfg.describe.backend == "vllm":
+        from .describe_vllm import describe_vllm
+
+        with main_first():
+            model_path = ensure_vlm(cfg, progress)["model"]
+        path = describe_vllm(model_path, items, cfg.describe, out_path, dtype=cfg.vlm.dtype, progress=progress)
+    elif model is None:
+        with main_first():  # the main process builds (or finds) the embedded VLM, the others then reuse it
+            model_path = ensure_vlm(cfg, progress)["model"]
+        # Under a launcher its processes are the workers; otherwise a pool of `workers` 1-thread processes.
+        workers = 1 if launched() else auto_workers(cfg.describe.workers, cfg.vlm.device)
+        path = describe_parallel(model_path, items, cfg.describe, out_path, workers=workers, dtype=cfg.vlm.dtype,
+                                 device=cfg.vlm.device, progress=progress)
     else:
-        if model is None:
-            model, processor = load_model_and_processor(ensure_vlm(cfg, progress)["model"], dtype=cfg.vlm.dtype,
-                                                        device=cfg.vlm.device)
         model.eval()
         path = describe_to_jsonl(model, processor, items, cfg.describe, out_path, progress=progress)
-    write_text_atomic(path.with_suffix(".counts.json"), json.dumps(counts, indent=1))
+    if is_main():
+        write_text_atomic(path.with_suffix(".counts.json"), json.dumps(counts, indent=1))
     return path

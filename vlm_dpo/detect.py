@@ -24,6 +24,7 @@ from .keys import WORLD_CODE, code_fingerprint, images_fingerprint, key, model_f
 from .offline import configure_offline, disable_ultralytics_sync
 from .records import ResumableJsonl, write_text_atomic
 from .run import RunFolder, apply_threads
+from .shards import batches, local_device, main_first, write_sharded
 
 __all__ = ["DetectorConfig", "ImageError", "detect", "detect_to_jsonl", "load_yolo", "open_image", "run",
            "train_embedded_detector"]
@@ -112,20 +113,32 @@ def detection_settings(images: list[dict], model, *, conf: float = 0.25, iou: fl
             else type(model).__name__, "conf": conf, "iou": iou, "imgsz": imgsz, "skip_bad_images": skip_bad_images}
 
 
-def detect_to_jsonl(images: list[dict], model, out_path: str | Path, *, progress: bool = True, **kwargs) -> Path:
+def detect_to_jsonl(images: list[dict], model, out_path: str | Path, *, progress: bool = True,
+                    shard: tuple[int, int] = (0, 1), **kwargs) -> Path:
     """`detect` over many images into a resumable JSONL (finished images are skipped on rerun). A file made from
-    other images or by another detector or thresholds is redone (see records.ResumableJsonl)."""
+    other images or by another detector or thresholds is redone (see records.ResumableJsonl).
+
+    shard=(k, n) detects only the batches (fixed chunks of `images`) whose index is k modulo n; the shard files
+    merged in batch order are what one process writes (vlm_dpo.shards)."""
     out_path = Path(out_path)
     with ResumableJsonl(out_path, key="image_id", settings=detection_settings(images, model, **kwargs)) as w:
         if w.finished:
             return out_path
-        todo = [r for r in images if str(r["image_id"]) not in w.done]
+        step = kwargs.get("batch_size", 32)
+        mine = [r for _, chunk in batches(images, step, shard) for r in chunk]  # all of them for (0, 1)
+        todo = [r for r in mine if str(r["image_id"]) not in w.done]
         if todo and not hasattr(model, "predict"):
             model = load_yolo(model)
-        step = kwargs.get("batch_size", 32)
         for start in tqdm(range(0, len(todo), step), desc="detect", disable=not progress):
             w.write_many(detect(todo[start:start + step], model, **kwargs))
     return out_path
+
+
+def _detect_shard(images: list[dict], model, kwargs: dict, out_path: Path, shard: tuple[int, int],
+                  progress: bool) -> str:
+    """One shard in this process (a launched process): detect_to_jsonl on its batches, on its own device."""
+    kwargs = kwargs | {"device": local_device(kwargs.get("device", "cpu"))}
+    return str(detect_to_jsonl(images, model, out_path, progress=progress, shard=shard, **kwargs))
 
 
 def detector_weights(cfg) -> str:
@@ -141,11 +154,16 @@ def run(cfg, run: RunFolder, split: str | None = None, *, progress: bool = True)
     """The detect stage: detections JSONL of one split (default data.split), or of the user's folder."""
     apply_threads(cfg)
     split = split or cfg.data.split
-    items = image_items(cfg, split)
+    with main_first():  # the main process builds (or finds) the embedded world and detector, the others reuse them
+        items = image_items(cfg, split)
+        weights = detector_weights(cfg)
     d = cfg.detector
-    return detect_to_jsonl(items, detector_weights(cfg), run.detections(split), progress=progress, conf=d.conf,
-                           iou=d.iou, device=d.device, batch_size=d.batch_size, imgsz=d.imgsz,
-                           skip_bad_images=cfg.data.skip_bad_images)
+    kwargs = dict(conf=d.conf, iou=d.iou, device=d.device, batch_size=d.batch_size, imgsz=d.imgsz,
+                  skip_bad_images=cfg.data.skip_bad_images)
+    # Without a launcher: one process, as always. Under one: a shard per process, merged by the main process.
+    return write_sharded(run.detections(split), _detect_shard, (items, weights, kwargs),
+                         settings=detection_settings(items, weights, **kwargs),
+                         ids=[str(r["image_id"]) for r in items], batch_size=d.batch_size, progress=progress)
 
 
 def _detector_key(world_spec, det_cfg) -> str:

@@ -45,15 +45,20 @@ class RunFolder:
 
     @classmethod
     def setup(cls, cfg) -> "RunFolder":
-        """The run folder of `cfg.out`, ready for a command: offline settings, torch threads, config.yaml."""
+        """The run folder of `cfg.out`, ready for a command: offline settings, torch threads, config.yaml.
+
+        Under a launcher (`accelerate launch`) every process sets up, but only the main one writes config.yaml:
+        n processes replacing the file through the same temp name would race (vlm_dpo.shards)."""
         from .config import to_yaml
         from .offline import configure_offline
+        from .shards import is_main
 
         configure_offline(cfg.cache_dir)
         apply_threads(cfg)
         run = cls(cfg.out)
         run.root.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run.config, to_yaml(cfg))
+        if is_main():
+            write_text_atomic(run.config, to_yaml(cfg))
         return run
 
     config = property(lambda self: self.root / "config.yaml")

@@ -19,6 +19,7 @@ from ..describe import generate_captions
 from ..images import open_image
 from ..judge import Vocabulary, resolve_vocabulary
 from ..records import write_jsonl_atomic, write_text_atomic
+from ..shards import batches, is_main, local_device, processes
 from .bootstrap import percentile_ci
 from .captions import aggregate, bootstrap_ci, caption_stats
 from .pope import make_probes, parse_answer, pope_metrics
@@ -61,14 +62,22 @@ class EvalConfig:
 
 def generate_all(model, processor, items: list[dict], cfg: EvalConfig, *, do_sample: bool, n: int, desc: str,
                  progress: bool) -> list[list[str]]:
+    """n captions per item, in batches seeded by their index. Under a launcher each process generates its
+    share of the batches (vlm_dpo.shards) and every process gets all of them back in order: the same captions
+    as one process."""
+    procs = processes()
     out = []
-    for bi, s in enumerate(tqdm(range(0, len(items), cfg.batch_size), desc=desc, disable=not progress)):
-        chunk = items[s:s + cfg.batch_size]
+    mine = batches(items, cfg.batch_size, (procs.index, procs.count))
+    for bi, chunk in tqdm(mine, desc=desc, disable=not progress or not procs.main):
         torch.manual_seed(cfg.seed * 7919 + bi)
-        out += generate_captions(model, processor, [open_image(it["path"]) for it in chunk],
-                                 [it["prompt"] for it in chunk], max_new_tokens=cfg.max_new_tokens,
-                                 do_sample=do_sample, n=n, temperature=cfg.temperature)
-    return out
+        out.append((bi, generate_captions(model, processor, [open_image(it["path"]) for it in chunk],
+                                          [it["prompt"] for it in chunk], max_new_tokens=cfg.max_new_tokens,
+                                          do_sample=do_sample, n=n, temperature=cfg.temperature)))
+    if procs.launched:
+        from accelerate.utils import gather_object
+
+        out = sorted(gather_object(out), key=lambda b: b[0])
+    return [caps for _, batch in out for caps in batch]
 
 
 def caption_metrics(groups: list[list[str]], scenes: list[dict], vocab: Vocabulary, cfg: EvalConfig,
@@ -138,10 +147,11 @@ def robustness_metrics(model, processor, items, scenes, greedy, rob: dict, vocab
     out["precision_ungrounded"] = precision(pc)
     ci["precision_ungrounded"] = percentile_ci(pc, precision, cfg.bootstrap, cfg.seed)
     out["robustness_ci"] = ci
-    write_jsonl_atomic(out_dir / f"{name}.robustness.jsonl", [
-        {"image_id": it["image_id"], "noisy_prompt": ni["prompt"], "noisy_caption": n[0], "errors": e,
-         "ungrounded_caption": u[0]}
-        for it, ni, n, e, u in zip(items, rob["noisy_items"], noisy, rob["noisy_errors"], ungrounded)])
+    if is_main():  # under a launcher every process has every caption; one writes them
+        write_jsonl_atomic(out_dir / f"{name}.robustness.jsonl", [
+            {"image_id": it["image_id"], "noisy_prompt": ni["prompt"], "noisy_caption": n[0], "errors": e,
+             "ungrounded_caption": u[0]}
+            for it, ni, n, e, u in zip(items, rob["noisy_items"], noisy, rob["noisy_errors"], ungrounded)])
     return out
 
 
@@ -186,7 +196,7 @@ def evaluate_model(model_path: str, name: str, items: list[dict], scenes: list[d
     done = out_dir / f"{name}.metrics.json"
     if done.exists():
         return json.loads(done.read_text())
-    model, processor = load_model_and_processor(model_path, device=device)
+    model, processor = load_model_and_processor(model_path, device=local_device(device))
     model.eval()
     vocab = resolve_vocabulary(cfg.vocabulary)
     greedy = generate_all(model, processor, items, cfg, do_sample=False, n=1, desc=f"{name} greedy", progress=progress)
@@ -214,6 +224,8 @@ def evaluate_model(model_path: str, name: str, items: list[dict], scenes: list[d
     metrics["sampled"] = m_sampled
     metrics["pope"] = pope
     metrics["model"] = model_path
+    if not is_main():  # under a launcher: the same metrics in every process, written by the main one
+        return metrics
     write_jsonl_atomic(out_dir / f"{name}.captions.jsonl", [
         {"image_id": it["image_id"], "prompt": it["prompt"], "greedy": g[0], "samples": s}
         for it, g, s in zip(items, greedy, sampled)])

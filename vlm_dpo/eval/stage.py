@@ -21,6 +21,7 @@ from ..keys import key, model_fingerprint
 from ..records import (drop_if_other_settings, read_jsonl, record_settings, setting_changes,
                        write_text_atomic)
 from ..run import RunFolder
+from ..shards import is_main, launched, main_first, wait_for_everyone
 
 
 def eval_items(cfg, run: RunFolder) -> tuple[list[dict], list[dict]]:
@@ -107,9 +108,14 @@ def evaluate_models(cfg, run: RunFolder, models: dict[str, str], items: list[dic
     common = eval_settings(cfg, items, scenes) | {"device": cfg.vlm.device,
                                                   "robustness": key(rob) if rob is not None else None}
     settings = {name: common | {"model": model_fingerprint(path)} for name, path in models.items()}
-    for name in models:
-        drop_if_other_settings(out_dir / f"{name}.metrics.json", settings[name], also=_model_results(out_dir, name))
-    workers = auto_workers(cfg.eval.workers, cfg.vlm.device, jobs=len(models))
+    if is_main():  # under a launcher the main process alone removes and writes results; the others wait
+        for name in models:
+            drop_if_other_settings(out_dir / f"{name}.metrics.json", settings[name],
+                                   also=_model_results(out_dir, name))
+    wait_for_everyone()
+    # Under a launcher the launched processes share each model's generation (eval.run.generate_all), one model
+    # after the other; otherwise models side by side in a pool of 1-thread processes.
+    workers = 1 if launched() else auto_workers(cfg.eval.workers, cfg.vlm.device, jobs=len(models))
     if workers > 1:
         clip_model_name(cfg, progress)  # trained once here (cached) before the workers load it
         jobs = [(cfg, path, name, items, scenes, out_dir, rob) for name, path in models.items()]
@@ -117,12 +123,14 @@ def evaluate_models(cfg, run: RunFolder, models: dict[str, str], items: list[dic
                             desc="evaluate models" if progress else None)
         results = dict(zip(models, done))
     else:
-        clip = ensure_clip(cfg, progress)
+        with main_first():  # the main process trains (or finds) the embedded CLIP, the others then reuse it
+            clip = ensure_clip(cfg, progress)
         results = {name: evaluate_model(path, name, items, scenes, cfg.eval, out_dir, progress=progress,
                                         device=cfg.vlm.device, clip=clip, robustness=rob)
                    for name, path in models.items()}
-    for name in models:
-        record_settings(out_dir / f"{name}.metrics.json", settings[name])
+    if is_main():
+        for name in models:
+            record_settings(out_dir / f"{name}.metrics.json", settings[name])
     if val_pairs:
         tables = {name: pair_logps_table(path, val_pairs, image_root) for name, path in models.items()}
         ref = tables[next(iter(models))]
@@ -138,14 +146,17 @@ def run(cfg, run: RunFolder, *, progress: bool = True) -> dict:
     from .. import report
     from ..embedded import ensure_vlm
 
-    models = dict(cfg.eval.models) or {"sft": ensure_vlm(cfg, progress)["model"]}
+    with main_first():  # the main process builds (or finds) the embedded VLM, the others then reuse it
+        models = dict(cfg.eval.models) or {"sft": ensure_vlm(cfg, progress)["model"]}
     items, scenes = eval_items(cfg, run)
     summary = merged_summary(run, eval_settings(cfg, items, scenes), {})  # refuses before any work
     results = evaluate_models(cfg, run, models, items, scenes, run.eval, [], Path("."), progress)
     summary = merged_summary(run, eval_settings(cfg, items, scenes), results)
-    write_text_atomic(run.metrics, json.dumps(summary, indent=1, default=str))
-    curves = run.dpo_metrics if "train" in summary and run.dpo_metrics.exists() else None
-    report.run(cfg, run, summary, items=items, scenes=scenes, pair_stats=summary.get("pairs"), curves_from=curves)
+    if is_main():  # under a launcher every process has the results; the main one writes metrics and report
+        write_text_atomic(run.metrics, json.dumps(summary, indent=1, default=str))
+        curves = run.dpo_metrics if "train" in summary and run.dpo_metrics.exists() else None
+        report.run(cfg, run, summary, items=items, scenes=scenes, pair_stats=summary.get("pairs"),
+                   curves_from=curves)
     return {"metrics": str(run.metrics), "report": str(run.report_index),
             "chair_i": {n: r["chair_i"] for n, r in results.items()}}
 
