@@ -94,7 +94,8 @@ def parse_args(argv=None):
                                                                      "on CUDA, none on CPU)")
     ap.add_argument("--workdir", default="", help="where models and data are written (default: a temp folder)")
     ap.add_argument("--start-method", choices=("auto", "fork", "spawn"), default="auto",
-                    help="how workers start (auto: fork on Linux CPU, after the imports; spawn on CUDA)")
+                    help="how workers start (auto: spawn; a forked worker's RSS also counts the parent's pages it "
+                         "touches, ~85 MB more on both sides at --size small)")
     ap.add_argument("--build-only", action="store_true",
                     help="build the model on the meta device and print its shape as JSON (no weights, no run)")
     args = ap.parse_args(argv)
@@ -479,6 +480,7 @@ class OursWorker:
             batch_size=opts["batch_size"], grad_accum=1, max_steps=10**6, warmup_steps=0, schedule="constant",
             max_grad_norm=1.0, shared_vision=opts["shared_vision"], shared_prefix=opts.get("shared_prefix", True),
             full_logits=opts["head"] == "full", shuffle=False,  # file order, like TRL's sequential sampler
+            selective_recompute=opts.get("selective_recompute", True),
             loss=LossConfig(weights={"simpo": 1.0} if mode == "none" else {"sigmoid": 1.0}, beta=BETA),
             lora=LoRAConfig(enabled=lora), dtype="bfloat16" if opts["dtype"] == "bf16" else "float32",
             freeze_vision=opts["freeze_vision"], eval_every=0, save_every=0, resume=False)
@@ -710,6 +712,8 @@ def arms_for(args) -> list[dict]:
         # shared vision off: the plain 2B-row forward; the shared prefix needs shared vision, so it is off too
         arms.append(ours | {"arm": "lever:no_shared_vision", "shared_vision": False, "shared_prefix": False})
         arms.append(ours | {"arm": "lever:full_logits_head", "head": "full"})
+        # the text decoder's elementwise activations stored instead of recomputed (train/recompute.py)
+        arms.append(ours | {"arm": "lever:no_selective_recompute", "selective_recompute": False})
         if args.mode == "precomputed":
             arms.append(ours | {"arm": "lever:frozen_reference", "reference": "frozen"})
         elif args.mode == "frozen":
@@ -814,7 +818,8 @@ def summarize(args, setup, arms: list[Arm]) -> dict:
         "trainable_params": tr_o["numel"], "trainable_tensors": len(tr_o["names"]),
         "trainable_same_both_sides": True, "freeze_vision": fv,
         "shape": {k: info[k] for k in ("text", "vision", "tie_word_embeddings", "rope_theta")},
-        "mode": "+".join([f"reference={args.mode}", "shared_vision", "shared_prefix", "completion_only_head"]),
+        "mode": "+".join([f"reference={args.mode}", "shared_vision", "shared_prefix", "completion_only_head",
+                          "selective_recompute"]),
         "levers_on": levers_on,
         "trl_side": ("DPOTrainer.train(), LoRA policy, adapter-disabled reference" if args.mode == "lora_disabled"
                      else "DPOTrainer.train(), frozen reference copy"),
@@ -904,15 +909,12 @@ def main(argv=None) -> dict:
     import multiprocessing as mp
     import tempfile
 
-    _import_all()  # before forking, so no worker pays for the imports
+    _import_all()  # the parent builds the model and the pairs with these (and a forked worker inherits them)
     _quiet()
 
-    if args.start_method != "auto":
-        ctx = mp.get_context(args.start_method)
-    elif args.device == "cuda":
-        ctx = mp.get_context("spawn")  # CUDA cannot be used in a forked child
-    else:
-        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    # spawn by default: CUDA cannot be used in a forked child, and on CPU a forked worker starts with the parent's
+    # pages (the built model, the pairs), which then count in its peak RSS as they are copied or touched.
+    ctx = mp.get_context("spawn" if args.start_method == "auto" else args.start_method)
     tmp = None
     if args.workdir:
         workdir = Path(args.workdir)

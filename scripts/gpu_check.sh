@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# GPU check (issue #14): at most 8 minutes on one GPU. Three parts, each under its own `timeout`:
+# GPU check (issues #14, #15): at most 8 minutes on one GPU. Six parts, each under its own `timeout`:
 #   bench     bench/dpo_step.py --size smolvlm-256m --device cuda --dtype bf16: ours vs TRL at the real shape
 #   families  one bf16 mixed-precision DPO step per family (tests/tiny_models.py ALL_FAMILIES) through train_dpo
 #   autocast  under mixed_precision=bf16 an nn.Linear computes in bf16 while the parameters stay fp32
+#   fsdp, zero2, zero3  two DPO steps + checkpoint + consolidated save under `accelerate launch` with
+#             scripts/accelerate/{fsdp,deepspeed_zero2,deepspeed_zero3}.yaml on 1 process (ZeRO parts: "skipped"
+#             when deepspeed is not installed; they do not fail the check then)
 # Writes a dated log (and each part's JSON line) under $OUT when set (the device machine's output folder), else
 # runs/gpu_check/. Exits 0 only when every part is ok. Needs `bash scripts/setup.sh` run first (.venv).
 #
@@ -33,12 +36,12 @@ case "$DEVICE" in
     fi
     nvidia-smi >>"$LOG" 2>&1 || true
     BENCH=(--size smolvlm-256m --device cuda --dtype bf16)
-    T_BENCH=300 T_FAM=100 T_AUTO=50 ;;
+    LAUNCH_DEV=() T_BENCH=240 T_FAM=100 T_AUTO=40 T_ENGINE=30 ;;
   cpu)
     # the same code paths at tiny size; CUDA hidden so nothing lands on a GPU by accident
     export CUDA_VISIBLE_DEVICES="" OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
     BENCH=(--size tiny --device cpu --dtype bf16 --steps 2 --warmup 1 --rounds 2 --threads "$OMP_NUM_THREADS")
-    T_BENCH=120 T_FAM=120 T_AUTO=60 ;;
+    LAUNCH_DEV=(--cpu) T_BENCH=120 T_FAM=120 T_AUTO=60 T_ENGINE=120 ;;
   *) say "FAILED: GPU_CHECK_DEVICE must be cuda or cpu, got '$DEVICE'"; exit 2 ;;
 esac
 
@@ -77,10 +80,25 @@ run_part bench "$T_BENCH" "$PY" bench/dpo_step.py "${BENCH[@]}"
 run_part families "$T_FAM" "$PY" scripts/gpu_families.py families --device "$DEVICE"
 run_part autocast "$T_AUTO" "$PY" scripts/gpu_families.py autocast --device "$DEVICE"
 
+engine_part() {  # name, accelerate config
+  local name=$1 config=$2
+  if [ "$name" != fsdp ] && ! "$PY" -c "import deepspeed" >/dev/null 2>&1; then
+    RESULT[$name]=skipped
+    say "part $name: skipped (deepspeed is not installed: pip install deepspeed)"
+    return
+  fi
+  run_part "$name" "$T_ENGINE" "$PY" -m accelerate.commands.launch --config_file "$config" --num_processes 1 \
+    --num_machines 1 --mixed_precision bf16 --dynamo_backend no "${LAUNCH_DEV[@]}" scripts/gpu_families.py engine \
+    --device "$DEVICE"
+}
+engine_part fsdp scripts/accelerate/fsdp.yaml
+engine_part zero2 scripts/accelerate/deepspeed_zero2.yaml
+engine_part zero3 scripts/accelerate/deepspeed_zero3.yaml
+
 status=0
-for p in bench families autocast; do
+for p in bench families autocast fsdp zero2 zero3; do
   echo "PART $p: ${RESULT[$p]}" | tee -a "$LOG"
-  [ "${RESULT[$p]}" = "ok" ] || status=1
+  [ "${RESULT[$p]}" = "ok" ] || [ "${RESULT[$p]}" = "skipped" ] || status=1
 done
 if [ $status -eq 0 ]; then say "GPU CHECK OK ($DEVICE, ${SECONDS}s)"; else say "GPU CHECK FAILED ($DEVICE, ${SECONDS}s)"; fi
 exit $status

@@ -6,6 +6,8 @@
                                                             # ALL_FAMILIES) through vlm_dpo.train.recipe.train_dpo
     python scripts/gpu_families.py autocast --device cuda   # under mixed_precision=bf16 an nn.Linear computes in
                                                             # bf16 while the parameters stay fp32
+    accelerate launch --config_file scripts/accelerate/deepspeed_zero3.yaml --num_processes 1 \
+        scripts/gpu_families.py engine --device cuda        # two DPO steps under that engine, consolidated save
 
 `--device cpu` dry-runs the same code on CPU (accelerate's CPU autocast supports bf16). The device is not a
 TrainConfig field: accelerate places the model on CUDA when one is visible, so `--device cpu` hides CUDA and
@@ -120,6 +122,34 @@ def families(args, work: Path) -> dict:
     return {"part": "families", "ok": all(r["ok"] for r in results.values()), "families": results}
 
 
+def engine(args, work: Path) -> dict:
+    """Two DPO steps of the tiny Idefics3 under the engine `accelerate launch` set up (DeepSpeed ZeRO-2/3, FSDP2):
+    precomputed reference, a checkpoint, the consolidated model saved, loadable and changed."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from tests.tiny_models import ALL_FAMILIES
+    from vlm_dpo.models import save_model
+    from vlm_dpo.train import recipe as recipe_mod
+    from vlm_dpo.train.recipe import TrainConfig
+
+    pairs = make_pairs(work / "pairs")
+    model, processor = ALL_FAMILIES["idefics3"].__wrapped__(0)
+    path = save_model(model, processor, work / "model")
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(model=str(path), pairs=str(pairs), image_root=str(pairs.parent), output_dir=str(work / "dpo"),
+                      batch_size=2, max_steps=2, warmup_steps=0, lr=1e-2, eval_every=0, save_every=1,
+                      reference="precomputed")
+    recipe = recipe_mod.DPORecipe(cfg, progress=False)
+    summary = recipe.run()
+    kind = recipe.accelerator.distributed_type.value
+    after = AutoModelForImageTextToText.from_pretrained(summary["model"]).state_dict()
+    changed = sum(1 for k in before if k in after and not torch.equal(before[k], after[k].to(before[k].dtype)))
+    loss = summary["last"]["loss"]
+    return {"part": "engine", "ok": math.isfinite(loss) and changed > 0, "distributed_type": kind, "loss": loss,
+            "tensors_changed": changed, "checkpoints": sorted(p.name for p in (work / "dpo" / "checkpoints").iterdir())}
+
+
 def autocast(args, work: Path) -> dict:
     """tests/train/test_recipe.py::test_bf16_mixed_precision_really_autocasts on this device: a forward hook on
     every nn.Linear of the policy sees bf16 outputs in the training step, the master weights stay fp32."""
@@ -158,7 +188,7 @@ def autocast(args, work: Path) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("part", choices=("families", "autocast"))
+    ap.add_argument("part", choices=("families", "autocast", "engine"))
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--only", default="", help="families: comma-separated names (default: all of ALL_FAMILIES)")
     ap.add_argument("--workdir", default="", help="default: a temporary folder")
@@ -174,7 +204,7 @@ def main(argv=None) -> dict:
             work = Path(args.workdir or tmp)
             work.mkdir(parents=True, exist_ok=True)
             try:
-                out = (families if args.part == "families" else autocast)(args, work)
+                out = {"families": families, "autocast": autocast, "engine": engine}[args.part](args, work)
             except Exception as e:
                 out = {"part": args.part, "ok": False, "error": f"{type(e).__name__}: {e}",
                        "trace": traceback.format_exc()[-3000:]}

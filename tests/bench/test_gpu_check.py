@@ -36,6 +36,10 @@ def test_gpu_check_dry_run_on_cpu_reports_every_part_ok(tmp_path):
     assert set(fam["families"]) == set(ALL_FAMILIES) and all(r["ok"] for r in fam["families"].values())
     auto = json.loads((logs[0].parent / "autocast.json").read_text())
     assert auto["linear_output_dtypes"] == ["torch.bfloat16"] and auto["param_dtypes"] == ["torch.float32"]
+    engine = json.loads((logs[0].parent / "fsdp.json").read_text())  # launched; on CPU accelerate runs it as 1 process
+    assert "PART fsdp: ok" in log and engine["ok"] and engine["checkpoints"] == ["step-1"], engine
+    for part in ("zero2", "zero3"):
+        assert f"PART {part}: ok" in log or f"PART {part}: skipped" in log, log
     bench = json.loads((logs[0].parent / "bench.json").read_text())
     assert bench["size"] == "tiny" and bench["dtype"] == "bf16" and bench["device"] == "cpu"
     assert "GPU CHECK OK" in log

@@ -49,13 +49,14 @@ def _config(tiny_policy, pair_root, out: Path, batch_size: int, mixture: str = "
     return cfg
 
 
-def _launch(cfg: TrainConfig, tmp_path: Path, timeout: float = 150.0) -> None:
+def _launch(cfg: TrainConfig, tmp_path: Path, timeout: float = 150.0, config_file: str = "") -> None:
     cfg_path = tmp_path / "config.json"
     cfg_path.write_text(json.dumps(asdict(cfg)))
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="1", MASTER_ADDR="127.0.0.1",
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+    how = ["--config_file", str(REPO / config_file)] if config_file else ["--multi_gpu"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *how, "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port()), str(SCRIPT), str(cfg_path)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -121,3 +122,29 @@ def test_two_processes_match_one_process_with_the_global_batch(tiny_policy, pair
     assert diff < TOL, f"final weights differ by {diff}"
     moved = max((w1[k].float() - w0[k].float()).abs().max().item() for k in w1 if k in w0)
     assert moved > 100 * TOL
+
+
+@pytest.mark.timeout(300)
+def test_fsdp2_shards_and_matches_one_process(tiny_policy, pair_root, tmp_path):
+    """scripts/accelerate/fsdp.yaml (FSDP2, transformer-layer wrapping, CPU-RAM-efficient loading: accelerate
+    moves the non-main copies to meta and sends the main process's weights at prepare; the reference table is
+    computed by the main process and sent) on 2 CPU processes (see dist_train.force_fsdp_on_cpu): parameters
+    really are sharded DTensors, and the per-step metrics and the consolidated saved model equal one process
+    with the global batch."""
+    two = tmp_path / "two"
+    _launch(_config(tiny_policy, pair_root, two, batch_size=2), tmp_path, config_file="scripts/accelerate/fsdp.yaml")
+    one = tmp_path / "one"
+    train_dpo(_config(tiny_policy, pair_root, one, batch_size=4), progress=False)
+    ranks = [json.loads((two / f"rank-{i}.json").read_text()) for i in range(2)]
+    for r in ranks:
+        assert (r["num_processes"], r["distributed_type"], r["backend"]) == (2, "DistributedType.FSDP", "gloo")
+        assert r["sharded"] == ["DTensor"], r
+    rows2, rows1 = _steps(two), _steps(one)
+    assert len(rows2) == len(rows1) == STEPS
+    for r2, r1 in zip(rows2, rows1):
+        for k in ("loss", "rewards/margins", "rewards/accuracies", "grad_norm", "lr"):
+            assert r2[k] == pytest.approx(r1[k], rel=1e-5, abs=TOL), f"step {r1['step']}: {k}"
+    w2, w1 = _weights(two / "model"), _weights(one / "model")
+    assert w2.keys() == w1.keys()
+    diff = max((w2[k].float() - w1[k].float()).abs().max().item() for k in w1)
+    assert diff < TOL, f"final weights differ by {diff}"

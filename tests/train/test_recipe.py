@@ -223,7 +223,7 @@ def test_reference_cache_keys_on_pair_content_and_settings(tiny_policy, pair_roo
     """Same pair ids with other text, or another max_length, never reuse a precomputed reference."""
     from vlm_dpo.models import load_model_and_processor
     from vlm_dpo.pairs.dataset import load_pairs
-    from vlm_dpo.train.recipe import reference_key
+    from vlm_dpo.train.reference import reference_key
 
     model, processor = load_model_and_processor(tiny_policy)
     pairs = load_pairs(pair_root / "pairs.parquet")

@@ -27,7 +27,6 @@ import json
 import shutil
 import time
 import warnings
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -37,14 +36,14 @@ from tqdm.auto import tqdm
 from ..families import family_of
 from ..pairs.dataset import load_pairs
 from ..records import read_jsonl, write_jsonl_atomic, write_text_atomic
-from ..keys import key
 from ..schedule import lr_lambda
 from .batches import DataOrder, TrainBatch, make_batch
-from .logps import completion_logps, logps_from_logits
 from .losses import LossConfig, PreferenceLogps, RewardShift, needs_corrupt, needs_reference, preference_loss
-from .pair_logps import pair_logps
-from .reference import (REFERENCE_KINDS, ReferenceCache, StaleReferenceError, frozen_copy, model_fingerprint,
-                        no_grad_ctx, pairs_fingerprint, processor_fingerprint)
+from .engines import fill_deepspeed_config, full_weights_at_load, weights_on_main_only
+from .forward import PairForward
+from .recompute import enable_recompute
+from .reference import (REFERENCE_KINDS, ReferenceCache, StaleReferenceError, frozen_copy, no_grad_ctx,
+                        precompute_reference)
 
 
 @dataclass
@@ -80,7 +79,8 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | linear | constant
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"  # no | bf16 | fp16 (where the device supports it)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # full: every layer reruns its forward in backward (recompute.py)
+    selective_recompute: bool = True  # text decoder keeps matmul/attention outputs, recomputes the rest
     shared_vision: bool = True  # one vision-encoder pass per pair
     shared_prefix: bool = True  # image + prompt once per pair, both completions after it (supported families)
     full_logits: bool = False  # the model's own forward + head (full logits) instead of the completion-only head
@@ -100,31 +100,6 @@ class TrainConfig:
     dist_timeout_s: int = 7200  # how long a process waits for the others at a collective (multi-process runs)
 
 
-class PairForward(torch.nn.Module):
-    """The training forward as a module: (chosen, rejected, chosen under the corrupted image or None) log-probs
-    of a batch. `accelerator.prepare` wraps this module, so DDP / FSDP / DeepSpeed hooks and autocast run."""
-
-    def __init__(self, model, *, shared_vision: bool = True, shared_prefix: bool = True, full_logits: bool = False):
-        super().__init__()
-        self.model = model
-        self.shared_vision, self.shared_prefix, self.full_logits = shared_vision, shared_prefix, full_logits
-
-    @classmethod
-    def of(cls, model, cfg: "TrainConfig") -> "PairForward":
-        return cls(model, shared_vision=cfg.shared_vision, shared_prefix=cfg.shared_prefix,
-                   full_logits=cfg.full_logits)
-
-    def forward(self, batch: TrainBatch):
-        chosen, rejected = pair_logps(self.model, batch.encoded, shared_vision=self.shared_vision,
-                                      shared_prefix=self.shared_prefix, full_logits=self.full_logits)
-        corrupt = None
-        if batch.corrupt is not None:
-            c = batch.corrupt
-            corrupt = (logps_from_logits(self.model(**c.inputs, use_cache=False).logits, c.labels)
-                       if self.full_logits else completion_logps(self.model, c.inputs, c.labels))
-        return chosen, rejected, corrupt
-
-
 def param_groups(model, cfg: TrainConfig) -> list[dict]:
     """AdamW groups: language model (lr), vision tower (lr_vision), connector (lr_projector)."""
     fam = family_of(model)
@@ -137,81 +112,19 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+def tied_duplicates(model) -> set[str]:
+    """Names under which an already-listed parameter appears again (LM head tied to the embeddings)."""
+    seen, again = set(), set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        (again.add(name) if id(p) in seen else seen.add(id(p)))
+    return again
+
+
 def freeze(model, cfg: TrainConfig) -> None:
     fam = family_of(model)
     for name, p in model.named_parameters():
         if (cfg.freeze_vision and fam.is_vision(name)) or (cfg.freeze_projector and fam.is_connector(name)):
             p.requires_grad_(False)
-
-
-def reference_key(model, processor, pairs: list[dict], cfg: TrainConfig, image_root: Path) -> str:
-    """Everything precomputed reference log-probs depend on (see reference.py)."""
-    corrupt = needs_corrupt(cfg.loss.weights)
-    numerics = {"max_length": cfg.max_length, "template_tail": cfg.template_tail, "dtype": cfg.dtype, "mixed_precision": cfg.mixed_precision,
-                "shared_vision": cfg.shared_vision, "shared_prefix": cfg.shared_prefix, "full_logits": cfg.full_logits,
-                "corruption": cfg.loss.corruption if corrupt else None,
-                "corrupt_seed": cfg.seed if corrupt and cfg.loss.corruption == "crop" else None}
-    return key(model_fingerprint(model), processor_fingerprint(processor), pairs_fingerprint(pairs, image_root),
-               numerics)
-
-
-def precompute_reference(model, processor, pairs: list[dict], cfg: TrainConfig, image_root: Path, cache_dir: Path,
-                         progress: bool = True, autocast=nullcontext, accelerator=None) -> ReferenceCache:
-    """Reference log-probs (and token counts) of every pair under `model` (the initial policy), cached on disk.
-    `autocast`: the training forward's mixed-precision context, so the reference has the policy's numerics.
-    With an `accelerator` of several processes, each computes every N-th pair and all gather the whole table
-    (every rank must call this); the main process writes the file."""
-    corrupt = needs_corrupt(cfg.loss.weights)
-    ids = [p["pair_id"] for p in pairs]
-    ref_key = reference_key(model, processor, pairs, cfg, image_root)
-    path = ReferenceCache.path_for(cache_dir, ref_key, corrupt)
-    if path.exists():
-        return ReferenceCache.load(path)
-    ranks = accelerator.num_processes if accelerator is not None else 1
-    if ranks > 1:
-        import torch.distributed as dist
-
-        rank = accelerator.process_index
-        mine = reference_values(model, processor, pairs[rank::ranks], cfg, image_root, progress, autocast)
-        shards = [None] * ranks
-        dist.all_gather_object(shards, mine)
-        values = {k: torch.stack([shards[i % ranks][k][i // ranks] for i in range(len(pairs))]) for k in mine}
-        cache = ReferenceCache(values, ids)
-        if accelerator.is_main_process:
-            cache.save(path, ref_key, ids)
-        accelerator.wait_for_everyone()
-        return cache
-    cache = ReferenceCache(reference_values(model, processor, pairs, cfg, image_root, progress, autocast), ids)
-    cache.save(path, ref_key, ids)
-    return cache
-
-
-def reference_values(model, processor, pairs: list[dict], cfg: TrainConfig, image_root: Path, progress: bool,
-                     autocast) -> dict[str, torch.Tensor]:
-    """Per pair: summed reference log-probs of chosen and rejected (and chosen under the corrupted image), and
-    their token counts, in `pairs` order (CPU tensors)."""
-    corrupt = needs_corrupt(cfg.loss.weights)
-    model_type = getattr(model.config, "model_type", "")
-    forward = PairForward.of(model, cfg)
-    out = {"chosen": [], "rejected": [], "chosen_tokens": [], "rejected_tokens": []}
-    out |= {"chosen_corrupt": []} if corrupt else {}
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), autocast():
-        for start in tqdm(range(0, len(pairs), cfg.batch_size), desc="reference", disable=not progress):
-            rows = pairs[start:start + cfg.batch_size]
-            batch = make_batch(rows, processor, image_root=image_root, model_type=model_type,
-                               max_length=cfg.max_length, corruption=cfg.loss.corruption if corrupt else None,
-                               seed=cfg.seed, template_tail=cfg.template_tail)
-            c, r, cc = forward(batch.to(model.device))
-            out["chosen"].append(c.sum.float().cpu())
-            out["rejected"].append(r.sum.float().cpu())
-            out["chosen_tokens"].append(c.n_tokens.cpu())
-            out["rejected_tokens"].append(r.n_tokens.cpu())
-            if corrupt:
-                out["chosen_corrupt"].append(cc.sum.float().cpu())
-    model.train(was_training)
-    return {k: torch.cat(v) if v else torch.zeros(0) for k, v in out.items()}
 
 
 def list_checkpoints(out: Path) -> list[Path]:
@@ -226,8 +139,10 @@ def list_checkpoints(out: Path) -> list[Path]:
 
 
 # TrainConfig fields that do not change what is trained (where it is logged, how often it is saved).
+# Settings that do not change the trajectory (recomputation reruns the same ops on the same inputs), so a run
+# may resume under others, e.g. with checkpointing switched on after running out of memory.
 NOT_IN_RUN_KEY = ("output_dir", "eval_every", "save_every", "keep_checkpoints", "log_every", "trackers", "resume",
-                  "dist_timeout_s")
+                  "dist_timeout_s", "gradient_checkpointing", "selective_recompute")
 
 
 def run_settings(cfg: TrainConfig) -> dict:
@@ -292,11 +207,11 @@ class DPORecipe:
         if not self.train_pairs:
             raise ValueError(f"{cfg.pairs}: no pairs with split 'train'")
 
-        model, self.processor = load_model_and_processor(cfg.model, dtype=cfg.dtype, device="cpu")
+        fill_deepspeed_config(acc, cfg)
+        with full_weights_at_load(acc):
+            model, self.processor = load_model_and_processor(cfg.model, dtype=cfg.dtype, device="cpu")
         self.model_type = getattr(model.config, "model_type", "")
-        if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.config.use_cache = False
+        self.recompute = enable_recompute(model, full=cfg.gradient_checkpointing, selective=cfg.selective_recompute)
         if cfg.lora.enabled:
             from peft import LoraConfig, get_peft_model
 
@@ -304,7 +219,10 @@ class DPORecipe:
                                                      lora_dropout=cfg.lora.dropout,
                                                      target_modules=list(cfg.lora.target_modules)))
         freeze(model, cfg)
-        model.to(acc.device)
+        # Under FSDP's RAM-efficient loading `prepare` places the shards; moving here would put a whole copy on
+        # every device first (and older transformers load meta tensors on the non-main processes).
+        if not weights_on_main_only(acc):
+            model.to(acc.device)
 
         self.order = DataOrder(len(self.train_pairs), cfg.batch_size, acc.num_processes, acc.process_index, cfg.seed,
                                shuffle=cfg.shuffle)
@@ -345,7 +263,8 @@ class DPORecipe:
         if cfg.reference_model:
             from ..models import load_model_and_processor
 
-            ref, _ = load_model_and_processor(cfg.reference_model, dtype=cfg.dtype, device=str(acc.device))
+            with full_weights_at_load(acc):
+                ref, _ = load_model_and_processor(cfg.reference_model, dtype=cfg.dtype, device=str(acc.device))
         if cfg.reference == "frozen":
             self.ref_model = PairForward.of(frozen_copy(ref), cfg)
             return
@@ -355,12 +274,19 @@ class DPORecipe:
 
     def _precompute(self, ref, progress: bool) -> ReferenceCache:
         """The precomputed reference of the pairs this run will visit (a short run on a big pair set sees a
-        fraction of it) and the val pairs; every process computes its share, all gather the table."""
+        fraction of it) and the val pairs, before any sharding; every process computes its share, all gather the
+        table. Where only the main process holds the weights, it computes the table alone and sends it (the
+        others wait up to dist_timeout_s)."""
         cfg, acc = self.cfg, self.accelerator
         used = [self.train_pairs[i] for i in self.order.used(cfg.max_steps * cfg.grad_accum)]
-        return precompute_reference(ref, self.processor, used + self.val_pairs, cfg, self.image_root,
-                                    self.out / "reference", autocast=acc.autocast, accelerator=acc,
-                                    progress=progress)
+        args = (self.processor, used + self.val_pairs, cfg, self.image_root, self.out / "reference")
+        if not weights_on_main_only(self.accelerator):
+            return precompute_reference(ref, *args, autocast=acc.autocast, accelerator=acc, progress=progress)
+        from accelerate.utils import broadcast_object_list
+
+        table = [precompute_reference(ref, *args, autocast=acc.autocast, progress=progress)
+                 if acc.is_main_process else None]
+        return broadcast_object_list(table, from_process=0)[0]
 
     def recompute_reference(self, reason: str) -> None:
         """A precomputed reference that disagrees with the batch (StaleReferenceError) is computed again from the
@@ -520,7 +446,9 @@ class DPORecipe:
         # PairForward's ("model." + the model's own).
         full_state = None
         if not cfg.lora.enabled:
-            full_state = {k.removeprefix("model."): v for k, v in acc.get_state_dict(self.forward).items()}
+            tied = tied_duplicates(self.policy)  # a gathered (FSDP) state dict holds a copy under each tied name
+            full_state = {k.removeprefix("model."): v for k, v in acc.get_state_dict(self.forward).items()
+                          if k.removeprefix("model.") not in tied}
         if acc.is_main_process:
             from ..models import save_model
 

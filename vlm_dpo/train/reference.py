@@ -19,9 +19,13 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 from safetensors.torch import load_file, save_file
 
 from ..keys import file_fingerprint, key
+from .batches import make_batch
+from .forward import PairForward
+from .losses import needs_corrupt
 
 REFERENCE_KINDS = ("frozen", "lora_disabled", "precomputed", "none")
 
@@ -133,3 +137,73 @@ class ReferenceCache:
 
 def no_grad_ctx(kind: str, model):
     return adapter_disabled(model) if kind == "lora_disabled" else nullcontext()
+
+
+def reference_key(model, processor, pairs: list[dict], cfg, image_root: Path) -> str:
+    """Everything precomputed reference log-probs depend on (see reference.py)."""
+    corrupt = needs_corrupt(cfg.loss.weights)
+    numerics = {"max_length": cfg.max_length, "template_tail": cfg.template_tail, "dtype": cfg.dtype, "mixed_precision": cfg.mixed_precision,
+                "shared_vision": cfg.shared_vision, "shared_prefix": cfg.shared_prefix, "full_logits": cfg.full_logits,
+                "corruption": cfg.loss.corruption if corrupt else None,
+                "corrupt_seed": cfg.seed if corrupt and cfg.loss.corruption == "crop" else None}
+    return key(model_fingerprint(model), processor_fingerprint(processor), pairs_fingerprint(pairs, image_root),
+               numerics)
+
+
+def precompute_reference(model, processor, pairs: list[dict], cfg, image_root: Path, cache_dir: Path,
+                         progress: bool = True, autocast=nullcontext, accelerator=None) -> ReferenceCache:
+    """Reference log-probs (and token counts) of every pair under `model` (the initial policy), cached on disk.
+    `autocast`: the training forward's mixed-precision context, so the reference has the policy's numerics.
+    With an `accelerator` of several processes, each computes every N-th pair and all gather the whole table
+    (every rank must call this); the main process writes the file."""
+    corrupt = needs_corrupt(cfg.loss.weights)
+    ids = [p["pair_id"] for p in pairs]
+    ref_key = reference_key(model, processor, pairs, cfg, image_root)
+    path = ReferenceCache.path_for(cache_dir, ref_key, corrupt)
+    if path.exists():
+        return ReferenceCache.load(path)
+    ranks = accelerator.num_processes if accelerator is not None else 1
+    if ranks > 1:
+        import torch.distributed as dist
+
+        rank = accelerator.process_index
+        mine = reference_values(model, processor, pairs[rank::ranks], cfg, image_root, progress, autocast)
+        shards = [None] * ranks
+        dist.all_gather_object(shards, mine)
+        values = {k: torch.stack([shards[i % ranks][k][i // ranks] for i in range(len(pairs))]) for k in mine}
+        cache = ReferenceCache(values, ids)
+        if accelerator.is_main_process:
+            cache.save(path, ref_key, ids)
+        accelerator.wait_for_everyone()
+        return cache
+    cache = ReferenceCache(reference_values(model, processor, pairs, cfg, image_root, progress, autocast), ids)
+    cache.save(path, ref_key, ids)
+    return cache
+
+
+def reference_values(model, processor, pairs: list[dict], cfg, image_root: Path, progress: bool,
+                     autocast) -> dict[str, torch.Tensor]:
+    """Per pair: summed reference log-probs of chosen and rejected (and chosen under the corrupted image), and
+    their token counts, in `pairs` order (CPU tensors)."""
+    corrupt = needs_corrupt(cfg.loss.weights)
+    model_type = getattr(model.config, "model_type", "")
+    forward = PairForward.of(model, cfg)
+    out = {"chosen": [], "rejected": [], "chosen_tokens": [], "rejected_tokens": []}
+    out |= {"chosen_corrupt": []} if corrupt else {}
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), autocast():
+        for start in tqdm(range(0, len(pairs), cfg.batch_size), desc="reference", disable=not progress):
+            rows = pairs[start:start + cfg.batch_size]
+            batch = make_batch(rows, processor, image_root=image_root, model_type=model_type,
+                               max_length=cfg.max_length, corruption=cfg.loss.corruption if corrupt else None,
+                               seed=cfg.seed, template_tail=cfg.template_tail)
+            c, r, cc = forward(batch.to(model.device))
+            out["chosen"].append(c.sum.float().cpu())
+            out["rejected"].append(r.sum.float().cpu())
+            out["chosen_tokens"].append(c.n_tokens.cpu())
+            out["rejected_tokens"].append(r.n_tokens.cpu())
+            if corrupt:
+                out["chosen_corrupt"].append(cc.sum.float().cpu())
+    model.train(was_training)
+    return {k: torch.cat(v) if v else torch.zeros(0) for k, v in out.items()}

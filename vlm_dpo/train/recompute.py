@@ -1,0 +1,88 @@
+"""Trading compute for activation memory: full or selective recomputation in the backward pass.
+
+- `gradient_checkpointing` (full): every layer keeps only its input and reruns its whole forward in backward
+  (transformers' `gradient_checkpointing_enable`, about one extra forward per step).
+- `selective_recompute` (default): the language model's decoder layers keep the outputs of their matrix
+  multiplications and of attention, and recompute everything else in backward: RMSNorm, RoPE, the K/V head
+  repetition of grouped-query attention, the MLP's SiLU and product, residual adds. Those elementwise tensors are
+  about as large as the matmul outputs but cost a small fraction of the FLOPs, so recomputing them buys a large
+  share of the activation memory for little time ("selective activation checkpointing", as torchtitan applies it
+  per op). Measured with bench/dpo_step.py `--size small` on 2 CPU cores: see bench/README.md (the
+  `no_selective_recompute` lever). Only the text decoder: on the vision tower the same policy bought a fifth of
+  the saving at a similar cost.
+
+The numbers do not change: recomputed ops are rerun on the same inputs (dropout's RNG state is restored by
+torch.utils.checkpoint), so losses and gradients equal the stored-activation run (tests/train/test_recompute.py).
+Both go through transformers' own checkpointing hook (`GradientCheckpointingLayer`), with torch's selective
+checkpoint context as the `context_fn`; written here is only the policy: which ops are worth keeping.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _kept_ops() -> frozenset:
+    aten = torch.ops.aten
+    names = ["mm", "addmm", "bmm", "baddbmm", "convolution", "_scaled_dot_product_flash_attention_for_cpu",
+             "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+             "_scaled_dot_product_cudnn_attention", "_flash_attention_forward", "_efficient_attention_forward"]
+    return frozenset(getattr(aten, n).default for n in names if hasattr(aten, n))
+
+
+def keep_matmul_and_attention(ctx, op, *args, **kwargs):
+    """Selective-checkpoint policy: keep the outputs of matmuls and fused attention, recompute the rest."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    return CheckpointPolicy.MUST_SAVE if op in _KEPT else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+_KEPT = _kept_ops()
+
+
+def _decoder(model):
+    """The language model's decoder (PEFT wrappers looked through), or None when the model does not say."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get = getattr(base, "get_decoder", None)
+    try:
+        decoder = get() if get is not None else None
+    except (AttributeError, NotImplementedError):
+        decoder = None
+    if decoder is None or not getattr(decoder, "supports_gradient_checkpointing", False):
+        return None
+    return decoder
+
+
+def _checkpoint_layers(module, **kwargs) -> None:
+    """transformers >= 5.x names it activation_checkpointing_enable (the old name warns); older ones do not."""
+    enable = getattr(module, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def enable_recompute(model, *, full: bool, selective: bool) -> str:
+    """Switch on full checkpointing (all layers) or selective recomputation (text decoder); returns what applies:
+    "full", "selective" or "none". Full wins when both are asked for (it already recomputes everything)."""
+    if full:
+        _checkpoint_layers(model, use_reentrant=False)
+        model.config.use_cache = False
+        return "full"
+    if not selective:
+        return "none"
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    decoder = _decoder(model)
+    if decoder is None:
+        log.info("selective recompute: %s names no checkpointable decoder (get_decoder); storing activations",
+                 type(model).__name__)
+        return "none"
+    _checkpoint_layers(decoder, use_reentrant=False,
+                       context_fn=functools.partial(create_selective_checkpoint_contexts, keep_matmul_and_attention))
+    return "selective"
