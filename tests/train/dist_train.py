@@ -16,6 +16,7 @@ from pathlib import Path
 import accelerate
 
 from vlm_dpo.train.losses import LossConfig
+from vlm_dpo.train import recipe
 from vlm_dpo.train.recipe import LoRAConfig, TrainConfig, train_dpo
 
 
@@ -57,6 +58,14 @@ def main(path: str) -> None:
         return out
 
     accelerate.Accelerator.prepare = prepare
+    real_setup = recipe.DPORecipe.setup
+
+    def setup(self):  # remember the step training resumed from
+        out = real_setup(self)
+        seen["start"] = self.start
+        return out
+
+    recipe.DPORecipe.setup = setup
     train_dpo(cfg, progress=False)
 
     acc = seen["acc"]
@@ -69,7 +78,7 @@ def main(path: str) -> None:
         h.update(state[k].detach().float().cpu().contiguous().numpy().tobytes())
     info = {"num_processes": acc.num_processes, "distributed_type": str(acc.distributed_type),
             "backend": str(acc.state.backend), "digest": h.hexdigest(),
-            "sharded": sharded}
+            "sharded": sharded, "start": seen["start"]}
     (Path(cfg.output_dir) / f"rank-{acc.process_index}.json").write_text(json.dumps(info))
 
 

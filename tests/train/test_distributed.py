@@ -15,6 +15,7 @@ accelerate pick MULTI_CPU with the gloo backend. CUDA_VISIBLE_DEVICES is emptied
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -132,13 +133,15 @@ def test_fsdp2_shards_and_matches_one_process(tiny_policy, pair_root, tmp_path):
     really are sharded DTensors, and the per-step metrics and the consolidated saved model equal one process
     with the global batch."""
     two = tmp_path / "two"
-    _launch(_config(tiny_policy, pair_root, two, batch_size=2), tmp_path, config_file="scripts/accelerate/fsdp.yaml")
+    sharded = _config(tiny_policy, pair_root, two, batch_size=2)
+    sharded.save_every = 2  # a sharded checkpoint at step 2, resumed below
+    _launch(sharded, tmp_path, config_file="scripts/accelerate/fsdp.yaml")
     one = tmp_path / "one"
     train_dpo(_config(tiny_policy, pair_root, one, batch_size=4), progress=False)
     ranks = [json.loads((two / f"rank-{i}.json").read_text()) for i in range(2)]
     for r in ranks:
         assert (r["num_processes"], r["distributed_type"], r["backend"]) == (2, "DistributedType.FSDP", "gloo")
-        assert r["sharded"] == ["DTensor"], r
+        assert r["sharded"] == ["DTensor"] and r["start"] == 0, r
     rows2, rows1 = _steps(two), _steps(one)
     assert len(rows2) == len(rows1) == STEPS
     for r2, r1 in zip(rows2, rows1):
@@ -148,3 +151,14 @@ def test_fsdp2_shards_and_matches_one_process(tiny_policy, pair_root, tmp_path):
     assert w2.keys() == w1.keys()
     diff = max((w2[k].float() - w1[k].float()).abs().max().item() for k in w1)
     assert diff < TOL, f"final weights differ by {diff}"
+
+    # resume from the sharded checkpoint (each process loads its shards): the last step and the model again
+    assert (two / "checkpoints" / "step-2").is_dir()
+    shutil.rmtree(two / "model")
+    _launch(sharded, tmp_path, config_file="scripts/accelerate/fsdp.yaml")
+    assert [json.loads((two / f"rank-{i}.json").read_text())["start"] for i in range(2)] == [2, 2]
+    again = _steps(two)
+    assert [r["step"] for r in again] == [1, 2, 3]
+    assert again[-1]["loss"] == pytest.approx(rows1[-1]["loss"], rel=1e-5, abs=TOL)
+    w3 = _weights(two / "model")
+    assert max((w3[k].float() - w1[k].float()).abs().max().item() for k in w1) < TOL
