@@ -87,3 +87,21 @@ def test_preference_metrics_hand_worked():
     assert m["pref_accuracy"] == 0.5
     # margins: 0.5*((1) - (-1)) = 1.0 and 0.5*((0) - (1)) = -0.5 -> mean 0.25
     assert m["reward_margin"] == pytest.approx(0.25)
+
+
+def test_eval_settings_follow_the_content_of_a_vocabulary_file(tmp_path):
+    """Results judged with an edited vocabulary file are not reused: its content is part of the eval settings."""
+    from types import SimpleNamespace
+
+    from vlm_dpo.eval.run import EvalConfig
+    from vlm_dpo.eval.stage import eval_settings
+
+    vocab = tmp_path / "vocab.yaml"
+    vocab.write_text("cup: [mug]\n")
+    cfg = SimpleNamespace(eval=EvalConfig(vocabulary=str(vocab)))
+    items = [{"image_id": "a", "file": "a.png", "prompt": "Describe."}]
+    before = eval_settings(cfg, items, [])
+    assert eval_settings(cfg, items, []) == before
+    vocab.write_text("cup: [mug, beaker]\n")
+    assert eval_settings(cfg, items, []) != before
+    assert "vocabulary_file" not in eval_settings(SimpleNamespace(eval=EvalConfig()), items, [])["eval"]

@@ -355,3 +355,14 @@ def test_drop_true_needs_two_labels():
 def test_unknown_context_kind_is_an_error():
     with pytest.raises(ValueError, match="unknown context pair kind"):
         _context_pair("nonsense")
+
+
+def test_mined_judgements_keep_the_partial_labels():
+    """A true but partial caption ("a cup" of two cups) is recorded as such beside the pair, not only in its score."""
+    from vlm_dpo.pairs.mine import _judge_dict
+
+    dets = [{"label": "cup", "score": 0.9, "box": [0, 0, 10, 10]}, {"label": "cup", "score": 0.9, "box": [40, 0, 50, 10]},
+            {"label": "ball", "score": 0.9, "box": [0, 40, 10, 50]}]
+    judged = _judge_dict("A cup and a ball.", dets, Vocabulary.world(), JudgeConfig())
+    assert judged["partial"] == ["cup"] and judged["hallucinated"] == [] and judged["missed"] == []
+    assert _judge_dict("Two cups and a ball.", dets, Vocabulary.world(), JudgeConfig())["partial"] == []

@@ -17,7 +17,8 @@ from pathlib import Path
 from ..ground import PromptConfig, grounding_text, prompt_text
 from ..images import DataError
 from ..judge import resolve_vocabulary
-from ..keys import key, model_fingerprint
+from ..judge.vocabulary import VOCABULARY_FILE_SUFFIXES
+from ..keys import file_fingerprint, key, model_fingerprint
 from ..records import (drop_if_other_settings, read_jsonl, record_settings, setting_changes,
                        write_text_atomic)
 from ..run import RunFolder
@@ -77,6 +78,8 @@ def eval_settings(cfg, items: list[dict], scenes: list[dict]) -> dict:
     from dataclasses import asdict
 
     ev = {k: v for k, v in asdict(cfg.eval).items() if k not in ("models", "workers")}
+    if str(cfg.eval.vocabulary).lower().endswith(VOCABULARY_FILE_SUFFIXES):  # an edited file judges differently
+        ev["vocabulary_file"] = file_fingerprint(cfg.eval.vocabulary)
     return json.loads(json.dumps({"eval": ev, "images": len(items), "truth": key(scenes),
                                   "items": key([(it["image_id"], it.get("file"), it["prompt"]) for it in items])},
                                  default=str))

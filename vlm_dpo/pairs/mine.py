@@ -94,7 +94,7 @@ class Cooccurrence:
 
 def _judge_dict(caption: str, dets: list[dict], vocab: Vocabulary, judge: JudgeConfig) -> dict:
     r = score_caption(caption, dets, vocab, judge)
-    return {"score": round(r.score, 4), "hallucinated": r.hallucinated, "missed": r.missed,
+    return {"score": round(r.score, 4), "hallucinated": r.hallucinated, "missed": r.missed, "partial": r.partial,
             "count_errors": len(r.count_errors), "relation_errors": len(r.relation_errors), "vague": r.vague,
             "n_words": r.n_words, "precision": round(r.precision, 4), "recall": round(r.recall, 4),
             "perfect": r.perfect}
