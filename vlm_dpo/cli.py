@@ -88,6 +88,12 @@ def _cmd_pipeline(cfg, args):
     return run_pipeline(cfg, progress=not args.quiet)
 
 
+def _cmd_seeds(cfg, args):
+    from .seeds import run_seeds
+
+    return run_seeds(cfg, progress=not args.quiet)
+
+
 COMMANDS = {
     "world": (_cmd_world, "generate (or reuse) the embedded tabletop world"),
     "detector": (_cmd_detector, "train (or reuse) the embedded YOLO detector and report its held-out mAP50"),
@@ -99,6 +105,7 @@ COMMANDS = {
     "eval": (_cmd_eval, "evaluate models (eval.models) on annotated images -> metrics.json + report"),
     "annotate": (_cmd_annotate, "local web page for human preference judgements (127.0.0.1 by default)"),
     "pipeline": (_cmd_pipeline, "the whole pipeline on the embedded default, ending in a report"),
+    "seeds": (_cmd_seeds, "the pipeline once per seed (seeds=[0,1,2]) -> <out>/seeds.md: mean and range per metric"),
 }
 
 
@@ -106,7 +113,7 @@ COMMANDS = {
 SECTIONS = {
     "world": ["world"], "detector": ["world", "detector"], "detect": ["data", "detector", "ground"],
     "build-vlm": ["vlm"], "describe": ["data", "ground", "prompt", "describe"], "pairs": ["pairs"],
-    "train": ["train"], "eval": ["eval", "ground", "prompt"], "annotate": ["annotate"], "pipeline": [],
+    "train": ["train"], "eval": ["eval", "ground", "prompt"], "annotate": ["annotate"], "pipeline": [], "seeds": [],
 }
 TOP_LEVEL = ["out", "cache_dir", "threads", "concurrent_stages", "variants"]
 

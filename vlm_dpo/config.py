@@ -104,6 +104,8 @@ class Config:
     # Extra DPO runs the pipeline trains and evaluates beside the main one (see vlm_dpo/variants.py):
     # "no_context" (without context-robustness pairs), "mdpo" (with mDPO's image-conditional term).
     variants: list[str] = field(default_factory=list)
+    # `vlm-dpo seeds`: the whole pipeline once per seed (vlm_dpo/seeds.py), each in <out>/seed-<s>
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
 
     def __post_init__(self) -> None:
         at_least(self, 0, "threads")

@@ -307,7 +307,8 @@ class DPORecipe:
         path = self.out / "settings.json"
         now = json.loads(json.dumps(run_settings(self.cfg), default=str))
         if path.exists():
-            old = json.loads(path.read_text())
+            # keys that left the run key since (recomputation settings) do not make an old folder "other"
+            old = {k: v for k, v in json.loads(path.read_text()).items() if k not in NOT_IN_RUN_KEY}
             changed = _differences(old, now)
             if changed:
                 raise ValueError(f"{self.out} holds a training run with other settings ({'; '.join(changed)}); "

@@ -1,15 +1,14 @@
 """Trading compute for activation memory: full or selective recomputation in the backward pass.
 
 - `gradient_checkpointing` (full): every layer keeps only its input and reruns its whole forward in backward
-  (transformers' `gradient_checkpointing_enable`, about one extra forward per step).
-- `selective_recompute` (default): the language model's decoder layers keep the outputs of their matrix
-  multiplications and of attention, and recompute everything else in backward: RMSNorm, RoPE, the K/V head
-  repetition of grouped-query attention, the MLP's SiLU and product, residual adds. Those elementwise tensors are
-  about as large as the matmul outputs but cost a small fraction of the FLOPs, so recomputing them buys a large
-  share of the activation memory for little time ("selective activation checkpointing", as torchtitan applies it
-  per op). Measured with bench/dpo_step.py `--size small` on 2 CPU cores: see bench/README.md (the
-  `no_selective_recompute` lever). Only the text decoder: on the vision tower the same policy bought a fifth of
-  the saving at a similar cost.
+  (about one extra forward per step).
+- `selective_recompute` (default): every layer transformers can checkpoint (the language model's decoder layers,
+  the vision tower's encoder layers) keeps the outputs of its matrix multiplications and of attention, and
+  recomputes everything else in backward: norms, RoPE, the K/V head repetition of grouped-query attention, the
+  MLP's activation and product, residual adds. Those elementwise tensors are about as large as the matmul
+  outputs but cost a small fraction of the FLOPs, so recomputing them buys a large share of the activation memory
+  for little time ("selective activation checkpointing", as torchtitan applies it per op). Measured with
+  bench/dpo_step.py `--size small` on 2 CPU cores: see bench/README.md (the `no_selective_recompute` lever).
 
 The numbers do not change: recomputed ops are rerun on the same inputs (dropout's RNG state is restored by
 torch.utils.checkpoint), so losses and gradients equal the stored-activation run (tests/train/test_recompute.py).
@@ -45,19 +44,6 @@ def keep_matmul_and_attention(ctx, op, *args, **kwargs):
 _KEPT = _kept_ops()
 
 
-def _decoder(model):
-    """The language model's decoder (PEFT wrappers looked through), or None when the model does not say."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    get = getattr(base, "get_decoder", None)
-    try:
-        decoder = get() if get is not None else None
-    except (AttributeError, NotImplementedError):
-        decoder = None
-    if decoder is None or not getattr(decoder, "supports_gradient_checkpointing", False):
-        return None
-    return decoder
-
-
 def _checkpoint_layers(module, **kwargs) -> None:
     """transformers >= 5.x names it activation_checkpointing_enable (the old name warns); older ones do not."""
     enable = getattr(module, "activation_checkpointing_enable", None)
@@ -68,7 +54,7 @@ def _checkpoint_layers(module, **kwargs) -> None:
 
 
 def enable_recompute(model, *, full: bool, selective: bool) -> str:
-    """Switch on full checkpointing (all layers) or selective recomputation (text decoder); returns what applies:
+    """Switch on full checkpointing or selective recomputation of every checkpointable layer; returns what applies:
     "full", "selective" or "none". Full wins when both are asked for (it already recomputes everything)."""
     if full:
         _checkpoint_layers(model, use_reentrant=False)
@@ -78,11 +64,9 @@ def enable_recompute(model, *, full: bool, selective: bool) -> str:
         return "none"
     from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
-    decoder = _decoder(model)
-    if decoder is None:
-        log.info("selective recompute: %s names no checkpointable decoder (get_decoder); storing activations",
-                 type(model).__name__)
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        log.info("selective recompute: %s does not support checkpointing; storing activations", type(model).__name__)
         return "none"
-    _checkpoint_layers(decoder, use_reentrant=False,
+    _checkpoint_layers(model, use_reentrant=False,
                        context_fn=functools.partial(create_selective_checkpoint_contexts, keep_matmul_and_attention))
     return "selective"
