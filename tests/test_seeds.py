@@ -67,7 +67,7 @@ def test_run_seeds_runs_the_pipeline_per_seed_and_writes_the_tables(tmp_path, mo
     out = S.run_seeds(cfg, progress=False)
     assert seen == [(1, 1, str(tmp_path / "seeds" / "seed-1")), (2, 2, str(tmp_path / "seeds" / "seed-2"))]
     doc = json.loads((tmp_path / "seeds" / "seeds.json").read_text())
-    assert doc["seeds"] == [1, 2] and set(doc["rows"]) == {"1", "2"}
+    assert doc["seeds"] == doc["done"] == [1, 2] and set(doc["rows"]) == {"1", "2"}
     assert doc["summary"]["change_dpo_vs_sft"]["chair_i_relative"]["min"] == pytest.approx(-0.5)
     assert out["targets_met"] is False
     assert (tmp_path / "seeds" / "seeds.md").read_text().startswith("| model | metric | seed 1 | seed 2 |")

@@ -102,12 +102,17 @@ def run_seeds(cfg, seeds: list[int] | None = None, progress: bool = True) -> dic
         result = run_pipeline(seed_config(cfg, seed), progress=progress)
         rows[seed] = json.loads(Path(result["metrics"]).read_text())
         wall[seed] = round(time.time() - t, 1)
+        doc = write_tables(Path(cfg.out), seeds, rows, wall)  # after every seed: a long run shows what it has
+    return {"seeds_json": str(Path(cfg.out) / "seeds.json"), "seeds_md": str(Path(cfg.out) / "seeds.md"),
+            "change_dpo_vs_sft": doc["summary"]["change_dpo_vs_sft"], "targets_met": doc["targets"]["all"]}
+
+
+def write_tables(out: Path, seeds: list[int], rows: dict[int, dict], wall: dict[int, float]) -> dict:
+    """seeds.json and seeds.md of the seeds done so far (`done` lists them)."""
     summary = summarize(rows)
-    out = Path(cfg.out)
-    doc = {"seeds": seeds, "summary": summary, "targets": targets(rows), "wall_s": wall,
+    doc = {"seeds": seeds, "done": list(rows), "summary": summary, "targets": targets(rows), "wall_s": wall,
            "rows": {s: {"models": {m: {k: r["models"][m].get(k) for k in METRICS} for m in r["models"]},
                         "change_dpo_vs_sft": r["change_dpo_vs_sft"]} for s, r in rows.items()}}
     write_text_atomic(out / "seeds.json", json.dumps(doc, indent=1, default=str))
     write_text_atomic(out / "seeds.md", markdown(rows, summary))
-    return {"seeds_json": str(out / "seeds.json"), "seeds_md": str(out / "seeds.md"),
-            "change_dpo_vs_sft": summary["change_dpo_vs_sft"], "targets_met": doc["targets"]["all"]}
+    return doc
