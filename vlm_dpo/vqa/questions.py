@@ -1,0 +1,121 @@
+"""Questions a robot asks about a table, made from what is known to be there (detections, or the world's ground
+truth for evaluation), each with the answer that is right for it.
+
+Families (one question per family and image where the family applies):
+    existence      "Is there a cup on the table?"              yes / no (present or absent kind, balanced)
+    counting       "How many cups are there?"                  the number of instances
+    colour         "What colour is the cup?"                   the colour (a kind with one instance of known colour)
+    spatial        "Is the cup left of the ball?"              yes / no (two single-instance kinds set apart)
+    false_premise  "What colour is the phone?" (no phone)      a refusal ("There is no phone.")
+    listing        "Which objects can the robot pick up?"      the kinds present
+Every family has several phrasings; which one an image gets is drawn from its own seeded stream. The false premise
+asks about the absent kind that co-occurs most with the present ones (as POPE's adversarial split does), so a
+model that guesses from co-occurrence is caught. Spatial questions compare box centres in the image's x (image
+left = smaller x) and are only asked when the two centres are at least `min_gap` of the width apart, so the
+answer does not hinge on a few pixels.
+
+A question is a dict: {family, question, label, other, expected, answer_text} where `expected` is the judged
+answer (see answers.py: "yes" / "no" / int / colour / "left" / "right" / sorted list of labels / "refusal") and
+`answer_text` the short reference answer a model should give (for SFT and synthetic pairs).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from ..plurals import plural
+
+FAMILIES = ("existence", "counting", "colour", "spatial", "false_premise", "listing")
+
+PHRASINGS = {
+    "existence": ("Is there {a} {label} on the table?", "Do you see {a} {label}?", "Is {a} {label} in the image?"),
+    "counting": ("How many {labels} are there?", "How many {labels} can you see?", "Count the {labels} on the table."),
+    "colour": ("What colour is the {label}?", "What is the colour of the {label}?", "Which colour does the {label} have?"),
+    "spatial": ("Is the {label} left of the {other}?", "Is the {label} to the right of the {other}?",
+                "Is the {label} on the left side of the {other}?", "Is the {label} on the right side of the {other}?"),
+    # about an absent kind, phrased as if it were there
+    "false_premise": ("What colour is the {label}?", "Where is the {label}?", "How big is the {label}?",
+                      "Which side of the table is the {label} on?"),
+    "listing": ("Which objects can the robot pick up?", "List the objects on the table.",
+                "What objects are on the table?"),
+}
+
+
+def article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+def _number_word(n: int) -> str:
+    words = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+    return words[n] if n < len(words) else str(n)
+
+
+def _phrase(label: str, n: int) -> str:
+    return f"{article(label)} {label}" if n == 1 else f"{_number_word(n)} {plural(label)}"
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def cooccurrence(scenes: list[list[str]]) -> Counter:
+    """How often two kinds appear in the same image (both orders), from lists of labels per image."""
+    pairs: Counter = Counter()
+    for labels in scenes:
+        kinds = sorted(set(labels))
+        for i, a in enumerate(kinds):
+            for b in kinds[i + 1:]:
+                pairs[(a, b)] += 1
+                pairs[(b, a)] += 1
+    return pairs
+
+
+def make_questions(objects: list[dict], labels: list[str], image_id: str, *, width: float, seed: int = 0,
+                   cooc: Counter | None = None, families: tuple[str, ...] = FAMILIES,
+                   min_gap: float = 0.15) -> list[dict]:
+    """The questions of one image. objects: [{label, box (xyxy), color (optional)}] known to be there;
+    labels: every kind the vocabulary knows (absent kinds are drawn from it)."""
+    rng = random.Random(f"vqa/{seed}/{image_id}")
+    counts = Counter(o["label"] for o in objects)
+    present = sorted(counts)
+    absent = [k for k in labels if k not in counts]
+    out: list[dict] = []
+
+    def add(family: str, expected, answer_text: str, label: str = "", other: str = "", **fmt) -> None:
+        template = rng.choice(PHRASINGS[family])
+        text = template.format(label=label, other=other, a=article(label), labels=plural(label) if label else "",
+                               **fmt)
+        if family == "spatial" and "right" in template:  # the template asks the mirror question
+            expected = {"yes": "no", "no": "yes"}[expected]
+        out.append({"image_id": image_id, "family": family, "question": text, "label": label, "other": other,
+                    "expected": expected, "answer_text": answer_text if family != "spatial" else f"{expected}."})
+
+    if "existence" in families and (present or absent):
+        ask_present = bool(present) and (not absent or rng.random() < 0.5)
+        label = rng.choice(present if ask_present else absent)
+        add("existence", "yes" if ask_present else "no", "yes." if ask_present else "no.", label)
+    if "counting" in families and present:
+        label = rng.choice(present)
+        add("counting", counts[label], f"{_number_word(counts[label])}.", label)
+    if "colour" in families:
+        single = [o for o in objects if counts[o["label"]] == 1 and o.get("color")]
+        if single:
+            o = rng.choice(single)
+            add("colour", o["color"], f"{o['color']}.", o["label"])
+    if "spatial" in families:
+        singles = sorted((o for o in objects if counts[o["label"]] == 1), key=lambda o: o["label"])
+        centre = {o["label"]: (o["box"][0] + o["box"][2]) / 2 for o in singles}
+        apart = [(a, b) for a in centre for b in centre if a != b and abs(centre[a] - centre[b]) >= min_gap * width]
+        if apart:
+            a, b = rng.choice(apart)
+            add("spatial", "yes" if centre[a] < centre[b] else "no", "", a, b)
+    if "false_premise" in families and absent and present:
+        cooc = cooc or Counter()
+        best = max(sum(cooc[(p, k)] for p in present) for k in absent)
+        label = rng.choice([k for k in absent if sum(cooc[(p, k)] for p in present) == best])
+        add("false_premise", "refusal", f"There is no {label}.", label)
+    if "listing" in families and present:
+        text = _join([_phrase(k, counts[k]) for k in present]) + "."
+        add("listing", present, text[0].upper() + text[1:])
+    return out
