@@ -55,6 +55,13 @@ def _cmd_describe(cfg, args):
     return {"captions": str(describe.run(cfg, RunFolder.setup(cfg), progress=not args.quiet))}
 
 
+def _cmd_ask(cfg, args):
+    from . import ask
+    from .run import RunFolder
+
+    return ask.run(cfg, RunFolder.setup(cfg), progress=not args.quiet)
+
+
 def _cmd_pairs(cfg, args):
     from .pairs import stage
     from .run import RunFolder
@@ -100,6 +107,7 @@ COMMANDS = {
     "detect": (_cmd_detect, "run the detector on a split (or data.images) -> detections JSONL"),
     "build-vlm": (_cmd_build_vlm, "build + SFT (or reuse) the tiny embedded VLM"),
     "describe": (_cmd_describe, "sample captions with grounding from detections -> captions JSONL"),
+    "ask": (_cmd_ask, "the robot's questions about each image, answered by the VLM and judged -> <out>/vqa/"),
     "pairs": (_cmd_pairs, "mine (detector as judge) + synthetic + imported pairs -> <out>/pairs/pairs.parquet"),
     "train": (_cmd_train, "DPO (or a variant) on the pairs -> <out>/dpo/model"),
     "eval": (_cmd_eval, "evaluate models (eval.models) on annotated images -> metrics.json + report"),
@@ -112,10 +120,11 @@ COMMANDS = {
 # The config sections each command reads (its --help lists their keys).
 SECTIONS = {
     "world": ["world"], "detector": ["world", "detector"], "detect": ["data", "detector", "ground"],
-    "build-vlm": ["vlm"], "describe": ["data", "ground", "prompt", "describe"], "pairs": ["pairs"],
+    "build-vlm": ["vlm"], "describe": ["data", "ground", "prompt", "describe"], "ask": ["data", "ground", "ask"],
+    "pairs": ["pairs"],
     "train": ["train"], "eval": ["eval", "ground", "prompt"], "annotate": ["annotate"], "pipeline": [], "seeds": [],
 }
-TOP_LEVEL = ["out", "cache_dir", "threads", "concurrent_stages", "variants"]
+TOP_LEVEL = ["out", "cache_dir", "threads", "concurrent_stages", "variants", "seeds"]
 
 
 def config_keys(sections: list[str] | None = None) -> list[tuple[str, str, str]]:

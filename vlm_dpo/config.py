@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from .annotate import AnnotateConfig
+from .ask import AskConfig
 from .checks import FieldValueError, at_least, fraction, positive
 from .describe import DescribeConfig
 from .detect import DetectorConfig
@@ -96,6 +97,7 @@ class Config:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     vlm: VLMConfig = field(default_factory=VLMConfig)
     describe: DescribeConfig = field(default_factory=DescribeConfig)
+    ask: AskConfig = field(default_factory=AskConfig)  # `vlm-dpo ask`: the robot's questions (vlm_dpo/ask.py)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     rft: RFTConfig = field(default_factory=RFTConfig)

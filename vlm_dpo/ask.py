@@ -1,0 +1,155 @@
+"""Ask: the robot's questions about each image, answered by a VLM and judged (issue #17's question stage).
+
+    image -> detections -> questions (vqa/questions.py) -> prompt (question + grounding context, configurable)
+          -> greedy answer -> parsed and judged (vqa/answers.py) -> <out>/vqa/<split>.jsonl + .metrics.json
+
+What the answers are judged against (`ask.truth`):
+    detections  the detector's confident detections (score >= ground.min_score), the same facts the grounding
+                context states: for a folder of your own images. Colour questions need colours, which a detector
+                does not give: they are asked only against the world's ground truth.
+    world       the embedded world's annotations of the split (kinds, colours, boxes): for evaluation.
+One record per question: {qid, image_id, file, family, question, prompt, grounding, label, other, expected,
+answer, answer_kind, verdict}; the metrics file holds vqa/metrics.py's summary. Resumable like describe (batches
+of questions, a finished file is reused while the model, images and settings are unchanged).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .checks import FieldValueError, at_least
+from .ground import PromptConfig, grounding_text, prompt_text
+from .images import DataError, image_items, open_image
+from .keys import images_fingerprint, key, model_fingerprint
+from .records import ResumableJsonl, read_jsonl, write_text_atomic
+from .run import RunFolder, apply_threads
+from .vqa.answers import judge_answer, parse_answer
+from .vqa.metrics import vqa_metrics
+from .vqa.questions import FAMILIES, cooccurrence, make_questions
+
+TRUTHS = ("detections", "world")
+
+
+@dataclass
+class AskConfig:
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    grounded: bool = True  # the grounding context after the question, as captions have it
+    truth: str = "detections"  # detections | world (see the module docstring)
+    max_new_tokens: int = 16
+    batch_size: int = 32  # questions per generate call
+    limit: int = 0  # 0 = every image of the split
+    seed: int = 0  # which phrasing and which kinds each image is asked about
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "batch_size", "max_new_tokens")
+        at_least(self, 0, "limit")
+        if self.truth not in TRUTHS:
+            raise FieldValueError("truth", f"must be one of {', '.join(TRUTHS)}, got {self.truth!r}")
+        unknown = [f for f in self.families if f not in FAMILIES]
+        if unknown or not self.families:
+            raise FieldValueError("families", f"must be a non-empty list of {', '.join(FAMILIES)}, got "
+                                              f"{self.families!r}")
+
+
+def question_items(cfg, split: str, detections_path: Path, vocab_labels: list[str],
+                   truth: dict[str, dict] | None = None) -> list[dict]:
+    """The questions of every usable image of the split, each with its prompt and the facts it is judged on."""
+    ask: AskConfig = cfg.ask
+    root = Path(cfg.data.images).resolve() if cfg.data.images else None
+    paths = {it["image_id"]: it["path"] for it in image_items(cfg, split)}
+    records = [r for r in read_jsonl(detections_path) if not r.get("error")]
+    if ask.limit:
+        records = records[: ask.limit]
+
+    def facts(rec: dict) -> list[dict]:
+        if truth is not None:
+            return truth[rec["image_id"]]["objects"]
+        return [d for d in rec["detections"] if d["score"] >= cfg.ground.min_score]
+
+    cooc = cooccurrence([[o["label"] for o in facts(r)] for r in records])
+    families = tuple(f for f in ask.families if truth is not None or f != "colour")
+    items = []
+    for rec in records:
+        g = grounding_text(rec["detections"], rec["width"], rec["height"], cfg.ground)
+        path = paths.get(rec["image_id"]) or str((root or Path(".")) / rec["file"])
+        for q in make_questions(facts(rec), vocab_labels, rec["image_id"], width=rec["width"], seed=ask.seed,
+                                cooc=cooc, families=families):
+            items.append(q | {"qid": f"{rec['image_id']}/{q['family']}", "file": rec["file"], "path": path,
+                              "grounding": g, "prompt": prompt_text(g, PromptConfig(q["question"], ask.grounded))})
+    return items
+
+
+def answer(model, processor, items: list[dict], cfg: AskConfig, vocab) -> list[dict]:
+    """Greedy answers to `items` (question_items), parsed and judged."""
+    from .describe import generate_captions
+
+    images = [open_image(it["path"]) for it in items]
+    texts = generate_captions(model, processor, images, [it["prompt"] for it in items],
+                              max_new_tokens=cfg.max_new_tokens, do_sample=False, n=1)
+    out = []
+    for it, (text,) in zip(items, texts):
+        parsed = parse_answer(text, it, vocab)
+        out.append({k: it[k] for k in ("qid", "image_id", "file", "family", "question", "prompt", "grounding",
+                                       "label", "other", "expected")}
+                   | {"answer": text, "answer_kind": parsed.kind, "verdict": judge_answer(it, parsed)})
+    return out
+
+
+def ask_settings(model_id: str, items: list[dict], cfg: AskConfig) -> dict:
+    return {"model": model_fingerprint(model_id), "ask": asdict(cfg),
+            "items": key([(it["qid"], it["prompt"], json.dumps(it["expected"])) for it in items]),
+            "images": images_fingerprint(list({it["image_id"]: it for it in items}.values()))}
+
+
+def ask_to_jsonl(model, processor, items: list[dict], cfg: AskConfig, vocab, out_path: Path, settings: dict,
+                 progress: bool = True) -> Path:
+    with ResumableJsonl(out_path, key="qid", settings=settings) as w:
+        if w.finished:
+            return out_path
+        for start in tqdm(range(0, len(items), cfg.batch_size), desc="ask", disable=not progress):
+            chunk = items[start:start + cfg.batch_size]
+            if all(it["qid"] in w.done for it in chunk):
+                continue
+            torch.manual_seed(cfg.seed * 1_000_003 + start)
+            w.write_many(answer(model, processor, chunk, cfg, vocab))
+    return out_path
+
+
+def run(cfg, run: RunFolder, split: str | None = None, *, progress: bool = True, model_path: str | None = None) -> dict:
+    """The ask stage on one split (default data.split): detections (detected here first when missing), questions,
+    answers by `model_path` (default: vlm.model, the embedded VLM built when needed), verdicts and metrics."""
+    from . import detect
+    from .embedded import ensure_vlm, ensure_world
+    from .judge import resolve_vocabulary
+    from .models import load_model_and_processor
+
+    apply_threads(cfg)
+    split = split or cfg.data.split
+    det_path = detect.run(cfg, run, split, progress=progress)
+    vocab = resolve_vocabulary(cfg.pairs.vocabulary, list(read_jsonl(det_path)))
+    truth = None
+    if cfg.ask.truth == "world":
+        if cfg.data.images:
+            raise DataError("ask.truth=world judges against the embedded world's annotations: not for data.images")
+        from .world.export import load_annotations
+
+        truth = {s["image_id"]: s for s in load_annotations(ensure_world(cfg), split)}
+    items = question_items(cfg, split, det_path, list(vocab.classes), truth)
+    if not items:
+        raise DataError(f"{det_path}: no usable images to ask about")
+    model_path = model_path or ensure_vlm(cfg, progress)["model"]
+    out_path = run.root / "vqa" / f"{split}.jsonl"
+    model, processor = load_model_and_processor(model_path, dtype=cfg.vlm.dtype, device=cfg.vlm.device)
+    model.eval()
+    ask_to_jsonl(model, processor, items, cfg.ask, vocab, out_path, ask_settings(model_path, items, cfg.ask),
+                 progress=progress)
+    metrics = vqa_metrics(list(read_jsonl(out_path)), seed=cfg.ask.seed)
+    metrics_path = out_path.with_suffix(".metrics.json")
+    write_text_atomic(metrics_path, json.dumps(metrics, indent=1))
+    return {"answers": str(out_path), "metrics": str(metrics_path), "accuracy": metrics["accuracy"],
+            "false_premise_rejection": metrics["false_premise_rejection"], "yes_ratio": metrics["yes_ratio"]}
