@@ -26,6 +26,12 @@ def test_metrics_json_is_complete(pipeline_run):
     assert m["pairs"]["pairs"] > 0 and m["train"]["steps"] == 3
     for name, mm in m["models"].items():  # see-don't-copy metrics for every model
         assert "precision_ungrounded" in mm and "echo_rate" in mm and "recovery_rate" in mm, name
+    for name, mm in m["models"].items():  # the robot's questions, per family, judged (eval/vqa.py)
+        vqa = mm["vqa"]
+        assert set(vqa) >= {"accuracy", "pope_f1", "false_premise_rejection", "yes_ratio"}, name
+        assert {"existence", "counting", "false_premise", "listing", "overall"} <= set(vqa["accuracy"]), name
+        assert vqa["pope_f1"] == mm["pope_f1"] and 0 <= vqa["accuracy"]["overall"] <= 1
+        assert (run.eval / f"{name}.vqa.jsonl").exists()
     import vlm_dpo.pairs.dataset as ds
 
     assert all(p["source"] != "context" for p in ds.load_pairs(run.variant("no_context") / "pairs.parquet"))

@@ -37,6 +37,8 @@ class EvalConfig:
     batch_size: int = 32
     pope_per_image: int = 2
     pope_grounded: bool = True  # ask POPE questions with the grounding context, as the pipeline prompts
+    vqa: bool = True  # the robot's questions (eval/vqa.py): models.<name>.vqa in metrics.json
+    vqa_grounded: bool = True  # with the grounding context after the question
     bootstrap: int = 1000
     seed: int = 0
     # world | coco | detections (the labels in the detection records) | a .json/.yaml/.yml file of class -> list
@@ -221,6 +223,12 @@ def evaluate_model(model_path: str, name: str, items: list[dict], scenes: list[d
         scores = clip_scores(*clip, [open_image(it["path"]) for it in items], [g[0] for g in greedy])
         metrics["clip_score"] = sum(scores) / max(1, len(scores))
         metrics["ci"]["clip_score"] = _mean_ci(scores, cfg.bootstrap, cfg.seed)
+    vqa_rows = []
+    if cfg.vqa:
+        from .vqa import vqa_eval
+
+        vqa, vqa_rows = vqa_eval(model, processor, items, scenes, labels, vocab, cfg, progress=progress)
+        metrics["vqa"] = vqa | {"pope_f1": metrics["pope_f1"]}
     metrics["sampled"] = m_sampled
     metrics["pope"] = pope
     metrics["model"] = model_path
@@ -230,6 +238,8 @@ def evaluate_model(model_path: str, name: str, items: list[dict], scenes: list[d
         {"image_id": it["image_id"], "prompt": it["prompt"], "greedy": g[0], "samples": s}
         for it, g, s in zip(items, greedy, sampled)])
     write_jsonl_atomic(out_dir / f"{name}.pope.jsonl", pope_rows)
+    if vqa_rows:
+        write_jsonl_atomic(out_dir / f"{name}.vqa.jsonl", vqa_rows)
     write_jsonl_atomic(out_dir / f"{name}.per_image.jsonl", per_image_rows(items, scenes, greedy, pope_rows, vocab, tok))
     write_text_atomic(done, json.dumps(metrics, indent=1))
     return metrics

@@ -1,0 +1,42 @@
+"""The robot's questions in the evaluation (issue #17): every held-out image asked one question per family
+(vqa/questions.py) from its ground truth, with the grounding context as the pipeline prompts it (eval.vqa_grounded),
+answered greedily and judged (vqa/answers.py). metrics.json holds models.<name>.vqa = {accuracy: {family...,
+overall}, ci, false_premise_rejection, yes_ratio, pope_f1, verdicts}; the answers are in eval/<name>.vqa.jsonl."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..ground import PromptConfig, prompt_text
+from ..images import open_image
+from ..vqa.answers import judge_answer, parse_answer
+from ..vqa.metrics import vqa_metrics
+from ..vqa.questions import cooccurrence, make_questions
+
+
+def vqa_items(items: list[dict], scenes: list[dict], labels: list[str], cfg) -> list[dict]:
+    cooc = cooccurrence([[o["label"] for o in s["objects"]] for s in scenes])
+    out = []
+    for it, sc in zip(items, scenes):
+        width = sc.get("width") or open_image(it["path"]).width
+        for q in make_questions(sc["objects"], labels, it["image_id"], width=width, seed=cfg.seed, cooc=cooc):
+            out.append(q | {"path": it["path"], "grounding": it.get("grounding"),
+                            "prompt": prompt_text(it.get("grounding"), PromptConfig(q["question"], cfg.vqa_grounded))})
+    return out
+
+
+def vqa_eval(model, processor, items: list[dict], scenes: list[dict], labels: list[str], vocab, cfg, *,
+             progress: bool) -> tuple[dict, list[dict]]:
+    from .run import generate_all
+
+    questions = vqa_items(items, scenes, labels, cfg)
+    short = replace(cfg, max_new_tokens=min(cfg.max_new_tokens, 16))  # answers are a few words
+    answers = [g[0] for g in generate_all(model, processor, questions, short, do_sample=False, n=1, desc="vqa",
+                                          progress=progress)]
+    rows = []
+    for q, text in zip(questions, answers):
+        parsed = parse_answer(text, q, vocab)
+        rows.append({k: q[k] for k in ("image_id", "family", "question", "prompt", "label", "other", "expected")}
+                    | {"answer": text, "answer_kind": parsed.kind, "verdict": judge_answer(q, parsed)})
+    m = vqa_metrics(rows, cfg.bootstrap, cfg.seed)
+    return m, rows
