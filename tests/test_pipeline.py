@@ -24,6 +24,7 @@ def test_metrics_json_is_complete(pipeline_run):
             lo, hi = mm["ci"][k]
             assert lo <= hi
     assert m["pairs"]["pairs"] > 0 and m["train"]["steps"] == 3
+    assert m["pairs"]["by_task"]["vqa"] > 0 and m["pairs"]["by_task"]["caption"] > 0  # one mixed DPO run
     for name, mm in m["models"].items():  # see-don't-copy metrics for every model
         assert "precision_ungrounded" in mm and "echo_rate" in mm and "recovery_rate" in mm, name
     for name, mm in m["models"].items():  # the robot's questions, per family, judged (eval/vqa.py)

@@ -224,3 +224,24 @@ def test_human_judgement_of_a_mined_pair_wins(stage_inputs, tmp_path):
     assert stats["by_source"]["mined"] == base["by_source"]["mined"] - 1
     assert stats["by_source"]["human"] == base["by_source"]["human"] + 1
     assert stats["rejections"]["skipped"] == base["rejections"]["skipped"]  # a merge is not a duplicate
+
+
+def test_vqa_pairs_join_the_caption_pairs_at_the_configured_ratio(stage_inputs, tmp_path):
+    root, _ = stage_inputs
+    captions_only = build_pairs(_config(root), tmp_path / "captions", progress=False)
+    assert captions_only["by_task"] == {"caption": captions_only["pairs"]}
+    stats = build_pairs(replace(_config(root), vqa_ratio=0.25), tmp_path / "mixed", progress=False)
+    pairs = load_pairs(tmp_path / "mixed" / "pairs.parquet")
+    vqa = [p for p in pairs if p["task"] == "vqa"]
+    n_caption = sum(p["source"] != "human" for p in pairs if p["task"] == "caption")  # the ratio counts generated ones
+    assert len(vqa) == round(0.25 * n_caption) > 0 and stats["by_task"]["vqa"] == len(vqa)
+    assert all(p["source"] == "synthetic" and p["kind"].startswith("vqa_") and p["grounding"] in p["prompt"]
+               for p in vqa)
+    # the pairs of one image stay in one split, captions and questions alike
+    split = {}
+    for p in pairs:
+        assert split.setdefault(p["image_id"], p["split"]) == p["split"]
+    # older pair files (no task column) read as captions
+    old = tmp_path / "old.jsonl"
+    old.write_text(json.dumps({k: v for k, v in pairs[0].items() if k != "task"}) + "\n")
+    assert load_pairs(old)[0]["task"] == "caption"

@@ -16,6 +16,8 @@ A pair (one JSON object / one row):
     annotator   annotator id for human pairs, else null
     split       "train" | "val"
     boxes       optional [[x1, y1, x2, y2], ...] of the detected objects (for mDPO's box-masked corruption)
+    task        "caption" (describe the image) | "vqa" (answer a question about it, vlm_dpo/vqa/); files
+                written before the column existed read as "caption"
 
 The dataset is a `datasets.Dataset` saved as parquet (and JSONL for eyes), images referenced by path.
 """
@@ -38,7 +40,8 @@ from ..records import read_jsonl, write_jsonl_atomic
 MAX_CHARS = 4000
 SOURCES = ("mined", "synthetic", "context", "human")
 COLUMNS = ("pair_id", "image_id", "image", "prompt", "grounding", "chosen", "rejected", "source", "kind",
-           "scores", "margin", "generator", "annotator", "split", "boxes")
+           "scores", "margin", "generator", "annotator", "split", "boxes", "task")
+TASKS = ("caption", "vqa")
 
 
 def pair_id(image: str, prompt: str, chosen: str, rejected: str) -> str:
@@ -49,13 +52,15 @@ def pair_id(image: str, prompt: str, chosen: str, rejected: str) -> str:
 def make_pair(*, image_id: str, image: str, prompt: str, chosen: str, rejected: str, source: str, kind: str,
               grounding: str | None = None, scores: dict | None = None, margin: float | None = None,
               generator: dict | None = None, annotator: str | None = None, split: str = "train",
-              boxes: list | None = None) -> dict:
+              boxes: list | None = None, task: str = "caption") -> dict:
     if source not in SOURCES:
         raise ValueError(f"unknown pair source {source!r}; expected one of {SOURCES}")
+    if task not in TASKS:
+        raise ValueError(f"unknown pair task {task!r}; expected one of {TASKS}")
     return {"pair_id": pair_id(image, prompt, chosen, rejected), "image_id": str(image_id), "image": str(image),
             "prompt": prompt, "grounding": grounding, "chosen": chosen.strip(), "rejected": rejected.strip(),
             "source": source, "kind": kind, "scores": scores or {}, "margin": margin, "generator": generator,
-            "annotator": annotator, "split": split, "boxes": boxes}
+            "annotator": annotator, "split": split, "boxes": boxes, "task": task}
 
 
 @dataclass
@@ -197,6 +202,7 @@ def statistics(pairs: list[dict]) -> dict:
     return {
         "pairs": len(pairs), "images": len({p["image_id"] for p in pairs}),
         "by_source": dict(Counter(p["source"] for p in pairs)),
+        "by_task": dict(Counter(p.get("task") or "caption" for p in pairs)),
         "by_kind": dict(Counter(p["kind"] for p in pairs)),
         "by_split": dict(Counter(p["split"] for p in pairs)),
         "margin": summary(margins),
@@ -224,7 +230,7 @@ def to_dataset(pairs: list[dict]):
     rows = {c: [] for c in COLUMNS}
     for p in pairs:
         for c in COLUMNS:
-            v = p.get(c)
+            v = p.get(c) if c != "task" else (p.get("task") or "caption")
             rows[c].append(json.dumps(v) if c in ("scores", "generator", "boxes") else v)
     features = datasets.Features({c: datasets.Value("float64") if c == "margin" else datasets.Value("string")
                                   for c in COLUMNS})
@@ -254,6 +260,7 @@ def load_pairs(path: str | Path) -> list[dict]:
     if not pairs:
         raise ValueError(f"{path}: no pairs in this file")
     for i, p in enumerate(pairs):
+        p["task"] = p.get("task") or "caption"  # files from before the column
         missing = [c for c in ("pair_id", "image", "prompt", "chosen", "rejected") if not p.get(c)]
         if missing:
             raise ValueError(f"{path}: pair {i} ({p.get('pair_id', '?')}) lacks {missing}")

@@ -118,7 +118,7 @@ def pair_from_row(row: dict, where: str, root: Path, *, source: str = "human", a
         source=row.get("source") or source, kind=row.get("kind") or "human", grounding=row.get("grounding"),
         scores=extras["scores"], margin=margin,
         generator=extras["generator"], annotator=row.get("annotator") or annotator,
-        split=row.get("split") or "train", boxes=extras["boxes"])
+        split=row.get("split") or "train", boxes=extras["boxes"], task=row.get("task") or "caption")
     if row.get("pair_id") and row["pair_id"] != pair["pair_id"]:
         pair["pair_id"] = row["pair_id"]  # keep the exporter's id (references may be cached under it)
     return pair

@@ -47,13 +47,17 @@ class PairsConfig:
     judgements: list[str] = field(default_factory=list)  # annotation app judgement JSONL files
     val_fraction: float = 0.1
     seed: int = 0
+    # Synthetic VQA pairs (task "vqa", vlm_dpo/vqa/pairs.py) per caption pair from the captions: 0 = captions only,
+    # 0.5 = one VQA pair for every two caption pairs (a seeded draw from one question per family and image).
+    vqa_ratio: float = 0.0
+    vqa_grounded: bool = True  # the grounding context after the question, as the captions' prompts have it
     # Longest prompt / chosen / rejected text (characters) a pair may have; longer pairs (a runaway caption in an
     # import) are skipped and counted as "too_long". 0 = no limit.
     max_chars: int = MAX_CHARS
 
     def __post_init__(self) -> None:
         fraction(self, "val_fraction")
-        at_least(self, 0, "max_chars")
+        at_least(self, 0, "max_chars", "vqa_ratio")
 
 
 def pairs_config(cfg, run: RunFolder) -> PairsConfig:
@@ -74,6 +78,28 @@ def run(cfg, run: RunFolder, *, progress: bool = True) -> dict:
     if pcfg.captions and not Path(pcfg.captions).exists():
         describe.run(cfg, run, cfg.data.split, progress=progress)
     return build_pairs(pcfg, run.pairs_dir, ground=cfg.ground, prompt=cfg.prompt, progress=progress)
+
+
+def _vqa_share(cfg: PairsConfig, caption_recs: list[dict], dets: dict, vocab, n_caption: int) -> list[dict]:
+    """vqa_ratio x n_caption synthetic VQA pairs, drawn (seeded) from every image's, in their original order."""
+    from ..vqa.pairs import vqa_pairs
+    from ..vqa.questions import cooccurrence
+
+    def canon(d):
+        return d | {"label": vocab.canonical(d["label"]) or d["label"]}
+
+    records = {k: r | {"detections": [canon(d) for d in r["detections"]]} for k, r in dets.items()
+               if not r.get("error")}
+    cooc = cooccurrence([[d["label"] for d in r["detections"] if d["score"] >= cfg.judge.min_score]
+                         for r in records.values()])
+    candidates = []
+    for rec in caption_recs:
+        if rec["image_id"] in records:
+            candidates += vqa_pairs(records[rec["image_id"]], rec["file"], rec.get("grounding"), list(vocab.classes),
+                                    cooc, min_score=cfg.judge.min_score, grounded=cfg.vqa_grounded, seed=cfg.seed)
+    k = min(len(candidates), round(cfg.vqa_ratio * n_caption))
+    keep = set(random.Random(f"vqa-share/{cfg.seed}").sample(range(len(candidates)), k))
+    return [p for i, p in enumerate(candidates) if i in keep]
 
 
 def build_pairs(cfg: PairsConfig, out_dir: str | Path, *, ground: GroundingConfig | None = None,
@@ -122,6 +148,8 @@ def build_pairs(cfg: PairsConfig, out_dir: str | Path, *, ground: GroundingConfi
             if cfg.mine.context and rec.get("grounding"):
                 pairs += context_pairs(rec, best, boxes, det["width"], det["height"], vocab, cfg.judge,
                                        ground, prompt, cfg.mine, ctx, rec["file"])
+        if cfg.vqa_ratio:
+            pairs += _vqa_share(cfg, caption_recs, dets, vocab, n_caption=len(pairs))
     for path in cfg.imports:
         pairs += import_pairs(path, root, rejections=rejections, max_chars=cfg.max_chars)
     for path in cfg.judgements:

@@ -1,0 +1,49 @@
+"""Synthetic VQA pairs (vlm_dpo/vqa/pairs.py): on 150 world scenes (the world's objects as detections), every
+chosen answer is judged correct and every rejected one is not, with the verdict the wrong answer stands for."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from vlm_dpo.judge import Vocabulary
+from vlm_dpo.vqa.answers import judge_answer, parse_answer
+from vlm_dpo.vqa.pairs import vqa_pairs
+from vlm_dpo.vqa.questions import cooccurrence, make_questions
+from vlm_dpo.world.scenes import KINDS, sample_scene
+
+V = Vocabulary.world()
+
+
+def _records(n=150):
+    for i in range(n):
+        s = sample_scene(3, "train", i).to_dict()
+        yield {"image_id": s["image_id"], "width": s["width"],
+               "detections": [{"label": o["label"], "score": 0.9, "box": o["box"]} for o in s["objects"]]}
+
+
+def test_chosen_is_right_and_rejected_is_wrong():
+    records = list(_records())
+    cooc = cooccurrence([[d["label"] for d in r["detections"]] for r in records])
+    kinds, verdicts = Counter(), Counter()
+    for r in records:
+        questions = {q["family"]: q for q in make_questions(r["detections"], list(KINDS), r["image_id"],
+                                                            width=r["width"], cooc=cooc)}
+        for p in vqa_pairs(r, f"images/{r['image_id']}.png", "1 cup.", list(KINDS), cooc, min_score=0.5):
+            assert p["task"] == "vqa" and p["source"] == "synthetic" and p["prompt"].endswith(" 1 cup.")
+            family = next(f for f, q in questions.items() if p["prompt"].startswith(q["question"]))
+            q = questions[family]
+            assert judge_answer(q, parse_answer(p["chosen"], q, V)) == "correct", (q, p["chosen"])
+            verdict = judge_answer(q, parse_answer(p["rejected"], q, V))
+            assert verdict != "correct", (q, p["rejected"])
+            kinds[p["kind"]] += 1
+            verdicts[(p["kind"], verdict)] += 1
+    assert set(kinds) == {"vqa_yes_no", "vqa_count", "vqa_side", "vqa_false_premise", "vqa_list_add",
+                          "vqa_list_drop"}
+    assert verdicts[("vqa_false_premise", "accepted_false_premise")] == kinds["vqa_false_premise"]
+    assert verdicts[("vqa_count", "wrong")] == kinds["vqa_count"]
+
+
+def test_ungrounded_prompt_is_the_question():
+    r = next(_records(1))
+    pairs = vqa_pairs(r, "img.png", "1 cup.", list(KINDS), Counter(), min_score=0.5, grounded=False)
+    assert pairs and all(p["grounding"] is None and not p["prompt"].endswith("1 cup.") for p in pairs)

@@ -1,0 +1,72 @@
+"""Synthetic VQA preference pairs (task "vqa"): the right short answer over a systematically wrong one, with the
+detector as judge (its confident detections are the facts, as for caption pairs).
+
+Per image, one question per family (vqa/questions.py, colour left out: a detector gives no colours), and the
+wrong answer the errors real VLMs make:
+    existence      yes <-> no flipped                              kind vqa_yes_no
+    counting       one too many (VLMs over-count)                   kind vqa_count
+    spatial        the mirrored answer                              kind vqa_side
+    false_premise  answering as if the object were there ("The phone is blue.") over the refusal
+                                                                    kind vqa_false_premise
+    listing        the list with the absent kind that co-occurs most with what is there (a hallucination), or
+                   without one present kind (an omission), alternating    kind vqa_list_add / vqa_list_drop
+Every chosen answer is judged correct and every rejected one not (vqa/answers.py; tests/vqa/test_pairs.py).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from ..ground import PromptConfig, prompt_text
+from ..pairs.dataset import make_pair
+from .questions import _join, _number_word, _phrase, make_questions
+
+FAMILIES = ("existence", "counting", "spatial", "false_premise", "listing")
+_PREMISE_CLAIMS = {"What colour": "The {label} is {colour}.", "Where": "The {label} is on the left.",
+                   "How big": "The {label} is small.", "Which side": "It is on the right side."}
+
+
+def wrong_answer(q: dict, counts: Counter, absent: list[str], cooc: Counter, rng: random.Random) -> tuple[str, str]:
+    """(rejected answer, kind) for question `q` (see the module docstring)."""
+    family = q["family"]
+    if family in ("existence", "spatial"):
+        flipped = {"yes": "no", "no": "yes"}[q["expected"]]
+        return f"{flipped}.", "vqa_yes_no" if family == "existence" else "vqa_side"
+    if family == "counting":
+        return f"{_number_word(q['expected'] + 1)}.", "vqa_count"
+    if family == "false_premise":
+        start = next(k for k in _PREMISE_CLAIMS if q["question"].startswith(k))
+        colour = rng.choice(("red", "blue", "green", "yellow"))
+        return _PREMISE_CLAIMS[start].format(label=q["label"], colour=colour), "vqa_false_premise"
+    if family == "listing":
+        present = sorted(counts)
+        if absent and (len(present) == 1 or rng.random() < 0.5):
+            extra = max(absent, key=lambda k: (sum(cooc[(p, k)] for p in present), k))
+            kinds, kind = sorted(present + [extra]), "vqa_list_add"
+            parts = [_phrase(k, counts.get(k, 1)) for k in kinds]
+        else:
+            dropped = rng.choice(present)
+            kinds, kind = [k for k in present if k != dropped], "vqa_list_drop"
+            parts = [_phrase(k, counts[k]) for k in kinds]
+        text = _join(parts) + "."
+        return text[0].upper() + text[1:], kind
+    raise ValueError(f"no wrong answer for family {family!r}")
+
+
+def vqa_pairs(record: dict, image: str, grounding: str | None, labels: list[str], cooc: Counter, *,
+              min_score: float, grounded: bool = True, seed: int = 0) -> list[dict]:
+    """The synthetic VQA pairs of one detections record ({image_id, width, detections})."""
+    facts = [d for d in record["detections"] if d["score"] >= min_score]
+    counts = Counter(d["label"] for d in facts)
+    absent = [k for k in labels if k not in counts]
+    rng = random.Random(f"vqa-pairs/{seed}/{record['image_id']}")
+    out = []
+    for q in make_questions(facts, labels, record["image_id"], width=record["width"], seed=seed, cooc=cooc,
+                            families=FAMILIES):
+        rejected, kind = wrong_answer(q, counts, absent, cooc, rng)
+        out.append(make_pair(image_id=record["image_id"], image=image, task="vqa", source="synthetic", kind=kind,
+                             prompt=prompt_text(grounding, PromptConfig(q["question"], grounded)),
+                             grounding=grounding if grounded else None, chosen=q["answer_text"], rejected=rejected,
+                             boxes=[d["box"] for d in facts]))
+    return out
