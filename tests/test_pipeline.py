@@ -51,6 +51,10 @@ def test_report_and_its_images_exist(pipeline_run):
     for s in srcs:
         assert (run.report / s).exists(), s
     assert "CHAIR_i" in page and "rft" in page
+    # the robot's questions: one accuracy row per asked family, a column per model
+    section = page[page.index('id="vqa-section"'):]
+    assert "<table id=\"vqa\">" in section and "false premise refused" in section
+    assert all(f"<th>{n}</th>" in section for n in ("sft", "dpo", "rft"))
 
 
 def test_detector_side_job_trains_in_a_worker_process(tmp_path):

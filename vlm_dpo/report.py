@@ -26,6 +26,7 @@ from pathlib import Path
 from .judge import JudgeConfig, Vocabulary, parse_caption, resolve_vocabulary, score_caption
 from .records import read_jsonl, write_text_atomic
 from .report_figures import DET_COLOUR, GT_COLOUR, draw_boxes, plot_curves, plot_metrics, plot_pairs
+from .report_vqa import vqa_section
 from .run import RunFolder
 
 # (key, title, direction): +1 higher is better, -1 lower is better, 0 neither
@@ -481,6 +482,7 @@ direction).</p>
 <h2 id="gallery">Gallery (held-out): where the models differ</h2>
 {legend}
 {''.join(gallery)}
+{vqa_section(run, models, base, after)}
 {_pairs_section(rep, pairs or [], pair_stats, image_root, vocab, detections=dets, min_score=min_score)}
 <details><summary>run details</summary><pre>{html.escape(json.dumps(extra, indent=1, default=str))}</pre></details>
 </body></html>"""

@@ -1,0 +1,28 @@
+"""The report's Robot questions section (vlm_dpo/report_vqa.py) on hand-made results."""
+
+from vlm_dpo.records import write_jsonl_atomic
+from vlm_dpo.report_vqa import vqa_section
+from vlm_dpo.run import RunFolder
+
+
+def _vqa(acc):
+    return {"vqa": {"accuracy": {"counting": acc, "overall": acc}, "ci": {"counting": [0.1, 0.9]},
+                    "false_premise_rejection": 0.25, "yes_ratio": 0.5, "pope_f1": 0.8}}
+
+
+def test_table_and_the_questions_answered_differently(tmp_path):
+    run = RunFolder(tmp_path)
+    row = {"image_id": "a", "family": "counting", "question": "How many cups are there?"}
+    write_jsonl_atomic(run.eval / "sft.vqa.jsonl", [row | {"answer": "three.", "verdict": "wrong"},
+                                                    row | {"image_id": "b", "answer": "one.", "verdict": "correct"}])
+    write_jsonl_atomic(run.eval / "dpo.vqa.jsonl", [row | {"answer": "two.", "verdict": "correct"},
+                                                    row | {"image_id": "b", "answer": "one.", "verdict": "correct"}])
+    page = vqa_section(run, {"sft": _vqa(0.5), "dpo": _vqa(1.0)}, "sft", "dpo")
+    assert "<td>counting</td><td>50% <span class=\"note\">[10%, 90%]</span></td><td>100%" in page
+    assert "<td>false premise refused</td><td>25%</td><td>25%</td>" in page
+    assert page.count("How many cups are there?") == 1  # only image a differs
+    assert "three. <span class=\"note\">(wrong)</span>" in page and "two. <span class=\"note\">(correct)" in page
+
+
+def test_no_vqa_results_no_section(tmp_path):
+    assert vqa_section(RunFolder(tmp_path), {"sft": {"chair_i": 0.1}}, "sft", None) == ""
