@@ -100,3 +100,17 @@ def test_recipe_applies_the_setting(tiny_policy, pair_root, tmp_path, selective)
     recipe = DPORecipe(cfg, progress=False).setup()
     assert recipe.recompute == ("selective" if selective else "none")
     assert torch.isfinite(torch.tensor(recipe.train_step(0)["loss"]))
+
+
+def test_frozen_layers_are_not_checkpointed():
+    from vlm_dpo.train.recompute import skip_frozen_layers
+
+    model = copy.deepcopy(BUILDERS["idefics3"]()[0])
+    enable_recompute(model, full=False, selective=True)
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith("model.vision_model"))  # a frozen vision tower
+    assert skip_frozen_layers(model) > 0
+    layers = {n: m.gradient_checkpointing for n, m in model.named_modules() if hasattr(m, "gradient_checkpointing")
+              and hasattr(m, "_gradient_checkpointing_func")}
+    assert not any(on for n, on in layers.items() if n.startswith("model.vision_model")), layers
+    assert any(on for n, on in layers.items() if not n.startswith("model.vision_model")), layers

@@ -41,7 +41,7 @@ from .batches import DataOrder, TrainBatch, make_batch
 from .losses import LossConfig, PreferenceLogps, RewardShift, needs_corrupt, needs_reference, preference_loss
 from .engines import fill_deepspeed_config, full_weights_at_load, weights_on_main_only
 from .forward import PairForward
-from .recompute import enable_recompute
+from .recompute import enable_recompute, skip_frozen_layers
 from .reference import (REFERENCE_KINDS, ReferenceCache, StaleReferenceError, frozen_copy, no_grad_ctx,
                         precompute_reference)
 
@@ -219,6 +219,7 @@ class DPORecipe:
                                                      lora_dropout=cfg.lora.dropout,
                                                      target_modules=list(cfg.lora.target_modules)))
         freeze(model, cfg)
+        skip_frozen_layers(model)
         # Under FSDP's RAM-efficient loading `prepare` places the shards; moving here would put a whole copy on
         # every device first (and older transformers load meta tensors on the non-main processes).
         if not weights_on_main_only(acc):

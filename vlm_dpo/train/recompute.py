@@ -70,3 +70,15 @@ def enable_recompute(model, *, full: bool, selective: bool) -> str:
     _checkpoint_layers(model, use_reentrant=False,
                        context_fn=functools.partial(create_selective_checkpoint_contexts, keep_matmul_and_attention))
     return "selective"
+
+
+def skip_frozen_layers(model) -> int:
+    """Switch checkpointing off again in layers with no trainable parameter (a frozen vision tower): nothing flows
+    back through them, so there is nothing to save memory for, while the checkpoint would still hold its cache of
+    their outputs for the whole step. Call after freezing. Returns how many layers were switched off."""
+    off = 0
+    for module in model.modules():
+        if getattr(module, "gradient_checkpointing", False) and not any(p.requires_grad for p in module.parameters()):
+            module.gradient_checkpointing = False
+            off += 1
+    return off
