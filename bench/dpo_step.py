@@ -71,6 +71,8 @@ def parse_args(argv=None):
     ap.add_argument("--freeze-vision", choices=("auto", "on", "off"), default="auto",
                     help="freeze the vision tower on both sides (auto: on for smolvlm-256m, as "
                          "configs/smolvlm_256m.yaml trains it)")
+    ap.add_argument("--selective-recompute", choices=("on", "off"), default="off",
+                    help="our side's train.selective_recompute (the recipe's default: off)")
     ap.add_argument("--mode", choices=MODES, default="precomputed",
                     help="our reference: precomputed (default: fastest with the same loss), frozen, lora_disabled "
                          "(LoRA policy; TRL then trains the same LoRA with its adapter-disabled reference), "
@@ -480,7 +482,7 @@ class OursWorker:
             batch_size=opts["batch_size"], grad_accum=1, max_steps=10**6, warmup_steps=0, schedule="constant",
             max_grad_norm=1.0, shared_vision=opts["shared_vision"], shared_prefix=opts.get("shared_prefix", True),
             full_logits=opts["head"] == "full", shuffle=False,  # file order, like TRL's sequential sampler
-            selective_recompute=opts.get("selective_recompute", True),
+            selective_recompute=opts.get("selective_recompute", False),
             loss=LossConfig(weights={"simpo": 1.0} if mode == "none" else {"sigmoid": 1.0}, beta=BETA),
             lora=LoRAConfig(enabled=lora), dtype="bfloat16" if opts["dtype"] == "bf16" else "float32",
             freeze_vision=opts["freeze_vision"], eval_every=0, save_every=0, resume=False)
@@ -702,7 +704,7 @@ def arms_for(args) -> list[dict]:
     base = {"device": args.device, "dtype": args.dtype, "batch_size": args.batch_size, "lr": args.lr,
             "total_steps": args.warmup + args.steps, "freeze_vision": args.freeze_vision}
     ours = base | {"side": "ours", "arm": "ours", "reference": args.mode, "shared_vision": True, "shared_prefix": True,
-                   "head": "completion"}
+                   "head": "completion", "selective_recompute": args.selective_recompute == "on"}
     trl_ref = "lora_disabled" if args.mode == "lora_disabled" else "frozen"
     arms = [ours, base | {"side": "trl", "arm": "trl", "reference": trl_ref}]
     levers = args.levers == "on" or (args.levers == "auto" and args.size == "small")
@@ -712,8 +714,8 @@ def arms_for(args) -> list[dict]:
         # shared vision off: the plain 2B-row forward; the shared prefix needs shared vision, so it is off too
         arms.append(ours | {"arm": "lever:no_shared_vision", "shared_vision": False, "shared_prefix": False})
         arms.append(ours | {"arm": "lever:full_logits_head", "head": "full"})
-        # the text decoder's elementwise activations stored instead of recomputed (train/recompute.py)
-        arms.append(ours | {"arm": "lever:no_selective_recompute", "selective_recompute": False})
+        # selective recomputation switched on (train/recompute.py); off is the recipe's default
+        arms.append(ours | {"arm": "lever:selective_recompute", "selective_recompute": True})
         if args.mode == "precomputed":
             arms.append(ours | {"arm": "lever:frozen_reference", "reference": "frozen"})
         elif args.mode == "frozen":
@@ -818,8 +820,8 @@ def summarize(args, setup, arms: list[Arm]) -> dict:
         "trainable_params": tr_o["numel"], "trainable_tensors": len(tr_o["names"]),
         "trainable_same_both_sides": True, "freeze_vision": fv,
         "shape": {k: info[k] for k in ("text", "vision", "tie_word_embeddings", "rope_theta")},
-        "mode": "+".join([f"reference={args.mode}", "shared_vision", "shared_prefix", "completion_only_head",
-                          "selective_recompute"]),
+        "mode": "+".join([f"reference={args.mode}", "shared_vision", "shared_prefix", "completion_only_head"]
+                         + (["selective_recompute"] if args.selective_recompute == "on" else [])),
         "levers_on": levers_on,
         "trl_side": ("DPOTrainer.train(), LoRA policy, adapter-disabled reference" if args.mode == "lora_disabled"
                      else "DPOTrainer.train(), frozen reference copy"),
