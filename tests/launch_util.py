@@ -26,13 +26,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def accelerate_launch(args: list[str], *, num_processes: int = 2, timeout: float = 150.0) -> str:
+def accelerate_launch(args: list[str], *, num_processes: int = 2, timeout: float = 150.0,
+                      config_file: str = "") -> str:
     """`accelerate launch --num_processes n <args>` (args: a script and its arguments, or `-m module ...`) with
-    1 OpenMP thread per process; returns the output, fails the test with its tail on an error or timeout."""
+    1 OpenMP thread per process; returns the output, fails the test with its tail on an error or timeout.
+    `config_file` (relative to the repository) launches with an accelerate config (e.g. FSDP) instead of
+    `--multi_gpu`; the process count, precision and dynamo settings given here override the file's."""
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="1", MASTER_ADDR="127.0.0.1",
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+    how = ["--config_file", str(REPO / config_file)] if config_file else ["--multi_gpu"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *how, "--num_processes", str(num_processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(free_port()), *args]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -14,12 +14,7 @@ accelerate pick MULTI_CPU with the gloo backend. CUDA_VISIBLE_DEVICES is emptied
 """
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,19 +22,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.launch_util import accelerate_launch
 from vlm_dpo.records import read_jsonl
 from vlm_dpo.train.recipe import TrainConfig, train_dpo
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("dist_train.py")
 STEPS = 3
 TOL = 1e-5
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(tiny_policy, pair_root, out: Path, batch_size: int, mixture: str = "") -> TrainConfig:
@@ -53,22 +42,7 @@ def _config(tiny_policy, pair_root, out: Path, batch_size: int, mixture: str = "
 def _launch(cfg: TrainConfig, tmp_path: Path, timeout: float = 150.0, config_file: str = "") -> None:
     cfg_path = tmp_path / "config.json"
     cfg_path.write_text(json.dumps(asdict(cfg)))
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="1", MASTER_ADDR="127.0.0.1",
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    how = ["--config_file", str(REPO / config_file)] if config_file else ["--multi_gpu"]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *how, "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), str(SCRIPT), str(cfg_path)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and the workers it started
-        out, _ = proc.communicate()
-        pytest.fail(f"accelerate launch timed out after {timeout}s:\n{out[-4000:]}")
-    assert proc.returncode == 0, f"accelerate launch failed ({proc.returncode}):\n{out[-4000:]}"
+    accelerate_launch([str(SCRIPT), str(cfg_path)], timeout=timeout, config_file=config_file)
 
 
 def _steps(out: Path) -> list[dict]:
