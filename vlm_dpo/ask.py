@@ -28,7 +28,7 @@ from .images import DataError, image_items, open_image
 from .keys import images_fingerprint, key, model_fingerprint
 from .records import ResumableJsonl, read_jsonl, write_text_atomic
 from .run import RunFolder, apply_threads
-from .vqa.answers import judge_answer, parse_answer
+from .vqa.answers import judged
 from .vqa.metrics import vqa_metrics
 from .vqa.questions import FAMILIES, cooccurrence, make_questions
 
@@ -91,13 +91,8 @@ def answer(model, processor, items: list[dict], cfg: AskConfig, vocab) -> list[d
     images = [open_image(it["path"]) for it in items]
     texts = generate_captions(model, processor, images, [it["prompt"] for it in items],
                               max_new_tokens=cfg.max_new_tokens, do_sample=False, n=1)
-    out = []
-    for it, (text,) in zip(items, texts):
-        parsed = parse_answer(text, it, vocab)
-        out.append({k: it[k] for k in ("qid", "image_id", "file", "family", "question", "prompt", "grounding",
-                                       "label", "other", "expected")}
-                   | {"answer": text, "answer_kind": parsed.kind, "verdict": judge_answer(it, parsed)})
-    return out
+    return [{k: it[k] for k in ("qid", "image_id", "file", "family", "question", "prompt", "grounding", "label",
+                                "other", "expected")} | judged(it, text, vocab) for it, (text,) in zip(items, texts)]
 
 
 def ask_settings(model_id: str, items: list[dict], cfg: AskConfig) -> dict:

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from ..ground import PromptConfig, prompt_text
 from ..images import open_image
-from ..vqa.answers import judge_answer, parse_answer
+from ..vqa.answers import judged
 from ..vqa.metrics import vqa_metrics
 from ..vqa.questions import cooccurrence, make_questions
 
@@ -33,10 +33,6 @@ def vqa_eval(model, processor, items: list[dict], scenes: list[dict], labels: li
     short = replace(cfg, max_new_tokens=min(cfg.max_new_tokens, 16))  # answers are a few words
     answers = [g[0] for g in generate_all(model, processor, questions, short, do_sample=False, n=1, desc="vqa",
                                           progress=progress)]
-    rows = []
-    for q, text in zip(questions, answers):
-        parsed = parse_answer(text, q, vocab)
-        rows.append({k: q[k] for k in ("image_id", "family", "question", "prompt", "label", "other", "expected")}
-                    | {"answer": text, "answer_kind": parsed.kind, "verdict": judge_answer(q, parsed)})
-    m = vqa_metrics(rows, cfg.bootstrap, cfg.seed)
-    return m, rows
+    rows = [{k: q[k] for k in ("image_id", "family", "question", "prompt", "label", "other", "expected")}
+            | judged(q, text, vocab) for q, text in zip(questions, answers)]
+    return vqa_metrics(rows, cfg.bootstrap, cfg.seed), rows

@@ -26,12 +26,12 @@ import re
 from dataclasses import dataclass
 
 from ..judge import Vocabulary, parse_caption
-from ..judge.lexicon import BASIC_COLORS
+from ..judge.lexicon import _COLOR_ALIASES, BASIC_COLORS
 
 VERDICTS = ("correct", "wrong", "refused_wrongly", "accepted_false_premise", "unparsed")
 _NUMBERS = {w: i for i, w in enumerate(("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
                                         "nine", "ten", "eleven", "twelve"))} | {"none": 0, "no": 0}
-_COLOURS = {c: {"grey": "gray", "golden": "gold"}.get(c, c) for c in BASIC_COLORS}
+_COLOURS = {c: _COLOR_ALIASES.get(c, c) for c in BASIC_COLORS}  # grey = gray, as the caption judge reads them
 _REFUSALS = re.compile(
     r"\b(?:i (?:do not|don't|cannot|can't|can not) see|(?:is|are) not (?:in|on) (?:the|this) (?:image|picture|table)"
     r"|there (?:is|are) (?:no|not any)|there isn't|there aren't|no such|not present|doesn't exist|does not exist)\b")
@@ -109,6 +109,12 @@ def judge_answer(question: dict, answer: Answer) -> str:
     if question["family"] == "listing":
         return "correct" if answer.value == sorted(expected) else "wrong"
     return "correct" if answer.value == expected else "wrong"
+
+
+def judged(question: dict, text: str, vocab: Vocabulary) -> dict:
+    """The fields a judged answer adds to its question's record: the answer, what it was read as, the verdict."""
+    answer = parse_answer(text, question, vocab)
+    return {"answer": text, "answer_kind": answer.kind, "verdict": judge_answer(question, answer)}
 
 
 def list_scores(question: dict, answer: Answer) -> dict:

@@ -20,7 +20,7 @@ from collections import Counter
 
 from ..ground import PromptConfig, prompt_text
 from ..pairs.dataset import make_pair
-from .questions import _join, _number_word, _phrase, make_questions
+from .questions import listing_answer, make_questions, number_word
 
 FAMILIES = ("existence", "counting", "spatial", "false_premise", "listing")
 _PREMISE_CLAIMS = {"What colour": "The {label} is {colour}.", "Where": "The {label} is on the left.",
@@ -34,7 +34,7 @@ def wrong_answer(q: dict, counts: Counter, absent: list[str], cooc: Counter, rng
         flipped = {"yes": "no", "no": "yes"}[q["expected"]]
         return f"{flipped}.", "vqa_yes_no" if family == "existence" else "vqa_side"
     if family == "counting":
-        return f"{_number_word(q['expected'] + 1)}.", "vqa_count"
+        return f"{number_word(q['expected'] + 1)}.", "vqa_count"
     if family == "false_premise":
         start = next(k for k in _PREMISE_CLAIMS if q["question"].startswith(k))
         colour = rng.choice(("red", "blue", "green", "yellow"))
@@ -44,13 +44,10 @@ def wrong_answer(q: dict, counts: Counter, absent: list[str], cooc: Counter, rng
         if absent and (len(present) == 1 or rng.random() < 0.5):
             extra = max(absent, key=lambda k: (sum(cooc[(p, k)] for p in present), k))
             kinds, kind = sorted(present + [extra]), "vqa_list_add"
-            parts = [_phrase(k, counts.get(k, 1)) for k in kinds]
         else:
             dropped = rng.choice(present)
             kinds, kind = [k for k in present if k != dropped], "vqa_list_drop"
-            parts = [_phrase(k, counts[k]) for k in kinds]
-        text = _join(parts) + "."
-        return text[0].upper() + text[1:], kind
+        return listing_answer(counts, kinds), kind
     raise ValueError(f"no wrong answer for family {family!r}")
 
 

@@ -24,7 +24,9 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+from ..pairs.mine import Cooccurrence
 from ..plurals import plural
+from ..world.captions import NUMBER_WORDS, article, join_phrases, noun_phrase
 
 FAMILIES = ("existence", "counting", "colour", "spatial", "false_premise", "listing")
 
@@ -42,33 +44,19 @@ PHRASINGS = {
 }
 
 
-def article(word: str) -> str:
-    return "an" if word[:1] in "aeiou" else "a"
-
-
-def _number_word(n: int) -> str:
-    words = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
-    return words[n] if n < len(words) else str(n)
-
-
-def _phrase(label: str, n: int) -> str:
-    return f"{article(label)} {label}" if n == 1 else f"{_number_word(n)} {plural(label)}"
-
-
-def _join(parts: list[str]) -> str:
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+def number_word(n: int) -> str:
+    return NUMBER_WORDS[n] if n < len(NUMBER_WORDS) else str(n)
 
 
 def cooccurrence(scenes: list[list[str]]) -> Counter:
     """How often two kinds appear in the same image (both orders), from lists of labels per image."""
-    pairs: Counter = Counter()
-    for labels in scenes:
-        kinds = sorted(set(labels))
-        for i, a in enumerate(kinds):
-            for b in kinds[i + 1:]:
-                pairs[(a, b)] += 1
-                pairs[(b, a)] += 1
-    return pairs
+    return Cooccurrence(scenes).pair
+
+
+def listing_answer(counts: dict[str, int], kinds: list[str]) -> str:
+    """'A cup, two balls and an apple.' for `kinds` in that order."""
+    text = join_phrases([noun_phrase(k, counts.get(k, 1), None) for k in kinds]) + "."
+    return text[0].upper() + text[1:]
 
 
 def make_questions(objects: list[dict], labels: list[str], image_id: str, *, width: float, seed: int = 0,
@@ -84,8 +72,8 @@ def make_questions(objects: list[dict], labels: list[str], image_id: str, *, wid
 
     def add(family: str, expected, answer_text: str, label: str = "", other: str = "", **fmt) -> None:
         template = rng.choice(PHRASINGS[family])
-        text = template.format(label=label, other=other, a=article(label), labels=plural(label) if label else "",
-                               **fmt)
+        text = template.format(label=label, other=other, a=article(label) if label else "",
+                               labels=plural(label) if label else "", **fmt)
         if family == "spatial" and "right" in template:  # the template asks the mirror question
             expected = {"yes": "no", "no": "yes"}[expected]
         out.append({"image_id": image_id, "family": family, "question": text, "label": label, "other": other,
@@ -97,7 +85,7 @@ def make_questions(objects: list[dict], labels: list[str], image_id: str, *, wid
         add("existence", "yes" if ask_present else "no", "yes." if ask_present else "no.", label)
     if "counting" in families and present:
         label = rng.choice(present)
-        add("counting", counts[label], f"{_number_word(counts[label])}.", label)
+        add("counting", counts[label], f"{number_word(counts[label])}.", label)
     if "colour" in families:
         single = [o for o in objects if counts[o["label"]] == 1 and o.get("color")]
         if single:
@@ -116,6 +104,5 @@ def make_questions(objects: list[dict], labels: list[str], image_id: str, *, wid
         label = rng.choice([k for k in absent if sum(cooc[(p, k)] for p in present) == best])
         add("false_premise", "refusal", f"There is no {label}.", label)
     if "listing" in families and present:
-        text = _join([_phrase(k, counts[k]) for k in present]) + "."
-        add("listing", present, text[0].upper() + text[1:])
+        add("listing", present, listing_answer(counts, present))
     return out
