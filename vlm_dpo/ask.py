@@ -19,7 +19,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from .checks import FieldValueError, at_least
@@ -28,6 +27,7 @@ from .images import DataError, image_items, open_image
 from .keys import images_fingerprint, key, model_fingerprint
 from .records import ResumableJsonl, read_jsonl, write_text_atomic
 from .run import RunFolder, apply_threads
+from .shards import batches
 from .vqa.answers import judged
 from .vqa.metrics import vqa_metrics
 from .vqa.questions import FAMILIES, cooccurrence, make_questions
@@ -106,12 +106,10 @@ def ask_to_jsonl(model, processor, items: list[dict], cfg: AskConfig, vocab, out
     with ResumableJsonl(out_path, key="qid", settings=settings) as w:
         if w.finished:
             return out_path
-        for start in tqdm(range(0, len(items), cfg.batch_size), desc="ask", disable=not progress):
-            chunk = items[start:start + cfg.batch_size]
+        for _, chunk in tqdm(batches(items, cfg.batch_size), desc="ask", disable=not progress):
             if all(it["qid"] in w.done for it in chunk):
                 continue
-            torch.manual_seed(cfg.seed * 1_000_003 + start)
-            w.write_many(answer(model, processor, chunk, cfg, vocab))
+            w.write_many(answer(model, processor, chunk, cfg, vocab))  # greedy: no seed to set
     return out_path
 
 

@@ -117,7 +117,9 @@ def tied_duplicates(model) -> set[str]:
     """Names under which an already-listed parameter appears again (LM head tied to the embeddings)."""
     seen, again = set(), set()
     for name, p in model.named_parameters(remove_duplicate=False):
-        (again.add(name) if id(p) in seen else seen.add(id(p)))
+        if id(p) in seen:
+            again.add(name)
+        seen.add(id(p))
     return again
 
 
@@ -139,9 +141,9 @@ def list_checkpoints(out: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
-# TrainConfig fields that do not change what is trained (where it is logged, how often it is saved).
-# Settings that do not change the trajectory (recomputation reruns the same ops on the same inputs), so a run
-# may resume under others, e.g. with checkpointing switched on after running out of memory.
+# TrainConfig fields that do not change what is trained: where it is logged, how often it is saved, and
+# recomputation (it reruns the same ops on the same inputs), so a run may resume under other values of these,
+# e.g. with checkpointing switched on after running out of memory.
 NOT_IN_RUN_KEY = ("output_dir", "eval_every", "save_every", "keep_checkpoints", "log_every", "trackers", "resume",
                   "dist_timeout_s", "gradient_checkpointing", "selective_recompute")
 
@@ -282,7 +284,7 @@ class DPORecipe:
         cfg, acc = self.cfg, self.accelerator
         used = [self.train_pairs[i] for i in self.order.used(cfg.max_steps * cfg.grad_accum)]
         args = (self.processor, used + self.val_pairs, cfg, self.image_root, self.out / "reference")
-        if not weights_on_main_only(self.accelerator):
+        if not weights_on_main_only(acc):
             return precompute_reference(ref, *args, autocast=acc.autocast, accelerator=acc, progress=progress)
         from accelerate.utils import broadcast_object_list
 
