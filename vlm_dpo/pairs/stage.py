@@ -80,23 +80,23 @@ def run(cfg, run: RunFolder, *, progress: bool = True) -> dict:
     return build_pairs(pcfg, run.pairs_dir, ground=cfg.ground, prompt=cfg.prompt, progress=progress)
 
 
-def _vqa_share(cfg: PairsConfig, caption_recs: list[dict], dets: dict, vocab, n_caption: int) -> list[dict]:
-    """vqa_ratio x n_caption synthetic VQA pairs, drawn (seeded) from every image's, in their original order."""
+def _vqa_share(cfg: PairsConfig, caption_recs: list[dict], dets: dict, vocab, cooc: Cooccurrence,
+               n_caption: int) -> list[dict]:
+    """vqa_ratio x n_caption synthetic VQA pairs, drawn (seeded) from every image's, in their original order.
+    `cooc`: the caption mining's co-occurrence of confident detections."""
     from ..vqa.pairs import vqa_pairs
-    from ..vqa.questions import cooccurrence
 
     def canon(d):
         return d | {"label": vocab.canonical(d["label"]) or d["label"]}
 
     records = {k: r | {"detections": [canon(d) for d in r["detections"]]} for k, r in dets.items()
                if not r.get("error")}
-    cooc = cooccurrence([[d["label"] for d in r["detections"] if d["score"] >= cfg.judge.min_score]
-                         for r in records.values()])
     candidates = []
     for rec in caption_recs:
         if rec["image_id"] in records:
             candidates += vqa_pairs(records[rec["image_id"]], rec["file"], rec.get("grounding"), list(vocab.classes),
-                                    cooc, min_score=cfg.judge.min_score, grounded=cfg.vqa_grounded, seed=cfg.seed)
+                                    cooc.pair, min_score=cfg.judge.min_score, grounded=cfg.vqa_grounded,
+                                    seed=cfg.seed)
     k = min(len(candidates), round(cfg.vqa_ratio * n_caption))
     keep = set(random.Random(f"vqa-share/{cfg.seed}").sample(range(len(candidates)), k))
     return [p for i, p in enumerate(candidates) if i in keep]
@@ -149,7 +149,7 @@ def build_pairs(cfg: PairsConfig, out_dir: str | Path, *, ground: GroundingConfi
                 pairs += context_pairs(rec, best, boxes, det["width"], det["height"], vocab, cfg.judge,
                                        ground, prompt, cfg.mine, ctx, rec["file"])
         if cfg.vqa_ratio:
-            pairs += _vqa_share(cfg, caption_recs, dets, vocab, n_caption=len(pairs))
+            pairs += _vqa_share(cfg, caption_recs, dets, vocab, cooc, n_caption=len(pairs))
     for path in cfg.imports:
         pairs += import_pairs(path, root, rejections=rejections, max_chars=cfg.max_chars)
     for path in cfg.judgements:
