@@ -11,7 +11,7 @@ from vlm_dpo.ground import GroundingConfig, PromptConfig
 from vlm_dpo.judge import JudgeConfig, Vocabulary, parse_caption, score_caption
 from vlm_dpo.pairs.mine import (
     SYNTHETIC, Cooccurrence, MineConfig, SyntheticContext, add_object, change_count, context_pairs,
-    detection_caption, make_vague, mine_image, swap_sides, synthetic_pairs,
+    detection_caption, make_vague, mine_image, omit_object, swap_sides, synthetic_pairs,
 )
 from vlm_dpo.world import sample_scene
 from vlm_dpo.world.captions import VAGUE_CAPTIONS
@@ -223,7 +223,7 @@ def test_each_synthetic_kind_is_judged_worse_on_world_scenes():
         rec = record([], image_id=s.image_id)
         for kind in SYNTHETIC:
             bad = SYNTHETIC[kind](best, present, ctx)
-            if kind != "swap_sides":  # these always apply, and the judge always sees the damage
+            if kind not in ("swap_sides", "omit_object"):  # these always apply, and the judge always sees the damage
                 assert bad and score_caption(bad, dets, VOCAB, JUDGE).score < chosen.score, (kind, best, bad)
             out = synthetic_pairs(rec, best, dets, VOCAB, JUDGE, MineConfig(synthetic=[kind]), ctx, rec["file"])
             assert len(out) <= 1
@@ -236,6 +236,8 @@ def test_each_synthetic_kind_is_judged_worse_on_world_scenes():
                 assert p["scores"]["chosen"]["perfect"] and not p["scores"]["rejected"]["perfect"]
     assert made["add_object"] == made["count"] == made["vague"] == len(scenes)
     assert made["swap_sides"] >= 1  # only captions that name sides can be swapped
+    # only captions listing two or more groups can leave one out
+    assert made["omit_object"] == sum(len({d["label"] for d in ds}) >= 2 for ds in det_sets) > 0
 
 
 def test_synthetic_pairs_per_image_and_kinds_in_turn():
@@ -292,6 +294,37 @@ def test_swap_sides_and_vague():
     assert swap_sides("a red cup on the left and a ball on the right.", set(), ctx) == \
         "a red cup on the right and a ball on the left."
     assert make_vague("a red cup.", set(), ctx) in VAGUE_CAPTIONS
+
+
+@pytest.mark.parametrize("caption, allowed", [
+    ("two cups and a ball.", {"two cups.", "a ball."}),
+    ("two red cups, a ball and a green block.", {"a ball and a green block.", "two red cups and a green block.",
+                                                "two red cups and a ball."}),
+    ("two cups on the left and a ball on the right.", {"two cups.", "a ball."}),
+])
+def test_omit_object_leaves_out_one_listed_group(caption, allowed):
+    seen = {omit_object(caption, {"cup", "ball", "block"}, _context([], seed)) for seed in range(20)}
+    assert seen == allowed
+
+
+def test_omit_object_needs_two_groups_and_a_present_one():
+    assert omit_object("two cups.", {"cup"}, _context([])) is None
+    # only the present kinds are left out: leaving out a hallucinated bottle would make a better caption
+    assert omit_object("a cup and a bottle.", {"cup"}, _context([])) == "a bottle."
+
+
+def test_omit_object_pair_ranks_complete_above_partial():
+    ctx = _context([DETS])
+    rec = record([])
+    out = synthetic_pairs(rec, PERFECT, DETS, VOCAB, JUDGE, MineConfig(synthetic=["omit_object"]), ctx, rec["file"])
+    assert len(out) == 1 and out[0]["chosen"] == PERFECT and out[0]["rejected"] in {CUPS_ONLY, BALL_ONLY}
+    assert out[0]["scores"]["rejected"]["partial"] or out[0]["scores"]["rejected"]["missed"]
+    assert out[0]["margin"] == 0.5
+
+
+def test_unknown_synthetic_kind_is_an_error():
+    with pytest.raises(ValueError, match="unknown kind.*omit_objects"):
+        MineConfig(synthetic=["omit_objects"])
 
 
 # --------------------------------------------------------------------------------------------- context pairs

@@ -14,7 +14,8 @@ themselves describe (counts, colours when known), so every image has a factual c
 
 Synthetic negatives (from a chosen caption): add an absent object (picked adversarially: the label that
 co-occurs most with the image's labels across the data, as POPE's adversarial split does), change a count,
-swap left/right, make it vague.
+swap left/right, make it vague, or leave out a present object (true but incomplete: the recall-preserving
+negative, off by default).
 
 Context-robustness pairs (grounded prompts only): a false detection injected into the grounding context
 (chosen ignores it, rejected repeats it), or a true one dropped (chosen still names it, rejected follows
@@ -32,7 +33,7 @@ from itertools import combinations
 from ..checks import at_least
 from ..ground import GroundingConfig, PromptConfig, grounding_text, prompt_text
 from ..judge import JudgeConfig, Vocabulary, parse_caption, score_caption
-from ..world.captions import NUMBER_WORDS, VAGUE_CAPTIONS, noun_phrase, reference_caption
+from ..world.captions import NUMBER_WORDS, VAGUE_CAPTIONS, join_phrases, noun_phrase, reference_caption
 from .dataset import make_pair
 
 
@@ -53,6 +54,9 @@ class MineConfig:
     def __post_init__(self) -> None:
         at_least(self, 0, "min_margin", "max_pairs_per_image", "synthetic_per_image", "context_per_image")
         at_least(self, 1, "adversarial_top")
+        unknown = sorted(set(self.synthetic) - set(SYNTHETIC))
+        if unknown:
+            raise ValueError(f"synthetic: unknown kind(s) {unknown}; known: {sorted(SYNTHETIC)}")
 
 
 def detection_caption(detections: list[dict], width: int, judge: JudgeConfig, vocab: Vocabulary) -> str | None:
@@ -179,11 +183,27 @@ def swap_sides(caption: str, present: set[str], ctx: "SyntheticContext") -> str 
     return re.sub(r"\b(left|right)\b", lambda m: "right" if m.group(1) == "left" else "left", caption)
 
 
+def omit_object(caption: str, present: set[str], ctx: "SyntheticContext") -> str | None:
+    """The same caption with one of its listed objects left out: true but incomplete ("two cups and a ball." ->
+    "two cups."). The recall-preserving negative: DPO on hallucination negatives alone learns that naming less
+    is safer; this pair says that leaving out what is there is worse too."""
+    body = re.sub(r"\s+on the (left|right)\b", "", caption.strip().rstrip("."))
+    phrases = [p for p in re.split(r",\s*|\s+and\s+", body) if p.strip()]
+    if len(phrases) < 2:
+        return None
+    named = [i for i, p in enumerate(phrases) if any(m.label in present for m in parse_caption(p, ctx.vocab).mentions)]
+    if not named:
+        return None
+    drop = ctx.rng.choice(named)
+    return join_phrases([p for i, p in enumerate(phrases) if i != drop]) + "."
+
+
 def make_vague(caption: str, present: set[str], ctx: "SyntheticContext") -> str | None:
     return ctx.rng.choice(VAGUE_CAPTIONS)
 
 
-SYNTHETIC = {"add_object": add_object, "count": change_count, "swap_sides": swap_sides, "vague": make_vague}
+SYNTHETIC = {"add_object": add_object, "count": change_count, "swap_sides": swap_sides, "vague": make_vague,
+             "omit_object": omit_object}
 
 
 @dataclass
