@@ -10,6 +10,7 @@ import pytest
 from vlm_dpo.cli import main
 from vlm_dpo.config import load_config
 from vlm_dpo.pipeline import run_pipeline
+from vlm_dpo.records import read_jsonl
 from vlm_dpo.run import RunFolder
 
 
@@ -32,6 +33,11 @@ def test_metrics_json_is_complete(pipeline_run):
         assert set(vqa) >= {"accuracy", "pope_f1", "false_premise_rejection", "yes_ratio"}, name
         assert {"existence", "counting", "false_premise", "listing", "overall"} <= set(vqa["accuracy"]), name
         assert vqa["pope_f1"] == mm["pope_f1"] and 0 <= vqa["accuracy"]["overall"] <= 1
+        # POPE asked with the grounding context (the headline) and without it
+        assert set(mm["pope_by_context"]) == set(vqa["pope_f1_by_context"]) == {"grounded", "no_context"}
+        assert vqa["pope_f1_by_context"]["grounded"] == mm["pope_f1"]
+        contexts = [r["context"] for r in read_jsonl(run.eval / f"{name}.pope.jsonl")]
+        assert contexts.count("grounded") == contexts.count("no_context") > 0
         assert (run.eval / f"{name}.vqa.jsonl").exists()
     import vlm_dpo.pairs.dataset as ds
 

@@ -24,5 +24,15 @@ def test_table_and_the_questions_answered_differently(tmp_path):
     assert "three. <span class=\"note\">(wrong)</span>" in page and "two. <span class=\"note\">(correct)" in page
 
 
+def test_pope_without_context_row_only_when_measured(tmp_path):
+    run = RunFolder(tmp_path)
+    with_ctx = {n: _vqa(0.5) for n in ("sft", "dpo")}
+    for n, f1 in (("sft", 0.667), ("dpo", 0.9)):
+        with_ctx[n]["vqa"]["pope_f1_by_context"] = {"grounded": 0.8, "no_context": f1}
+    page = vqa_section(run, with_ctx, "sft", None)
+    assert "<td>POPE F1 (adversarial, no context)</td><td>67%</td><td>90%</td>" in page
+    assert "no context" not in vqa_section(run, {"sft": _vqa(0.5)}, "sft", None)  # older metrics.json
+
+
 def test_no_vqa_results_no_section(tmp_path):
     assert vqa_section(RunFolder(tmp_path), {"sft": {"chair_i": 0.1}}, "sft", None) == ""

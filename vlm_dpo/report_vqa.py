@@ -32,6 +32,11 @@ def vqa_section(run: RunFolder, models: dict, base: str, after: str | None, n_ex
                        ("pope_f1", "POPE F1 (adversarial)")):
         rows.append(f"<tr><td>{label}</td>" + "".join(f"<td>{_pct(models[n]['vqa'].get(key))}</td>" for n in names)
                     + "</tr>")
+    # The same POPE probes without the context: a model that only echoes "Detected: ..." falls to all-yes here.
+    if any("no_context" in (models[n]["vqa"].get("pope_f1_by_context") or {}) for n in names):
+        rows.append("<tr><td>POPE F1 (adversarial, no context)</td>" + "".join(
+            f"<td>{_pct((models[n]['vqa'].get('pope_f1_by_context') or {}).get('no_context'))}</td>" for n in names)
+            + "</tr>")
     table = (f'<table id="vqa"><tr><th>accuracy</th>{"".join(f"<th>{html.escape(n)}</th>" for n in names)}</tr>'
              f'{"".join(rows)}</table>')
     examples = ""

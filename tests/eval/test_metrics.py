@@ -105,3 +105,35 @@ def test_eval_settings_follow_the_content_of_a_vocabulary_file(tmp_path):
     vocab.write_text("cup: [mug, beaker]\n")
     assert eval_settings(cfg, items, []) != before
     assert "vocabulary_file" not in eval_settings(SimpleNamespace(eval=EvalConfig()), items, [])["eval"]
+
+
+def test_pope_with_and_without_the_context(monkeypatch):
+    """A model that echoes the context (yes iff the asked kind is in "Detected: ...") is perfect when the context
+    is right, and says yes to everything without it: the two settings must see different prompts."""
+    import vlm_dpo.eval.run as run
+
+    asked = []
+
+    def echo_answer(prompt: str) -> str:
+        if "Detected:" not in prompt:
+            return "yes."
+        kind = prompt.split("Is there ")[1].split(" in ")[0].split(" ", 1)[1]  # "Is there a cup in ..." -> cup
+        return "yes." if kind in prompt.split("Detected:")[1] else "no."
+
+    def echo(model, processor, items, cfg, **kw):
+        asked.extend(it["prompt"] for it in items)
+        return [[echo_answer(it["prompt"])] for it in items]
+
+    monkeypatch.setattr(run, "generate_all", echo)
+    scenes = [{"image_id": f"img{i}", "objects": [{"label": "cup"}, {"label": "ball"}] if i % 2 else [{"label": "apple"}]}
+              for i in range(6)]
+    items = [{"image_id": s["image_id"], "path": "unused.png",
+              "grounding": "Detected: " + ", ".join(f"1 {o['label']}" for o in s["objects"]) + "."} for s in scenes]
+    labels = ["cup", "ball", "apple", "phone", "book"]
+    cfg = run.EvalConfig(pope_per_image=1)
+    grounded, rows_g = run.pope_eval(None, None, items, scenes, labels, cfg, progress=False)
+    bare, rows_b = run.pope_eval(None, None, items, scenes, labels, cfg, progress=False, grounded=False)
+    assert grounded["adversarial"]["f1"] == 1.0 and grounded["adversarial"]["yes_ratio"] == 0.5
+    assert bare["adversarial"]["yes_ratio"] == 1.0 and bare["adversarial"]["precision"] == 0.5
+    assert {r["context"] for r in rows_g} == {"grounded"} and {r["context"] for r in rows_b} == {"no_context"}
+    assert any("Detected:" in p for p in asked) and any("Detected:" not in p for p in asked)

@@ -37,6 +37,9 @@ class EvalConfig:
     batch_size: int = 32
     pope_per_image: int = 2
     pope_grounded: bool = True  # ask POPE questions with the grounding context, as the pipeline prompts
+    # Also ask them the other way (without the context when pope_grounded, with it otherwise): does the model
+    # answer from the image, or echo the context? metrics pope_by_context / vqa.pope_f1_by_context.
+    pope_both_contexts: bool = True
     vqa: bool = True  # the robot's questions (eval/vqa.py): models.<name>.vqa in metrics.json
     vqa_grounded: bool = True  # with the grounding context after the question
     bootstrap: int = 1000
@@ -90,8 +93,16 @@ def caption_metrics(groups: list[list[str]], scenes: list[dict], vocab: Vocabula
     return m
 
 
+def pope_context(grounded: bool) -> str:
+    """The name of a POPE prompt setting in metrics.json and <model>.pope.jsonl."""
+    return "grounded" if grounded else "no_context"
+
+
 def pope_eval(model, processor, items: list[dict], scenes: list[dict], labels: list[str], cfg: EvalConfig,
-              progress: bool) -> tuple[dict, list[dict]]:
+              progress: bool, grounded: bool | None = None) -> tuple[dict, list[dict]]:
+    """POPE metrics per negative-sampling split (+ "all") and one row per probe. grounded: the grounding context
+    after each question (default: cfg.pope_grounded)."""
+    grounded = cfg.pope_grounded if grounded is None else grounded
     by_id = {it["image_id"]: it for it in items}
     probes = make_probes(scenes, labels, cfg.pope_per_image, cfg.seed)
     # The same (image, question) recurs across the three negative-sampling splits: ask each once, and
@@ -100,7 +111,7 @@ def pope_eval(model, processor, items: list[dict], scenes: list[dict], labels: l
     q_items, slots = [], []
     for p in probes:
         it = by_id[p["image_id"]]
-        ground = f" {it['grounding']}" if cfg.pope_grounded and it.get("grounding") else ""
+        ground = f" {it['grounding']}" if grounded and it.get("grounding") else ""
         key = (p["image_id"], p["question"] + ground)
         if key not in unique:
             unique[key] = len(q_items)
@@ -116,7 +127,7 @@ def pope_eval(model, processor, items: list[dict], scenes: list[dict], labels: l
         idx = [i for i, p in enumerate(probes) if p["split"] == split]
         out[split] = pope_metrics([parsed[i] for i in idx], [probes[i]["answer"] for i in idx])
     out["all"] = pope_metrics(parsed, [p["answer"] for p in probes])
-    rows = [p | {"reply": a, "parsed": q} for p, a, q in zip(probes, answers, parsed)]
+    rows = [p | {"context": pope_context(grounded), "reply": a, "parsed": q} for p, a, q in zip(probes, answers, parsed)]
     return out, rows
 
 
@@ -209,6 +220,12 @@ def evaluate_model(model_path: str, name: str, items: list[dict], scenes: list[d
     m_sampled = caption_metrics(sampled, scenes, vocab, cfg, tok) if cfg.n_samples else {}
     labels = list(vocab.classes)
     pope, pope_rows = pope_eval(model, processor, items, scenes, labels, cfg, progress)
+    pope_by_context = {pope_context(cfg.pope_grounded): pope}
+    other_rows = []
+    if cfg.pope_both_contexts:
+        other, other_rows = pope_eval(model, processor, items, scenes, labels, cfg, progress,
+                                      grounded=not cfg.pope_grounded)
+        pope_by_context[pope_context(not cfg.pope_grounded)] = other
     metrics = {k: m_greedy[k] for k in m_greedy if k != "ci"}
     metrics["pope_f1"] = pope["adversarial"]["f1"]
     metrics["ci"] = dict(m_greedy["ci"])
@@ -228,16 +245,18 @@ def evaluate_model(model_path: str, name: str, items: list[dict], scenes: list[d
         from .vqa import vqa_eval
 
         vqa, vqa_rows = vqa_eval(model, processor, items, scenes, labels, vocab, cfg, progress=progress)
-        metrics["vqa"] = vqa | {"pope_f1": metrics["pope_f1"]}
+        metrics["vqa"] = vqa | {"pope_f1": metrics["pope_f1"],
+                                "pope_f1_by_context": {c: m["adversarial"]["f1"] for c, m in pope_by_context.items()}}
     metrics["sampled"] = m_sampled
     metrics["pope"] = pope
+    metrics["pope_by_context"] = pope_by_context
     metrics["model"] = model_path
     if not is_main():  # under a launcher: the same metrics in every process, written by the main one
         return metrics
     write_jsonl_atomic(out_dir / f"{name}.captions.jsonl", [
         {"image_id": it["image_id"], "prompt": it["prompt"], "greedy": g[0], "samples": s}
         for it, g, s in zip(items, greedy, sampled)])
-    write_jsonl_atomic(out_dir / f"{name}.pope.jsonl", pope_rows)
+    write_jsonl_atomic(out_dir / f"{name}.pope.jsonl", pope_rows + other_rows)
     if vqa_rows:
         write_jsonl_atomic(out_dir / f"{name}.vqa.jsonl", vqa_rows)
     write_jsonl_atomic(out_dir / f"{name}.per_image.jsonl", per_image_rows(items, scenes, greedy, pope_rows, vocab, tok))
