@@ -1,5 +1,6 @@
 """Fixtures of the annotation tests: a few rendered world scenes under a temporary data root, with a captions
-JSONL (two distinct captions per image) and a detections JSONL (the scenes' ground truth as boxes)."""
+JSONL (two distinct captions per image) and a detections JSONL (the scenes' ground truth as boxes); a question
+pair (task "vqa") on one of them."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ from types import SimpleNamespace
 
 import pytest
 
+from vlm_dpo.ground import PromptConfig, grounding_text, prompt_text
+from vlm_dpo.pairs.dataset import make_pair
+from vlm_dpo.vqa.questions import number_word
 from vlm_dpo.world.captions import reference_caption
 from vlm_dpo.world.scenes import render_scene, sample_scene
 
 N_IMAGES = 6
+QUESTION = "How many objects are on the table?"
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
@@ -46,3 +51,13 @@ def make_data(tmp_path: Path, n: int = N_IMAGES) -> SimpleNamespace:
 @pytest.fixture
 def data(tmp_path):
     return make_data(tmp_path)
+
+
+def vqa_pair(data: SimpleNamespace, i: int = 0) -> dict:
+    """A counting question pair on image i, its prompt built as vqa/pairs.py builds it (question, then grounding)."""
+    rec = data.detection_records[i]
+    grounding = grounding_text(rec["detections"], rec["width"], rec["height"])
+    n = len(rec["detections"])
+    return make_pair(image_id=rec["image_id"], image=rec["file"], prompt=prompt_text(grounding, PromptConfig(QUESTION)),
+                     grounding=grounding, chosen=f"{number_word(n)}.", rejected=f"{number_word(n + 1)}.",
+                     source="synthetic", kind="vqa_count", task="vqa")

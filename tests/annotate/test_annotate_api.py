@@ -16,14 +16,14 @@ from fastapi.testclient import TestClient
 
 from vlm_dpo.annotate import AnnotateConfig, agreement, export_judgements, resolve
 from vlm_dpo.annotate.app import build, create_app
-from vlm_dpo.annotate.items import load_items, make_item, safe_image_path
+from vlm_dpo.annotate.items import items_from_pairs, load_items, make_item, safe_image_path, split_question
 from vlm_dpo.annotate.page import CSP, PAGE, SCRIPT, STYLE
 from vlm_dpo.annotate.store import Store, is_swapped
 from vlm_dpo.pairs.dataset import Rejections, save_pairs, validate_pair
 from vlm_dpo.pairs.io import pairs_from_judgements
 from vlm_dpo.records import read_jsonl
 
-from .conftest import N_IMAGES, write_jsonl
+from .conftest import N_IMAGES, QUESTION, vqa_pair, write_jsonl
 
 URL = "http://127.0.0.1:8765"
 
@@ -373,6 +373,81 @@ def test_export_becomes_pairs(server, data, tmp_path):
             assert (item["b"], item["a"]) in human
         if edit:
             assert {(edit, item["a"]), (edit, item["b"])} <= {(p["chosen"], p["rejected"]) for p in by_kind["human_edit"]}
+
+
+def test_question_pair_round_trip(server, data, tmp_path):
+    """Issue 17: a VQA pair is served as a question (without its grounding) with the two answers as A/B; its
+    judgement keeps task "vqa", and so do the pairs built from it (an edit too); caption items stay captions."""
+    pair = vqa_pair(data)
+    save_pairs([pair], tmp_path / "vqa.jsonl")
+    client, store, summary = server(pairs=str(tmp_path / "vqa.jsonl"))
+    assert summary["items"] == N_IMAGES + 1
+    served = {}
+    while (item := client.get("/api/next", params={"annotator": "ann1"}).json()["item"]) is not None:
+        served[item["item_id"]] = item
+        edit = "exactly that many." if item["task"] == "vqa" else None
+        r = client.post("/api/judgements", json={"item_id": item["item_id"], "annotator": "ann1", "choice": "a",
+                                                 "edit": edit})
+        assert r.status_code == 200, r.text
+    (q,) = [it for it in served.values() if it["task"] == "vqa"]
+    assert q["question"] == QUESTION and q["prompt"] == pair["prompt"] == f"{QUESTION} {pair['grounding']}"
+    assert q["grounding"] == pair["grounding"] and {q["a"], q["b"]} == {pair["chosen"], pair["rejected"]}
+    captions = [it for it in served.values() if it["item_id"] != q["item_id"]]
+    assert len(captions) == N_IMAGES and all(it["task"] == "caption" and it["question"] is None for it in captions)
+    records = list(read_jsonl(export_judgements(store.path, tmp_path / "judgements.jsonl")))
+    assert {r["item_id"]: r["task"] for r in records} == {i: it["task"] for i, it in served.items()}
+    rej = Rejections()
+    pairs = pairs_from_judgements(records, rej)
+    assert not rej.counts
+    vqa = [(p["chosen"], p["rejected"], p["kind"]) for p in pairs if p["task"] == "vqa"]
+    assert vqa == [(q["a"], q["b"], "human"), ("exactly that many.", q["a"], "human_edit"),
+                   ("exactly that many.", q["b"], "human_edit")]
+    assert all(p["prompt"] == pair["prompt"] and p["source"] == "human" for p in pairs if p["task"] == "vqa")
+    assert sum(p["task"] == "caption" for p in pairs) == N_IMAGES
+
+
+def test_split_question():
+    g = "Detected: 2 cups (left), 1 ball (center)."
+    assert split_question(f"How many cups are on the table? {g}", g) == ("How many cups are on the table?", g)
+    # no grounding column (a plain import): the "Detected:" tail is the context
+    assert split_question(f"Is there a ball? {g}", None) == ("Is there a ball?", g)
+    assert split_question("Is there a ball?", None) == ("Is there a ball?", None)  # ungrounded
+    assert split_question(g, g) == (g, g)  # nothing left but the context: the whole prompt
+
+
+def test_items_without_task_are_captions(data):
+    """Older pair files and records carry no task: their items are captions; an unknown task is refused."""
+    pair = vqa_pair(data)
+    old = {k: v for k, v in pair.items() if k != "task"}
+    rej = Rejections()
+    items = items_from_pairs([pair, old, pair | {"task": "poem", "chosen": "seven."}], data.root, rej)
+    assert [it["task"] for it in items] == ["vqa", "caption"] and rej.counts == {"unknown_task": 1}
+    records = [r | {"task": "vqa"} for r in data.caption_records[:1]] + data.caption_records[1:2]
+    write_jsonl(data.captions, records)
+    assert [it["task"] for it in load_items(captions=str(data.captions), image_root=data.root)[0]] == [
+        "vqa", "caption"]
+
+
+def test_database_from_before_the_task_column(data, tmp_path):
+    """A database made before items had a task opens with every item a caption (its judgements export as
+    caption judgements); loading the source again gives the question items their task, judgements included."""
+    db = tmp_path / "old.sqlite"
+    pair = vqa_pair(data)
+    item = make_item(image_id=pair["image_id"], image=pair["image"], prompt=pair["prompt"],
+                     grounding=pair["grounding"], c1=pair["chosen"], c2=pair["rejected"], source="pairs", task="vqa")
+    with Store(db) as store:
+        store.add_items([item], 1.0)
+        store.save(item["item_id"], "ann1", "a", None, open_=True)
+        store.con.execute("ALTER TABLE items DROP COLUMN task")  # what an older version wrote
+    with Store(db) as store:
+        assert store.item(item["item_id"])["task"] == "caption"
+        assert [r["task"] for r in store.latest()] == ["caption"]
+        assert [p["task"] for p in pairs_from_judgements(store.latest())] == ["caption"]
+        assert store.add_items([item], 1.0) == 0
+        assert store.item(item["item_id"])["task"] == "vqa"
+        assert [p["task"] for p in pairs_from_judgements(store.latest())] == ["vqa"]
+    with Store(db) as store:  # reopening a database that has the column changes nothing
+        assert store.item(item["item_id"])["task"] == "vqa"
 
 
 def test_pairs_file_candidates(data, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from vlm_dpo.records import read_jsonl
 
 from browser_util import CHROMIUM, CHROMIUM_ARGS, chromium_or_skip
 
-from .conftest import make_data
+from .conftest import QUESTION, make_data, vqa_pair
 
 TOKEN = "t0ken-for-tests"
 N = 5
@@ -220,10 +220,14 @@ def test_browser_judgements_survive_reload_and_kill(tmp_path):
     assert (judged[1][0]["b"], judged[1][0]["a"]) in {(p["chosen"], p["rejected"]) for p in pairs}
 
 
-def _serve(tmp_path, n, detections, extra=None):
+def _serve(tmp_path, n, detections, extra=None, pairs=None):
+    """Serve n images' caption items (+ the pair file of `pairs(data)`, when given) behind the token."""
     data = make_data(tmp_path, n)
     if detections is not None:
         data.detections.write_text("".join(json.dumps(r) + "\n" for r in detections(data)))
+    if pairs is not None:
+        (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs(data)))
+        extra = (extra or {}) | {"pairs": str(tmp_path / "pairs.jsonl")}
     db = tmp_path / "annotate" / "judgements.sqlite"
     config = tmp_path / "annotate.yaml"
     config.write_text(json.dumps({"captions": str(data.captions), "detections": str(data.detections),
@@ -427,3 +431,48 @@ def test_browser_items_per_minute(tmp_path, capsys):
         print(f"\nannotate: {per_minute:.0f} items per minute (scripted keyboard run, {n} items; page says {rate!r})")
     assert "items/min" in rate
     assert per_minute > 60  # the app is never the bottleneck: a person reading two captions takes longer
+
+
+@pytest.mark.timeout(120)
+def test_browser_question_pair(tmp_path):
+    """Issue 17: a question pair shows its question on its own (no prompt block) and its answers as "Answer A/B";
+    the caption item beside it looks as before; both are judged with the same keys, and the question's judgement
+    exports with task "vqa"."""
+    from playwright import sync_api
+    expect = sync_api.expect
+    _, db, server = _serve(tmp_path, 1, None, pairs=lambda data: [vqa_pair(data)])
+    errors, seen = [], {}
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"http://127.0.0.1:{server.port}/?token={TOKEN}&annotator=dave")
+            expect(page.locator("#progress")).to_have_text("0 / 2", timeout=WAIT)  # set with the first item
+            item = shown(page)
+            for i in range(2):
+                item = wait_next_item(page, item["item_id"]) if i else item
+                task = page.get_attribute("#work", "data-task")
+                seen[task] = item
+                heading = page.locator("#cand-a h3")
+                if task == "vqa":
+                    expect(page.locator("#question")).to_have_text(QUESTION)
+                    expect(page.locator("#prompt")).to_be_hidden()
+                    expect(page.locator("#grounding")).to_contain_text("Detected:")
+                    expect(heading).to_have_text("Answer A", ignore_case=True, use_inner_text=True)
+                else:
+                    expect(page.locator("#question-field")).to_be_hidden()
+                    expect(page.locator("#prompt")).to_be_visible()
+                    expect(heading).to_have_text("A", use_inner_text=True)
+                page.keyboard.press("1")
+                page.keyboard.press("Enter")
+            expect(page.locator("#done")).to_be_visible(timeout=WAIT)
+            assert not errors, errors
+            browser.close()
+        exported = [json.loads(x) for x in api(server.port, "/api/export").decode().splitlines()]
+    finally:
+        server.kill(signal.SIGKILL)
+    assert set(seen) == {"vqa", "caption"} and {r["item_id"]: r["task"] for r in exported} == {
+        it["item_id"]: task for task, it in seen.items()}
+    assert [p["task"] for p in pairs_from_judgements(exported) if p["chosen"] == seen["vqa"]["a"]] == ["vqa"]

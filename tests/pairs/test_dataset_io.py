@@ -20,10 +20,11 @@ from vlm_dpo.pairs.io import (
 
 
 def _pairs(root_scenes):
-    """Pairs of every kind of provenance over the rendered scenes: nested dicts, None, floats, boxes."""
+    """Pairs of every kind of provenance over the rendered scenes: nested dicts, None, floats, boxes; captions
+    and a question pair (task "vqa")."""
     _, scenes = root_scenes
-    a, b, c, _ = [f"images/{s.image_id}.png" for s in scenes]
-    ia, ib, ic = (s.image_id for s in scenes[:3])
+    a, b, c, d = [f"images/{s.image_id}.png" for s in scenes]
+    ia, ib, ic, id_ = (s.image_id for s in scenes)
     return [
         make_pair(image_id=ia, image=a, prompt="Describe the objects on the table. Detected: 2 cups (left).",
                   grounding="Detected: 2 cups (left).", chosen="two red cups.", rejected="three red cups.",
@@ -41,6 +42,9 @@ def _pairs(root_scenes):
         make_pair(image_id=ic, image=c, prompt="Describe the objects on the table.", chosen="an apple, \"quoted\".",
                   rejected="an apple, a bowl\nand, a comma.", source="context", kind="inject_false",
                   grounding="Detected: 1 apple (center), 1 bowl (left).", margin=0.333333333333, boxes=[]),
+        make_pair(image_id=id_, image=d, prompt="How many cups are on the table? Detected: 2 cups (left).",
+                  grounding="Detected: 2 cups (left).", chosen="two.", rejected="three.", source="human",
+                  kind="human", annotator="ann-7", task="vqa"),
     ]
 
 
@@ -224,6 +228,18 @@ def test_export_trl_round_trip_and_columns(image_root, tmp_path):
     assert import_pairs(tmp_path / "trl", root, check_images=False) == pairs
 
 
+def test_trl_task_round_trip_and_rows_without_it(image_root, tmp_path):
+    """Issue 17: the TRL export keeps each pair's task; an export without the column (older, or TRL's own rows)
+    imports as captions."""
+    root, _ = image_root
+    pairs = _pairs(image_root)
+    ds = export_trl(pairs, root, tmp_path / "trl")
+    assert ds["task"] == ["caption"] * 4 + ["vqa"]
+    assert [p["task"] for p in import_pairs(tmp_path / "trl", root)] == ["caption"] * 4 + ["vqa"]
+    ds.remove_columns("task").save_to_disk(str(tmp_path / "old"))
+    assert import_pairs(tmp_path / "old", root) == [p | {"task": "caption"} for p in pairs]
+
+
 def test_export_trl_refuses_a_missing_image(image_root, tmp_path):
     root, _ = image_root
     p = _pairs(image_root)[0] | {"image": "images/gone.png"}
@@ -387,6 +403,17 @@ def test_import_errors_name_the_file(tmp_path):
 # ---------------------------------------------------------------------------------------------- judgements
 
 
+def test_task_survives_jsonl_csv_and_defaults_to_caption(image_root, tmp_path):
+    root, _ = image_root
+    pairs = _pairs(image_root)
+    export_csv(pairs, tmp_path / "pairs.csv")
+    assert [p["task"] for p in import_pairs(tmp_path / "pairs.csv", root)] == ["caption"] * 4 + ["vqa"]
+    old = [{k: v for k, v in p.items() if k != "task"} for p in pairs]  # written before the column
+    (tmp_path / "old.jsonl").write_text("".join(json.dumps(p) + "\n" for p in old))
+    assert import_pairs(tmp_path / "old.jsonl", root) == [p | {"task": "caption"} for p in pairs]
+    assert load_pairs(tmp_path / "old.jsonl") == [p | {"task": "caption"} for p in pairs]
+
+
 def _judgement(jid, choice, edit=None, **kw):
     return {"judgement_id": jid, "annotator": "ann-2", "image_id": "img9", "image": "images/img9.png",
             "prompt": "Describe.", "grounding": None, "a": "a red cup.", "b": "a red cup and a bottle.",
@@ -425,3 +452,16 @@ def test_pairs_from_judgements():
     assert dict(rej.counts) == {"unknown_choice": 2, "malformed_judgement": 1}
     assert [(e["reason"], e["where"], e["row"]) for e in rej.examples[:2]] == [
         ("unknown_choice", "judgement j8", "maybe"), ("unknown_choice", "judgement j9", None)]
+    assert {p["task"] for p in out} == {"caption"}  # judgements from before the task field
+
+
+def test_pairs_from_question_judgements_keep_the_task():
+    """Issue 17: a judged question pair gives question pairs (the edit's too); an unknown task is counted."""
+    q = dict(prompt="How many cups are there? Detected: 2 cups (left).", a="two.", b="three.")
+    rej = Rejections()
+    out = pairs_from_judgements([_judgement("q1", "a", edit="two cups.", task="vqa", **q),
+                                 _judgement("q2", "b", task="poem", **q), _judgement("c1", "a", task=None)], rej)
+    assert [(p["chosen"], p["rejected"], p["kind"], p["task"]) for p in out] == [
+        ("two.", "three.", "human", "vqa"), ("two cups.", "two.", "human_edit", "vqa"),
+        ("two cups.", "three.", "human_edit", "vqa"), ("a red cup.", "a red cup and a bottle.", "human", "caption")]
+    assert rej.counts == {"unknown_task": 1} and rej.examples[0]["where"] == "judgement q2"

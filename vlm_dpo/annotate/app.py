@@ -2,7 +2,8 @@
 
 Endpoints (JSON unless noted; all behind the token when one is set):
     GET  /                          the page (HTML)
-    GET  /api/next?annotator=ID     {"item": {...} | null, "progress": {"done", "total"}}: resume = this call
+    GET  /api/next?annotator=ID     {"item": {...} | null, "progress": {"done", "total"}}: resume = this call; an
+                                    item's `task` is "caption" or "vqa" (then `question`: its prompt's question)
     GET  /api/items/{id}?annotator  one item as that annotator sees it, with their last judgement
     GET  /api/items/{id}/image      the item's image (only a file inside the image root)
     POST /api/judgements            {"item_id", "annotator", "choice", "edit"?, "ms"?} -> answered after commit
@@ -40,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import ACTIONS, AnnotateConfig
 from .agreement import agreement_of
-from .items import IMAGE_TYPES, load_detections, load_items, safe_image_path
+from .items import IMAGE_TYPES, load_detections, load_items, safe_image_path, split_question
 from .page import CSP, NO_TOKEN_PAGE, PAGE
 from .store import TAGS, NotVisible, Store, export_judgements
 
@@ -157,9 +158,14 @@ def create_app(store: Store, image_root: str | Path, *, annotators: list[str] | 
             boxes = {"width": det["width"], "height": det["height"], "boxes": det["detections"]}
         else:
             boxes = {"width": None, "height": None, "boxes": item.get("boxes") or []}
+        # A question pair: the page shows the question on its own (the two answers are the options) and the
+        # context it came with as the grounding, so nothing of the prompt is hidden.
+        question, grounding = None, v["grounding"]
+        if v["task"] == "vqa":
+            question, grounding = split_question(v["prompt"], v["grounding"])
         return {"item_id": v["item_id"], "image_id": v["image_id"], "prompt": v["prompt"],
-                "grounding": v["grounding"], "a": v["a"], "b": v["b"], "detections": boxes,
-                "judgement": store.judgement(item["item_id"], annotator),
+                "grounding": grounding, "task": v["task"], "question": question, "a": v["a"], "b": v["b"],
+                "detections": boxes, "judgement": store.judgement(item["item_id"], annotator),
                 "note": store.note(item["item_id"], annotator)}
 
     @app.get("/", response_class=HTMLResponse)

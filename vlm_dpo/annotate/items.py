@@ -1,10 +1,12 @@
 """Candidate items for annotation, and the one place that decides whether an image path may be served.
 
 An item is two candidate captions of one image for one prompt:
-    {"item_id", "image_id", "image", "prompt", "grounding", "c1", "c2", "source", "boxes"}
+    {"item_id", "image_id", "image", "prompt", "grounding", "c1", "c2", "source", "boxes", "task"}
 c1/c2 are the two captions in a canonical (sorted) order, so the same two captions make the same item whatever
 file they came from and whichever was "chosen" there; the page shows them as A/B in a per-annotator random
-order. `item_id` hashes (image, prompt, c1, c2).
+order. `item_id` hashes (image, prompt, c1, c2). `task` is the pair's task (pairs/dataset.py): "caption", or
+"vqa" when the prompt is a robot's question and c1/c2 are two short answers; sources without it (older pair
+files, captions records) give captions.
 
 Sources: a pair file (each pair's chosen/rejected, not revealed as such) and a captions JSONL (greedy + samples:
 `per_image` distinct pairs per record, drawn with the seed). Items whose image path is absolute, climbs out of
@@ -19,7 +21,8 @@ import random
 from itertools import combinations
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from ..pairs.dataset import Rejections
+from ..ground import GroundingConfig
+from ..pairs.dataset import TASKS, Rejections
 from ..records import read_jsonl
 
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
@@ -59,11 +62,24 @@ def safe_image_path(image: str, root: str | Path) -> Path | None:
     return path
 
 
+def split_question(prompt: str, grounding: str | None) -> tuple[str, str | None]:
+    """(question, grounding context) of a VQA prompt, so the page can show the robot's question on its own: the
+    prompt without the item's grounding, else the part before a tail starting with the default "Detected:" prefix
+    (imported rows may lack the grounding column; the tail is then the context), else the whole prompt."""
+    if grounding and grounding in prompt:
+        return prompt.replace(grounding, " ").strip() or prompt, grounding
+    head, prefix, tail = prompt.partition(GroundingConfig.prefix)
+    if prefix and head.strip():
+        return head.strip(), (prefix + tail).strip()
+    return prompt, grounding
+
+
 def make_item(*, image_id: str, image: str, prompt: str, grounding: str | None, c1: str, c2: str, source: str,
-              boxes: list | None = None) -> dict:
+              boxes: list | None = None, task: str = "caption") -> dict:
     c1, c2 = sorted((c1.strip(), c2.strip()))
     return {"item_id": item_id_of(image, prompt, c1, c2), "image_id": str(image_id), "image": str(image),
-            "prompt": prompt, "grounding": grounding, "c1": c1, "c2": c2, "source": source, "boxes": boxes}
+            "prompt": prompt, "grounding": grounding, "c1": c1, "c2": c2, "source": source, "boxes": boxes,
+            "task": task}
 
 
 def _check(item: dict, root: Path | None, where: str, rejections: Rejections) -> bool:
@@ -75,6 +91,9 @@ def _check(item: dict, root: Path | None, where: str, rejections: Rejections) ->
         return False
     if not (item["prompt"] or "").strip():
         rejections.add("empty_prompt", where)
+        return False
+    if item["task"] not in TASKS:  # make_pair would refuse the judgement's pairs at export: refuse the item now
+        rejections.add("unknown_task", where, item["task"])
         return False
     problem = image_path_problem(item["image"])
     if problem:
@@ -96,7 +115,8 @@ def items_from_pairs(pairs: list[dict], root: Path | None, rejections: Rejection
         boxes = p.get("boxes")
         item = make_item(image_id=p.get("image_id") or Path(p["image"]).stem, image=p["image"], prompt=p["prompt"],
                          grounding=p.get("grounding"), c1=p["chosen"], c2=p["rejected"], source="pairs",
-                         boxes=[{"label": "", "score": None, "box": b} for b in boxes] if boxes else None)
+                         boxes=[{"label": "", "score": None, "box": b} for b in boxes] if boxes else None,
+                         task=p.get("task") or "caption")
         if _check(item, root, f"{where}[{i}]", rejections):
             out.append(item)
     return out
@@ -120,7 +140,8 @@ def items_from_captions(records: list[dict], root: Path | None, rejections: Reje
         random.Random(f"annotate-captions/{seed}/{rec.get('image_id', image)}").shuffle(combos)
         for c1, c2 in combos[:max(1, per_image)]:
             item = make_item(image_id=rec.get("image_id") or Path(image).stem, image=image, prompt=prompt,
-                             grounding=rec.get("grounding"), c1=c1, c2=c2, source="captions")
+                             grounding=rec.get("grounding"), c1=c1, c2=c2, source="captions",
+                             task=rec.get("task") or "caption")
             if _check(item, root, w, rejections):
                 out.append(item)
     return out

@@ -1,5 +1,8 @@
 """The annotation page: one HTML document, CSS and JavaScript inline, nothing loaded from elsewhere.
 
+A question pair (task "vqa") shows its question on its own, large, where a caption pair shows its prompt, and
+the two answers as the options; elements of one task only carry the class `vqa-only` or `caption-only`.
+
 The server sends it with a Content-Security-Policy that allows exactly this script (by its hash) and
 same-origin requests, so even a caption containing markup cannot run code (captions are set as text anyway).
 """
@@ -42,6 +45,7 @@ pre { margin: 0 0 .6em; white-space: pre-wrap; font: inherit; background: #fff; 
 .cand { background: #fff; border: 2px solid var(--line); border-radius: 8px; padding: .5em .8em; }
 .cand.win { border-color: var(--ok); } .cand.lose { opacity: .65; } .cand.bad { border-color: var(--bad); }
 .cand p { margin: .2em 0; font-size: 1.05em; }
+.question { margin: 0 0 .6em; font-size: 1.35em; font-weight: 600; }
 #choices { display: flex; flex-wrap: wrap; gap: .5em; margin: .6em 0; }
 button { font: inherit; padding: .45em .9em; border-radius: 6px; border: 1px solid var(--line); background: #fff;
          cursor: pointer; }
@@ -157,6 +161,11 @@ async function openItem(itemId, idx) {
 
 function render(it) {
   item = it; choice = null; prefill = null; flagged = false; tags = new Set();
+  const vqa = it.task === "vqa";
+  for (const el of document.querySelectorAll(".vqa-only")) el.hidden = !vqa;
+  for (const el of document.querySelectorAll(".caption-only")) el.hidden = vqa;
+  $("work").dataset.task = vqa ? "vqa" : "caption";
+  $("question").textContent = it.question || "";
   $("prompt").textContent = it.prompt;
   $("grounding").textContent = it.grounding || "";
   $("grounding-field").hidden = !it.grounding;
@@ -445,6 +454,8 @@ BODY = """
       (no "some objects") and the shorter.</li>
     <li>The grounding context comes from a detector and can be wrong: judge against the <b>image</b>; zoom
       (<kbd>z</kbd>) when unsure; boxes (<kbd>d</kbd>) show what the detector saw at or above the threshold.</li>
+    <li>A <b>question</b> pair (a robot's question, two short answers): pick the answer that is right for the
+      image; refusing a question about something that is not there is right, answering it is not.</li>
     <li><b>Tie</b> when both are equally right or wrong in the same way; <b>Both bad</b> when neither is
       acceptable (then <kbd>e</kbd> and write a good caption if you can).</li>
     <li>Tag what was wrong with the loser: <kbd>h</kbd> hallucination, <kbd>c</kbd> count, <kbd>o</kbd> colour,
@@ -478,11 +489,12 @@ BODY = """
     </div>
   </div>
   <div>
-    <h3>Prompt</h3><pre id="prompt"></pre>
+    <div class="caption-only"><h3>Prompt</h3><pre id="prompt"></pre></div>
+    <div id="question-field" class="vqa-only" hidden><h3>Question</h3><p id="question" class="question"></p></div>
     <div id="grounding-field"><h3>Grounding context</h3><pre id="grounding"></pre></div>
     <div class="cands">
-      <div id="cand-a" class="cand"><h3>A</h3><p id="text-a"></p></div>
-      <div id="cand-b" class="cand"><h3>B</h3><p id="text-b"></p></div>
+      <div id="cand-a" class="cand"><h3><span class="vqa-only" hidden>Answer </span>A</h3><p id="text-a"></p></div>
+      <div id="cand-b" class="cand"><h3><span class="vqa-only" hidden>Answer </span>B</h3><p id="text-b"></p></div>
     </div>
     <div id="choices">
       <button type="button" id="btn-a" data-choice="a">A better <kbd>1</kbd></button>
@@ -498,7 +510,8 @@ BODY = """
       <button type="button" data-tag="vague">vague <kbd>v</kbd></button>
       <input id="reason" placeholder="reason (optional)" maxlength="2000" size="24">
     </div>
-    <label for="edit" class="hint">A better version of the chosen caption (optional; it becomes the chosen side)
+    <label for="edit" class="hint">A better version of the chosen <span class="caption-only">caption</span><span
+      class="vqa-only" hidden>answer</span> (optional; it becomes the chosen side)
       <kbd>e</kbd></label>
     <textarea id="edit" rows="3" spellcheck="true"></textarea>
     <p class="tools"><button type="button" id="save">Save <kbd>Enter</kbd></button>

@@ -4,7 +4,8 @@ on disk, and a killed server loses nothing.
 Tables:
     meta        key/value: the seed fixed when the database was created (item order and A/B order use it)
     items       the candidates (c1, c2 in canonical order), `order_key` (seeded hash: the order everyone works
-                in) and `shared` (every annotator sees it; the others go to one annotator each)
+                in), `shared` (every annotator sees it; the others go to one annotator each) and `task` ("caption"
+                or "vqa"; added to older databases, whose items read as captions until their source is loaded)
     claims      item -> the one annotator a non-shared item belongs to
     judgements  every submission, append-only; the latest per (item, annotator) counts, earlier ones are history
     notes       per (item, annotator), append-only, latest counts: error tags (TAGS), a free reason, a flag
@@ -36,7 +37,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS items (
     item_id TEXT PRIMARY KEY, order_key TEXT NOT NULL, shared INTEGER NOT NULL, image_id TEXT NOT NULL,
     image TEXT NOT NULL, prompt TEXT NOT NULL, grounding TEXT, c1 TEXT NOT NULL, c2 TEXT NOT NULL,
-    source TEXT, boxes TEXT, added TEXT NOT NULL);
+    source TEXT, boxes TEXT, added TEXT NOT NULL, task TEXT NOT NULL DEFAULT 'caption');
 CREATE INDEX IF NOT EXISTS items_order ON items (order_key);
 CREATE TABLE IF NOT EXISTS claims (item_id TEXT PRIMARY KEY REFERENCES items, annotator TEXT NOT NULL,
     time TEXT NOT NULL);
@@ -98,6 +99,7 @@ class Store:
         self.con.execute("PRAGMA busy_timeout=30000")
         with self._lock:
             self.con.executescript(SCHEMA)
+            self._add_task_column()
             self.con.execute("INSERT OR IGNORE INTO meta VALUES ('seed', ?)", (str(int(seed)),))
             self.con.execute("INSERT OR IGNORE INTO meta VALUES ('created', ?)", (now(),))
         self.seed = int(self.meta("seed"))
@@ -141,9 +143,17 @@ class Store:
 
         return _Tx()
 
+    def _add_task_column(self) -> None:
+        """Databases made before items had a task get the column (last, as in SCHEMA), every item a caption; in a
+        write transaction, so two servers opening one old database do not both add it."""
+        with self._write() as con:
+            if "task" not in {r["name"] for r in con.execute("PRAGMA table_info(items)")}:
+                con.execute("ALTER TABLE items ADD COLUMN task TEXT NOT NULL DEFAULT 'caption'")
+
     # -- items -----------------------------------------------------------------------------------------------
     def add_items(self, items: list[dict], overlap: float) -> int:
-        """Insert items not yet stored; of these new ones, round(overlap * n) (first by order_key) are shared."""
+        """Insert items not yet stored; of these new ones, round(overlap * n) (first by order_key) are shared.
+        Stored items take the task their source gives now: one added before the task column read as a caption."""
         if not 0.0 <= overlap <= 1.0:
             raise ValueError(f"annotate.overlap must be within [0, 1], got {overlap}")
         with self._write() as con:
@@ -153,10 +163,13 @@ class Store:
             n_shared = round(overlap * len(new))
             t = now()
             con.executemany(
-                "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(it["item_id"], order_key(self.seed, it["item_id"]), int(i < n_shared), it["image_id"],
                   it["image"], it["prompt"], it.get("grounding"), it["c1"], it["c2"], it.get("source"),
-                  json.dumps(it["boxes"]) if it.get("boxes") else None, t) for i, it in enumerate(new)])
+                  json.dumps(it["boxes"]) if it.get("boxes") else None, t, it.get("task") or "caption")
+                 for i, it in enumerate(new)])
+            con.executemany("UPDATE items SET task = ? WHERE item_id = ?",
+                            [(it.get("task") or "caption", it["item_id"]) for it in items if it["item_id"] in have])
         return len(new)
 
     def item(self, item_id: str) -> dict | None:
@@ -306,21 +319,22 @@ class Store:
     def latest(self) -> list[dict]:
         """The latest judgement per (item, annotator), as judgement records (pairs/io.py) plus our columns."""
         with self._lock:
-            rows = self.con.execute("""SELECT j.*, i.image_id, i.image, i.prompt, i.grounding, i.c1, i.c2
+            rows = self.con.execute("""SELECT j.*, i.image_id, i.image, i.prompt, i.grounding, i.task, i.c1, i.c2
                 FROM judgements j JOIN items i ON i.item_id = j.item_id
                 WHERE j.id = (SELECT MAX(id) FROM judgements k WHERE k.item_id = j.item_id
                               AND k.annotator = j.annotator)
                 ORDER BY j.id""").fetchall()
         return [{"judgement_id": r["judgement_id"], "annotator": r["annotator"], "image_id": r["image_id"],
-                 "image": r["image"], "prompt": r["prompt"], "grounding": r["grounding"], "a": r["a"], "b": r["b"],
-                 "choice": r["choice"], "edit": r["edit"], "time": r["time"], "item_id": r["item_id"],
-                 "swapped": bool(r["swapped"]), "revision": r["revision"]} for r in rows]
+                 "image": r["image"], "prompt": r["prompt"], "grounding": r["grounding"], "task": r["task"],
+                 "a": r["a"], "b": r["b"], "choice": r["choice"], "edit": r["edit"], "time": r["time"],
+                 "item_id": r["item_id"], "swapped": bool(r["swapped"]), "revision": r["revision"]} for r in rows]
 
 
 def _item(row) -> dict:
     return {"item_id": row["item_id"], "image_id": row["image_id"], "image": row["image"], "prompt": row["prompt"],
             "grounding": row["grounding"], "c1": row["c1"], "c2": row["c2"], "source": row["source"],
-            "shared": bool(row["shared"]), "boxes": json.loads(row["boxes"]) if row["boxes"] else None}
+            "shared": bool(row["shared"]), "boxes": json.loads(row["boxes"]) if row["boxes"] else None,
+            "task": row["task"]}
 
 
 def _open(db) -> tuple[Store, bool]:

@@ -3,15 +3,17 @@
 TRL's vision preference format has columns `images` (a list of images), `prompt`, `chosen`, `rejected`, each
 text either plain or conversational (a list of {"role", "content"} messages, content a string or a list of
 {"type": "text"|"image"} parts). We export conversational rows with the image embedded (so other tools can
-train on the file alone) plus our own columns (pair_id, provenance, and the image path as `image_path`: TRL
-takes a column named `image` for the image itself), so a round trip through the export restores every pair
-exactly. Imports accept either form; images that arrive as pixels are written once under `<root>/imported/` and
-referenced by path.
+train on the file alone) plus our own columns (pair_id, provenance, `task`, and the image path as `image_path`:
+TRL takes a column named `image` for the image itself), so a round trip through the export restores every pair
+exactly. Imports accept either form (rows without `task`, TRL's own or older exports, are captions); images
+that arrive as pixels are written once under `<root>/imported/` and referenced by path.
 
 The annotation app (see annotate/) writes judgement records; `pairs_from_judgements` turns them into human
 pairs. A judgement:
-    {"judgement_id", "annotator", "image_id", "image", "prompt", "grounding", "a", "b",
+    {"judgement_id", "annotator", "image_id", "image", "prompt", "grounding", "task", "a", "b",
      "choice": "a" | "b" | "tie" | "both_bad", "edit": str | null, "time": iso8601}
+`task` is the judged pair's task ("caption" | "vqa"), which its pairs keep; records written before it read as
+"caption".
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import json
 from pathlib import Path
 
 from ..images import resolve_image
-from .dataset import COLUMNS, MAX_CHARS, Rejections, _content, make_pair, validate_pair
+from .dataset import COLUMNS, MAX_CHARS, TASKS, Rejections, _content, make_pair, validate_pair
 
 EXTRA_COLUMNS = [c for c in COLUMNS if c not in ("prompt", "chosen", "rejected")]
 # TRL reads a column named "image" as the example's (single) image and prefers it over "images", so the
@@ -263,8 +265,12 @@ def pairs_from_judgements(judgements: list[dict], rejections: Rejections | None 
         if missing:  # one bad record must not sink the others
             rejections.add("malformed_judgement", where, f"missing {missing}")
             continue
+        task = j.get("task") or "caption"  # judgements from before the field are of caption pairs
+        if task not in TASKS:  # make_pair would raise, sinking every other record
+            rejections.add("unknown_task", where, task)
+            continue
         base = dict(image_id=j.get("image_id") or Path(j["image"]).stem, image=j["image"], prompt=j["prompt"],
-                    grounding=j.get("grounding"), source="human", annotator=j.get("annotator"))
+                    grounding=j.get("grounding"), source="human", annotator=j.get("annotator"), task=task)
         if j.get("choice") in ("a", "b"):
             w, l_ = (j["a"], j["b"]) if j["choice"] == "a" else (j["b"], j["a"])
             out.append(make_pair(chosen=w, rejected=l_, kind="human", **base))
