@@ -95,3 +95,26 @@ def test_eval_notebook_tables_and_logratio_view(pipeline_run, monkeypatch, tmp_p
     assert view.count('<img alt="pair image"') == 3 and view.count("<b>prompt</b>") == 3
     assert view.count("per-token log-ratios:   0%") == 1 and "it/s]" in view  # one progress bar, updated in place
     assert "Loading weights" not in view and "TqdmWarning" not in view
+    vqa = [t for s, t, _ in cells if "vqa_table" in s][0]  # the robot's questions: accuracy per family, POPE both ways
+    assert "accuracy counting" in vqa and "accuracy overall" in vqa and "pope_f1 (no_context)" in vqa
+    examples = [(t, n) for s, t, n in cells if "show_answers" in s][0]
+    assert "questions;" in examples[0] and examples[1] >= 1  # at least one judged example, drawn
+
+
+def test_answer_figure_shows_each_models_judged_answer(pipeline_run):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from vlm_dpo import explore
+
+    _, out, _ = pipeline_run
+    qa = explore.vqa_frame(out)
+    assert {"sft", "dpo"} <= {c[len("verdict_"):] for c in qa.columns if c.startswith("verdict_")}
+    assert qa["image"].notna().all() and qa.groupby(["image_id", "family"]).size().max() == 1
+    row = qa.iloc[0]
+    fig = explore.show_answers(row, explore.image_root_of(out), explore.pair_boxes(out), models=["sft", "dpo"])
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any(row["question"] in t for t in texts)
+    assert f"SFT ({row['verdict_sft']}):\n{row['answer_sft']}" in texts
+    assert f"DPO ({row['verdict_dpo']}):\n{row['answer_dpo']}" in texts
+    assert any(t.startswith("GT ") for t in texts)  # the image's ground-truth boxes

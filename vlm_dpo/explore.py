@@ -12,6 +12,9 @@
     token_logratios(policy, ref, ...)     per-token log pi - log ref of a caption (models loaded once, cached)
     logratio_view(run, rows)              image + prompt + coloured chosen/rejected tokens, one progress bar
     logratio_html(tokens, values)         those values as coloured text (which words did DPO move?)
+    vqa_frame(run) / vqa_table(run)       the robot's questions: each model's answer and verdict per question;
+                                          accuracy per family with intervals, false premise, yes-ratio, POPE
+    show_answers(row, root, boxes=...)    the image with boxes, the question and each model's judged answer
 """
 
 from __future__ import annotations
@@ -115,16 +118,12 @@ def pair_boxes(run: str | Path | RunFolder) -> dict:
     return {"truth": truth, "detections": dets, "min_score": cfg.ground.min_score}
 
 
-def show_pair(row, root: str | Path, boxes: dict | None = None):
-    """A matplotlib figure: the image with labelled boxes (ground truth in green "GT colour label", the
-    detector's in orange "det label score", only those at or above the context's threshold), and the pair's
-    text beside it with the objects the judge flagged in the rejected caption."""
-    import matplotlib.pyplot as plt
+def _draw_image_and_boxes(ax, row, root: str | Path, boxes: dict) -> None:
+    """The row's image on `ax` with ground truth (green) and the detections at or above the context's threshold
+    (orange, dashed), labelled, and their legend."""
     from matplotlib.patches import Patch, Rectangle
     from PIL import Image
 
-    boxes = boxes or {}
-    fig, (ax, tx) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 1.5]})
     with Image.open(Path(root) / row["image"]) as im:
         ax.imshow(im.convert("RGB"))
     thr = boxes.get("min_score", 0.5)
@@ -146,6 +145,16 @@ def show_pair(row, root: str | Path, boxes: dict | None = None):
                        Patch(edgecolor=DET_COLOUR, fill=False, ls="--", label=f"detector (score >= {thr:g})")],
               loc="upper center", bbox_to_anchor=(0.5, -0.01), fontsize=7, ncol=2, frameon=False)
     ax.axis("off")
+
+
+def show_pair(row, root: str | Path, boxes: dict | None = None):
+    """A matplotlib figure: the image with labelled boxes (ground truth in green "GT colour label", the
+    detector's in orange "det label score", only those at or above the context's threshold), and the pair's
+    text beside it with the objects the judge flagged in the rejected caption."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax, tx) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 1.5]})
+    _draw_image_and_boxes(ax, row, root, boxes or {})
     tx.axis("off")
     flagged = row.get("rejected_hallucinated") or ""
     tx.text(0, 1, f"{row['source']} / {row['kind']}   margin {row['margin']}\n\n{row['prompt']}", va="top",
@@ -194,6 +203,72 @@ def metrics_table(run: str | Path | RunFolder, digits: int = 3):
         return f"{v:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
 
     return pd.DataFrame({name: {k: cell(mm, k) for k in keys if k in mm} for name, mm in m.items()})
+
+
+def vqa_frame(run: str | Path | RunFolder, models: list[str] | None = None):
+    """The robot's questions of the run's evaluation (eval/<model>.vqa.jsonl, eval/vqa.py), one row per question:
+    image_id, image (file under the image root), family, question, expected, and per model answer_<m> and
+    verdict_<m> side by side. models: default every model with answers, in metrics.json's order."""
+    import pandas as pd
+
+    from .config import load_config
+
+    run = open_run(run)
+    split = load_config(run.config).eval.split
+    files = {r["image_id"]: r.get("file") for r in read_jsonl(run.detections(split)) if "image_id" in r}
+    if models is None:
+        order = list(json.loads(run.metrics.read_text())["models"]) if run.metrics.exists() else []
+        found = {p.name[: -len(".vqa.jsonl")] for p in run.eval.glob("*.vqa.jsonl")}
+        models = [m for m in order if m in found] + sorted(found - set(order))
+    rows: dict[tuple[str, str], dict] = {}
+    for m in models:
+        for r in read_jsonl(run.eval / f"{m}.vqa.jsonl"):
+            row = rows.setdefault((r["image_id"], r["family"]), {
+                "image_id": r["image_id"], "image": files.get(r["image_id"]), "family": r["family"],
+                "question": r["question"], "expected": r["expected"]})
+            row[f"answer_{m}"], row[f"verdict_{m}"] = r["answer"], r["verdict"]
+    return pd.DataFrame(list(rows.values()))
+
+
+def vqa_table(run: str | Path | RunFolder, digits: int = 2):
+    """Per model: accuracy per question family as "value [lo, hi]" (95% bootstrap over images), false-premise
+    rejection, yes-ratio, and POPE F1 (adversarial) with and without the grounding context."""
+    import pandas as pd
+
+    m = json.loads(open_run(run).metrics.read_text())["models"]
+
+    def column(v):
+        col = {f"accuracy {f}": f"{a:.{digits}f}" + (f" [{c[0]:.{digits}f}, {c[1]:.{digits}f}]" if (
+            c := (v.get("ci") or {}).get(f)) else "") for f, a in v["accuracy"].items() if a is not None}
+        for k in ("false_premise_rejection", "yes_ratio"):
+            col[k] = "–" if v.get(k) is None else f"{v[k]:.{digits}f}"
+        for ctx, f1 in (v.get("pope_f1_by_context") or {"grounded": v.get("pope_f1")}).items():
+            col[f"pope_f1 ({ctx})"] = "–" if f1 is None else f"{f1:.{digits}f}"
+        return col
+
+    return pd.DataFrame({name: column(mm["vqa"]) for name, mm in m.items() if mm.get("vqa")})
+
+
+VERDICT_COLOUR = {"correct": "#1a7f37"}  # every other verdict (wrong, refused_wrongly, ...) in red
+
+
+def show_answers(row, root: str | Path, boxes: dict | None = None, models: list[str] | None = None):
+    """A matplotlib figure: the image with labelled boxes (as show_pair), and beside it the question, the answer
+    the truth warrants, and each model's answer with its verdict (green when correct)."""
+    import matplotlib.pyplot as plt
+
+    models = models or [c[len("answer_"):] for c in row.index if c.startswith("answer_")]
+    fig, (ax, tx) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 1.5]})
+    _draw_image_and_boxes(ax, row, root, boxes or {})
+    tx.axis("off")
+    tx.text(0, 1, f"{row['family']}\n\n{row['question']}\nexpected: {row['expected']}", va="top", wrap=True,
+            fontsize=9, family="monospace")
+    for i, m in enumerate(models):
+        verdict = row[f"verdict_{m}"]
+        tx.text(0, 0.6 - 0.2 * i, f"{m.upper()} ({verdict}):\n{row[f'answer_{m}']}", va="top", wrap=True,
+                fontsize=9, family="monospace", color=VERDICT_COLOUR.get(verdict, "#cf222e"))
+    fig.tight_layout()
+    return fig
 
 
 def progress_bar(*args, **kwargs):
