@@ -9,9 +9,10 @@ import pytest
 
 from vlm_dpo import ask
 from vlm_dpo.config import ConfigError, load_config
+from vlm_dpo.judge import Vocabulary
 from vlm_dpo.records import read_jsonl
 from vlm_dpo.run import RunFolder
-from vlm_dpo.vqa.answers import VERDICTS
+from vlm_dpo.vqa.answers import VERDICTS, judged
 from vlm_dpo.vqa.questions import FAMILIES
 
 
@@ -46,3 +47,74 @@ def test_ask_config_errors():
         load_config(None, ["ask.truth=oracle"])
     with pytest.raises(ConfigError, match="ask.families"):
         load_config(None, ["ask.families=[existence,weather]"])
+
+
+def test_sampled_answers_are_judged_and_resume_to_the_same_ones(tiny_cfg, tmp_path, monkeypatch):
+    """ask.n_samples: every record carries its sampled answers, each judged as the greedy one is; batches are
+    seeded by their index, so a run killed mid-way resumes to exactly the uninterrupted run's file."""
+    tiny_cfg.ask.n_samples, tiny_cfg.ask.batch_size, tiny_cfg.ask.limit = 3, 4, 8
+    full = list(read_jsonl(ask.run(tiny_cfg, RunFolder.setup(tiny_cfg), "train", progress=False)["answers"]))
+    assert len(full) > tiny_cfg.ask.batch_size  # more than one batch
+    vocab = Vocabulary.world()
+    for r in full:
+        assert len(r["samples"]) == 3
+        assert r["samples"] == [judged(r, s["answer"], vocab) for s in r["samples"]]
+    assert any(s["answer"] != r["answer"] for r in full for s in r["samples"])  # sampled, not greedy
+
+    real, calls = ask.answer, []
+
+    def dying(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt  # killed during the second batch
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    tiny_cfg.out = str(tmp_path / "resumed")
+    monkeypatch.setattr(ask, "answer", dying)
+    with pytest.raises(KeyboardInterrupt):
+        ask.run(tiny_cfg, RunFolder.setup(tiny_cfg), "train", progress=False)
+    assert len(list(read_jsonl(tmp_path / "resumed" / "vqa" / "train.jsonl.partial"))) == tiny_cfg.ask.batch_size
+    monkeypatch.setattr(ask, "answer", real)
+    assert list(read_jsonl(ask.run(tiny_cfg, RunFolder.setup(tiny_cfg), "train", progress=False)["answers"])) == full
+
+    # another n_samples is another file: redone, not reused
+    tiny_cfg.ask.n_samples = 1
+    rows = list(read_jsonl(ask.run(tiny_cfg, RunFolder.setup(tiny_cfg), "train", progress=False)["answers"]))
+    assert [len(r["samples"]) for r in rows] == [1] * len(full)
+
+
+def test_sampling_settings_count_only_when_sampling():
+    settings = {name: ask.ask_settings("m", [], cfg)["ask"] for name, cfg in [
+        ("greedy", ask.AskConfig()), ("greedy_hot", ask.AskConfig(temperature=0.5)),
+        ("sampled", ask.AskConfig(n_samples=2)), ("sampled_hot", ask.AskConfig(n_samples=2, temperature=0.5))]}
+    assert settings["greedy"] == settings["greedy_hot"] and "n_samples" not in settings["greedy"]
+    assert len({json.dumps(s, sort_keys=True) for s in settings.values()}) == 3
+    with pytest.raises(ConfigError, match="ask.temperature"):
+        load_config(None, ["ask.temperature=0"])
+    with pytest.raises(ConfigError, match="ask.n_samples"):
+        load_config(None, ["ask.n_samples=-1"])
+
+
+def test_cli_ask_with_samples_then_pairs_mined_from_them(tiny_cache, tmp_path):
+    """Issue #17's path: `vlm-dpo ask ... ask.n_samples=4` then `vlm-dpo pairs ... pairs.answers=<its file>`: the
+    answers' mined pairs are the dataset's "vqa" task, beside the caption pairs of the same run."""
+    from tiny_config import TINY_OVERRIDES
+
+    from vlm_dpo.cli import main
+    from vlm_dpo.pairs.dataset import load_pairs
+    from vlm_dpo.vqa.mine import VqaMineConfig, mine_answers
+
+    run = tmp_path / "run"
+    common = [*TINY_OVERRIDES, f"cache_dir={tiny_cache}", f"out={run}", "data.split=train", "--quiet"]
+    assert main(["ask", *common, "ask.n_samples=4", "ask.truth=detections"]) == 0
+    answers = run / "vqa" / "train.jsonl"
+    records = list(read_jsonl(answers))
+    assert records and all(len(r["samples"]) == 4 for r in records)
+    assert main(["pairs", *common, f"pairs.answers={answers}"]) == 0
+    stats = json.loads((run / "pairs" / "stats.json").read_text())
+    vqa = [p for p in load_pairs(run / "pairs" / "pairs.parquet") if p["task"] == "vqa"]
+    expected = [p for r in records for p in mine_answers(r, VqaMineConfig())]
+    assert sorted(p["pair_id"] for p in vqa) == sorted(p["pair_id"] for p in expected) and vqa
+    assert stats["by_task"]["vqa"] == len(vqa) and stats["by_task"]["caption"] > 0
+    assert sum(n for k, n in stats["by_kind"].items() if k.startswith("vqa_mined_")) == len(vqa)
+    assert all(p["source"] == "mined" and isinstance(p["boxes"], list) for p in vqa)  # the run's detections

@@ -1,7 +1,8 @@
 """Ask: the robot's questions about each image, answered by a VLM and judged (issue #17's question stage).
 
     image -> detections -> questions (vqa/questions.py) -> prompt (question + grounding context, configurable)
-          -> greedy answer -> parsed and judged (vqa/answers.py) -> <out>/vqa/<split>.jsonl + .metrics.json
+          -> greedy answer (+ ask.n_samples sampled ones) -> parsed and judged (vqa/answers.py)
+          -> <out>/vqa/<split>.jsonl + .metrics.json
 
 What the answers are judged against (`ask.truth`):
     detections  the detector's confident detections (score >= ground.min_score), the same facts the grounding
@@ -9,8 +10,12 @@ What the answers are judged against (`ask.truth`):
                 does not give: they are asked only against the world's ground truth.
     world       the embedded world's annotations of the split (kinds, colours, boxes): for evaluation.
 One record per question: {qid, image_id, file, family, question, prompt, grounding, label, other, expected,
-answer, answer_kind, verdict}; the metrics file holds vqa/metrics.py's summary. Resumable like describe (batches
-of questions, a finished file is reused while the model, images and settings are unchanged).
+answer, answer_kind, verdict, samples}, the greedy answer's reading and verdict at the top and each sampled answer
+judged alike in `samples`: [{answer, answer_kind, verdict}, ...] (empty without ask.n_samples). The samples are
+what `vlm-dpo pairs` mines VQA pairs from (pairs.answers, vqa/mine.py); the metrics file holds vqa/metrics.py's
+summary of the greedy answers. Resumable like describe (batches of questions, each sampled under the seed of its
+index, so a resumed run samples what an uninterrupted one would; a finished file is reused while the model,
+images and settings are unchanged).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .checks import FieldValueError, at_least
+from .checks import FieldValueError, at_least, positive
 from .ground import PromptConfig, grounding_text, prompt_text
 from .images import DataError, image_items, open_image
 from .keys import images_fingerprint, key, model_fingerprint
@@ -41,13 +46,17 @@ class AskConfig:
     grounded: bool = True  # the grounding context after the question, as captions have it
     truth: str = "detections"  # detections | world (see the module docstring)
     max_new_tokens: int = 16
+    # Sampled answers per question besides the greedy one, each judged: the candidates of mined VQA pairs.
+    n_samples: int = 0
+    temperature: float = 1.0  # of the sampled answers
     batch_size: int = 32  # questions per generate call
     limit: int = 0  # 0 = every image of the split
-    seed: int = 0  # which phrasing and which kinds each image is asked about
+    seed: int = 0  # which phrasing and which kinds each image is asked about, and the sampled answers
 
     def __post_init__(self) -> None:
         at_least(self, 1, "batch_size", "max_new_tokens")
-        at_least(self, 0, "limit")
+        at_least(self, 0, "limit", "n_samples")
+        positive(self, "temperature")
         if self.truth not in TRUTHS:
             raise FieldValueError("truth", f"must be one of {', '.join(TRUTHS)}, got {self.truth!r}")
         unknown = [f for f in self.families if f not in FAMILIES]
@@ -85,31 +94,43 @@ def question_items(cfg, split: str, detections_path: Path, vocab_labels: list[st
 
 
 def answer(model, processor, items: list[dict], cfg: AskConfig, vocab) -> list[dict]:
-    """Greedy answers to `items` (question_items), parsed and judged."""
+    """Greedy answers to `items` (question_items), and cfg.n_samples sampled ones, parsed and judged."""
     from .describe import generate_captions
 
     images = [open_image(it["path"]) for it in items]
-    texts = generate_captions(model, processor, images, [it["prompt"] for it in items],
-                              max_new_tokens=cfg.max_new_tokens, do_sample=False, n=1)
+    prompts = [it["prompt"] for it in items]
+    greedy = generate_captions(model, processor, images, prompts, max_new_tokens=cfg.max_new_tokens,
+                               do_sample=False, n=1)
+    samples = (generate_captions(model, processor, images, prompts, max_new_tokens=cfg.max_new_tokens,
+                                 do_sample=True, n=cfg.n_samples, temperature=cfg.temperature)
+               if cfg.n_samples else [[] for _ in items])
     return [{k: it[k] for k in ("qid", "image_id", "file", "family", "question", "prompt", "grounding", "label",
-                                "other", "expected")} | judged(it, text, vocab) for it, (text,) in zip(items, texts)]
+                                "other", "expected")} | judged(it, text, vocab)
+            | {"samples": [judged(it, t, vocab) for t in sampled]}
+            for it, (text,), sampled in zip(items, greedy, samples)]
 
 
 def ask_settings(model_id: str, items: list[dict], cfg: AskConfig) -> dict:
-    return {"model": model_fingerprint(model_id), "ask": asdict(cfg),
+    """What shapes an answers file. The sampling settings count only when sampling (n_samples > 0), so greedy
+    files written before the settings existed are reused, and a temperature that samples nothing redoes none."""
+    ask = {k: v for k, v in asdict(cfg).items() if cfg.n_samples or k not in ("n_samples", "temperature")}
+    return {"model": model_fingerprint(model_id), "ask": ask,
             "items": key([(it["qid"], it["prompt"], json.dumps(it["expected"])) for it in items]),
             "images": images_fingerprint(list({it["image_id"]: it for it in items}.values()))}
 
 
 def ask_to_jsonl(model, processor, items: list[dict], cfg: AskConfig, vocab, out_path: Path, settings: dict,
                  progress: bool = True) -> Path:
+    import torch
+
     with ResumableJsonl(out_path, key="qid", settings=settings) as w:
         if w.finished:
             return out_path
-        for _, chunk in tqdm(batches(items, cfg.batch_size), desc="ask", disable=not progress):
+        for bi, chunk in tqdm(batches(items, cfg.batch_size), desc="ask", disable=not progress):
             if all(it["qid"] in w.done for it in chunk):
                 continue
-            w.write_many(answer(model, processor, chunk, cfg, vocab))  # greedy: no seed to set
+            torch.manual_seed(cfg.seed * 1_000_003 + bi)  # the batch's samples, whatever ran before (describe's rule)
+            w.write_many(answer(model, processor, chunk, cfg, vocab))
     return out_path
 
 

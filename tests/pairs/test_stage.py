@@ -14,6 +14,7 @@ from vlm_dpo.pairs.dataset import load_pairs, resolve_image
 from vlm_dpo.pairs.mine import MineConfig
 from vlm_dpo.pairs.stage import PairsConfig, build_pairs
 from vlm_dpo.records import write_jsonl_atomic
+from vlm_dpo.vqa.mine import VqaMineConfig
 from vlm_dpo.world import reference_caption
 
 from .conftest import IMAGE_SIZE
@@ -245,3 +246,68 @@ def test_vqa_pairs_join_the_caption_pairs_at_the_configured_ratio(stage_inputs, 
     old = tmp_path / "old.jsonl"
     old.write_text(json.dumps({k: v for k, v in pairs[0].items() if k != "task"}) + "\n")
     assert load_pairs(old)[0]["task"] == "caption"
+
+
+def _ask_records(scenes) -> list[dict]:
+    """`vlm-dpo ask` records (ask.n_samples=3) about scenes 0 and 3: is there a <kind> there (yes), judged."""
+    from vlm_dpo.vqa.answers import judged
+
+    recs = []
+    for s in (scenes[0], scenes[3]):
+        label = s.objects[0].label
+        q = {"qid": f"{s.image_id}/existence", "image_id": s.image_id, "file": f"images/{s.image_id}.png",
+             "family": "existence", "question": f"Is there a {label}?", "prompt": f"Is there a {label}? Detected: x.",
+             "grounding": "Detected: x.", "label": label, "other": "", "expected": "yes"}
+        recs.append(q | judged(q, "No.", VOCAB) | {"samples": [judged(q, t, VOCAB) for t in ("Yes.", "No.", "")]})
+    return recs
+
+
+def test_mined_vqa_pairs_from_judged_answers(stage_inputs, tmp_path):
+    """pairs.answers: each ask record's correct answer over its wrong one joins the dataset as a mined "vqa" pair
+    (boxes from the detections file when it has the image), split with its image's caption pairs; the file's
+    content is part of the stage key."""
+    root, scenes = stage_inputs
+    write_jsonl_atomic(root / "answers.jsonl", _ask_records(scenes))
+    base = build_pairs(_config(root), tmp_path / "base", progress=False)
+    stats = build_pairs(replace(_config(root), answers=str(root / "answers.jsonl")), tmp_path / "vqa", progress=False)
+    pairs = load_pairs(tmp_path / "vqa" / "pairs.parquet")
+    vqa = sorted((p for p in pairs if p["task"] == "vqa"), key=lambda p: p["image_id"])
+    assert [(p["image_id"], p["chosen"], p["rejected"], p["kind"], p["source"]) for p in vqa] == [
+        (scenes[0].image_id, "Yes.", "No.", "vqa_mined_wrong", "mined"),
+        (scenes[3].image_id, "Yes.", "No.", "vqa_mined_wrong", "mined")]
+    assert stats["by_task"] == {"caption": base["pairs"], "vqa": 2} and stats["by_kind"]["vqa_mined_wrong"] == 2
+    assert stats["by_source"]["mined"] == base["by_source"]["mined"] + 2
+    assert vqa[0]["boxes"] == [[round(v, 1) for v in o.box] for o in scenes[0].objects]
+    assert vqa[1]["boxes"] is None  # scene 3 is not in the detections file
+    assert vqa[0]["scores"] == {"chosen": {"answer_kind": "yes", "verdict": "correct"},
+                                "rejected": {"answer_kind": "no", "verdict": "wrong"}}
+    assert all(p["grounding"] == "Detected: x." and p["prompt"].endswith(p["grounding"]) for p in vqa)
+    split = {}
+    for p in pairs:
+        assert split.setdefault(p["image_id"], p["split"]) == p["split"]
+    # another answers file (same name) rebuilds, and so do other mining settings
+    write_jsonl_atomic(root / "answers.jsonl", _ask_records(scenes)[:1])
+    again = build_pairs(replace(_config(root), answers=str(root / "answers.jsonl")), tmp_path / "vqa", progress=False)
+    assert again["key"] != stats["key"] and again["by_task"]["vqa"] == 1
+    two = replace(_config(root), answers=str(root / "answers.jsonl"), vqa_mine=VqaMineConfig(max_pairs_per_question=2))
+    assert build_pairs(two, tmp_path / "vqa", progress=False)["key"] != again["key"]
+    # without answers the mining settings shape nothing: the key of runs made before they existed is kept
+    assert build_pairs(replace(two, answers=""), tmp_path / "base", progress=False)["key"] == base["key"]
+
+
+@pytest.mark.parametrize("change,error", [
+    ({"file": "../elsewhere/images/x.png"}, r"image '\.\./elsewhere/images/x\.png' is not a file under the image root"),
+    ({"file": "images/no-such.png"}, r"image 'images/no-such\.png' is not a file under the image root"),
+    ({"verdict": None}, r"lacks \['verdict'\]; not a record of `vlm-dpo ask`"),
+])
+def test_answers_of_another_image_root_are_an_error_naming_the_record(stage_inputs, tmp_path, change, error):
+    from vlm_dpo.images import DataError
+    from vlm_dpo.records import RecordError
+
+    root, scenes = stage_inputs
+    good, bad = _ask_records(scenes)
+    bad = {k: v for k, v in (bad | change).items() if v is not None}
+    write_jsonl_atomic(root / "answers.jsonl", [good, bad])
+    with pytest.raises((DataError, RecordError), match=rf"answers\.jsonl:2 \(question {bad['qid']}\): {error}"):
+        build_pairs(replace(_config(root), answers=str(root / "answers.jsonl")), tmp_path / "pairs", progress=False)
+    assert not (tmp_path / "pairs" / "stats.json").exists()

@@ -1,4 +1,5 @@
-"""`vlm-dpo pairs`: captions + the judge's detections (+ imports, + annotation judgements) -> one pair dataset.
+"""`vlm-dpo pairs`: captions + the judge's detections (+ judged answers, + imports, + annotation judgements) -> one
+pair dataset.
 
 Writes, under the pairs folder:
     pairs.parquet      the dataset (datasets/parquet; images by path, relative to the image root)
@@ -14,7 +15,7 @@ import copy
 import json
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -28,6 +29,7 @@ from ..keys import key as stage_key
 from ..keys import path_fingerprint
 from ..records import read_jsonl, write_text_atomic
 from ..run import RunFolder
+from ..vqa.mine import VqaMineConfig, mine_answers, read_answers
 from .dataset import MAX_CHARS, Rejections, dedupe, finite_json, save_pairs, split_by_image, statistics, validate_pair
 from .io import import_pairs, pairs_from_judgements
 from .mine import Cooccurrence, MineConfig, SyntheticContext, context_pairs, mine_image, synthetic_pairs
@@ -51,6 +53,10 @@ class PairsConfig:
     # 0.5 = one VQA pair for every two caption pairs (a seeded draw from one question per family and image).
     vqa_ratio: float = 0.0
     vqa_grounded: bool = True  # the grounding context after the question, as the captions' prompts have it
+    # Judged answers of `vlm-dpo ask` (<out>/vqa/<split>.jsonl, best with ask.n_samples > 0): mined VQA pairs (task
+    # "vqa", a correct answer over a wrong one, vlm_dpo/vqa/mine.py) join the dataset. "" = none.
+    answers: str = ""
+    vqa_mine: VqaMineConfig = field(default_factory=VqaMineConfig)
     # Longest prompt / chosen / rejected text (characters) a pair may have; longer pairs (a runaway caption in an
     # import) are skipped and counted as "too_long". 0 = no limit.
     max_chars: int = MAX_CHARS
@@ -102,19 +108,31 @@ def _vqa_share(cfg: PairsConfig, caption_recs: list[dict], dets: dict, vocab, co
     return [p for i, p in enumerate(candidates) if i in keep]
 
 
+def _answer_pairs(cfg: PairsConfig, root: Path, dets: dict) -> list[dict]:
+    """The VQA pairs mined from pairs.answers; boxes from the detections file when it has the record's image."""
+    pairs = []
+    for rec in read_answers(cfg.answers, root):
+        det = dets.get(rec["image_id"])
+        same = det is not None and not det.get("error") and det.get("file") == rec["file"]
+        pairs += mine_answers(rec, cfg.vqa_mine, boxes=[d["box"] for d in det["detections"]] if same else None)
+    return pairs
+
+
 def build_pairs(cfg: PairsConfig, out_dir: str | Path, *, ground: GroundingConfig | None = None,
                 prompt: PromptConfig | None = None, progress: bool = True) -> dict:
     """Mine + synthesise + import pairs; returns the statistics (also in stats.json)."""
     out_dir = Path(out_dir)
     root = Path(cfg.image_root).resolve()
-    inputs = [p for p in (cfg.captions, cfg.detections, *cfg.imports, *cfg.judgements) if p]
+    inputs = [p for p in (cfg.captions, cfg.detections, cfg.answers, *cfg.imports, *cfg.judgements) if p]
     if cfg.vocabulary.lower().endswith(VOCABULARY_FILE_SUFFIXES):
         inputs.append(cfg.vocabulary)  # an edited vocabulary file judges differently: part of the key
     ground = ground or GroundingConfig()
     prompt = prompt or PromptConfig()
     # The grounding and prompt configs shape the context pairs' prompts, so they are part of the key too;
-    # inputs count by content, so a rewritten but equal file does not rebuild.
-    key = stage_key(cfg, ground, prompt, [(p, path_fingerprint(p)) for p in inputs])
+    # inputs count by content, so a rewritten but equal file does not rebuild. Without answers the answer
+    # settings shape nothing: left out, so runs made before they existed keep their key (and their DPO stage).
+    shaping = {k: v for k, v in asdict(cfg).items() if cfg.answers or k not in ("answers", "vqa_mine")}
+    key = stage_key(shaping, ground, prompt, [(p, path_fingerprint(p)) for p in inputs])
     stats_path = out_dir / "stats.json"
     if stats_path.exists() and (out_dir / "pairs.parquet").exists():
         old = json.loads(stats_path.read_text())
@@ -123,8 +141,9 @@ def build_pairs(cfg: PairsConfig, out_dir: str | Path, *, ground: GroundingConfi
 
     rejections = Rejections()
     pairs: list[dict] = []
+    needed = cfg.detections and (cfg.captions or cfg.answers)
+    dets = {r["image_id"]: r for r in read_jsonl(cfg.detections)} if needed else {}
     if cfg.captions:
-        dets = {r["image_id"]: r for r in read_jsonl(cfg.detections)} if cfg.detections else {}
         caption_recs = list(read_jsonl(cfg.captions))
         vocab = resolve_vocabulary(cfg.vocabulary, list(dets.values()))
         cooc = Cooccurrence([[vocab.canonical(d["label"]) or d["label"] for d in r["detections"]
@@ -150,6 +169,8 @@ def build_pairs(cfg: PairsConfig, out_dir: str | Path, *, ground: GroundingConfi
                                        ground, prompt, cfg.mine, ctx, rec["file"])
         if cfg.vqa_ratio:
             pairs += _vqa_share(cfg, caption_recs, dets, vocab, cooc, n_caption=len(pairs))
+    if cfg.answers:
+        pairs += _answer_pairs(cfg, root, dets)
     for path in cfg.imports:
         pairs += import_pairs(path, root, rejections=rejections, max_chars=cfg.max_chars)
     for path in cfg.judgements:
