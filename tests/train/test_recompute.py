@@ -114,3 +114,29 @@ def test_frozen_layers_are_not_checkpointed():
               and hasattr(m, "_gradient_checkpointing_func")}
     assert not any(on for n, on in layers.items() if n.startswith("model.vision_model")), layers
     assert any(on for n, on in layers.items() if not n.startswith("model.vision_model")), layers
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_a_frozen_vision_tower_stays_out_of_autograd(full):
+    """transformers' checkpointing hook makes the patch embeddings' output require grad; with a frozen tower that
+    made autograd save the tower's activations and run its backward. After skip_frozen_layers nothing in the tower
+    requires grad, the decoder still trains, and the gradients are those of storing every activation."""
+    from vlm_dpo.train.recompute import skip_frozen_layers
+
+    model, processor = BUILDERS["idefics3"]()
+    model = copy.deepcopy(model)
+    model.train()
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith("model.vision_model"))
+    batch = _pairs(processor, model)
+    stored = _param_grads(model, batch)
+    enable_recompute(model, full=full, selective=not full)
+    seen = []
+    hook = model.model.vision_model.encoder.layers[-1].register_forward_hook(
+        lambda m, i, o: seen.append((o[0] if isinstance(o, tuple) else o).requires_grad))
+    skip_frozen_layers(model)
+    grads = _param_grads(model, batch)
+    hook.remove()
+    assert seen and not any(seen)
+    assert grads.keys() == stored.keys() and not any(k.startswith("model.vision_model") for k in grads)
+    _assert_grads_close(grads, stored, rel=1e-6)

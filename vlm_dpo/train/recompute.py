@@ -7,8 +7,13 @@
   multiplications and of attention, and recomputes everything else in backward: norms, RoPE, the K/V head
   repetition of grouped-query attention, the MLP's activation and product, residual adds ("selective activation
   checkpointing", as torchtitan applies it per op). Measured with bench/dpo_step.py (bench/README.md): at the
-  small shape 14% less peak memory for ~10% more step time; at SmolVLM-256M's shape with a frozen vision tower
-  *more* memory and a slower step, not understood yet. Hence off by default.
+  small shape 14% less peak memory for ~10% more step time.
+
+transformers' checkpointing hook also makes the output of every sub-model's input embeddings require grad
+(`enable_input_require_grads`, for reentrant checkpointing and adapters), the vision tower's patch embeddings
+included: with a frozen tower, autograd then saved the whole tower's activations and ran its backward for a gradient
+nobody reads (at SmolVLM-256M's shape 25% more peak memory and a 1.6x slower step). Our checkpointing is
+non-reentrant, which needs no input that requires grad, so `skip_frozen_layers` removes those hooks.
 
 The numbers do not change: recomputed ops are rerun on the same inputs (dropout's RNG state is restored by
 torch.utils.checkpoint), so losses and gradients equal the stored-activation run (tests/train/test_recompute.py).
@@ -75,7 +80,12 @@ def enable_recompute(model, *, full: bool, selective: bool) -> str:
 def skip_frozen_layers(model) -> int:
     """Switch checkpointing off again in layers with no trainable parameter (a frozen vision tower): nothing flows
     back through them, so there is nothing to save memory for, while the checkpoint would still hold its cache of
-    their outputs for the whole step. Call after freezing. Returns how many layers were switched off."""
+    their outputs for the whole step. Also remove transformers' input-require-grad hooks (see the module
+    docstring): they would pull a frozen tower into autograd. Call after freezing (and after wrapping in adapters,
+    which may add the hooks again). Returns how many layers were switched off."""
+    for module in model.modules():
+        if getattr(module, "_require_grads_hooks", None):
+            module.disable_input_require_grads()
     off = 0
     for module in model.modules():
         if getattr(module, "gradient_checkpointing", False) and not any(p.requires_grad for p in module.parameters()):
