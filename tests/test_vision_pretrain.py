@@ -290,3 +290,71 @@ def test_ensure_vlm_pretrains_the_tower_before_sft_and_reports_it(tmp_path):
     tower = load_file(vp["weights"])
     got = AutoModelForImageTextToText.from_pretrained(meta["model"]).model.vision_model.state_dict()
     assert all(torch.equal(got[k], tower[k]) for k in tower)
+
+
+def _sft_questions(data, n):
+    """(index, example, the question dict it asks) for the first n examples that are robot questions."""
+    from vlm_dpo.vqa.questions import make_questions
+
+    w = data.cfg.world
+    out = []
+    for i in range(n):
+        ex = data.example(i)
+        scene = sample_scene(w.seed, "sft", i, image_size=w.image_size, min_objects=w.min_objects,
+                             max_objects=w.max_objects, max_overlap=w.max_overlap).to_dict()
+        qs = {q["question"]: q for q in make_questions(scene["objects"], list(KINDS), f"sft-{i}",
+                                                      width=scene["width"], seed=data.cfg.vlm.sft.seed, cooc=data.cooc)}
+        asked = [q for text, q in qs.items() if ex.prompt.startswith(text)]
+        if asked:
+            out.append((i, ex, asked[0]))
+    return out
+
+
+def test_sft_robot_questions_share_draws_from_its_own_stream():
+    from vlm_dpo.embedded import WorldSFTData
+
+    plain = WorldSFTData(_cfg())
+    mixed = WorldSFTData(_cfg("vlm.sft.vqa_share=0.5"))
+    asked = {i for i, _, _ in _sft_questions(mixed, 60)}
+    assert 15 <= len(asked) <= 45 and not _sft_questions(plain, 60)
+    for i in range(60):  # every example that is not a robot question is exactly the example of share 0
+        if i not in asked:
+            a, b = plain.example(i), mixed.example(i)
+            assert (a.prompt, a.target) == (b.prompt, b.target)
+
+
+def test_sft_answers_carry_the_configured_biases():
+    from vlm_dpo.embedded import WorldSFTData
+    from vlm_dpo.judge import Vocabulary
+    from vlm_dpo.vqa.answers import judged
+    from vlm_dpo.vqa.questions import number_word
+
+    vocab = Vocabulary.world()
+    right = WorldSFTData(_cfg("vlm.sft.vqa_share=1.0", *(f"vlm.vqa_bias.{k}=0.0" for k in
+                                                        ("yes_bias", "over_count", "false_premise", "side", "listing"))))
+    rows = _sft_questions(right, 80)
+    assert len(rows) == 80 and len({q["family"] for _, _, q in rows}) == 6
+    assert all(judged(q, ex.target, vocab)["verdict"] == "correct" for _, ex, q in rows)
+
+    biased = WorldSFTData(_cfg("vlm.sft.vqa_share=1.0", *(f"vlm.vqa_bias.{k}=1.0" for k in
+                                                         ("yes_bias", "over_count", "false_premise", "side", "listing"))))
+    for _, ex, q in _sft_questions(biased, 80):
+        verdict = judged(q, ex.target, vocab)["verdict"]
+        if q["family"] == "existence":  # the yes-bias: absent kinds are said to be there, present ones too
+            assert ex.target == "yes.", (q, ex.target)
+        elif q["family"] == "false_premise":
+            assert verdict == "accepted_false_premise", (q, ex.target)
+        elif q["family"] == "colour":  # no bias configured for colours
+            assert verdict == "correct"
+        else:
+            assert verdict == "wrong", (q, ex.target)
+            if q["family"] == "counting":  # over-counting: one too many
+                assert ex.target == f"{number_word(q['expected'] + 1)}."
+
+
+def test_vlm_key_tracks_the_vqa_biases_only_when_questions_are_taught():
+    from vlm_dpo.embedded import vlm_key
+
+    assert vlm_key(_cfg("vlm.vqa_bias.over_count=0.9")) == vlm_key(_cfg())
+    assert vlm_key(_cfg("vlm.sft.vqa_share=0.3", "vlm.vqa_bias.over_count=0.9")) != vlm_key(
+        _cfg("vlm.sft.vqa_share=0.3"))

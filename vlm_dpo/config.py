@@ -44,6 +44,21 @@ class HallucinationConfig:
 
 
 @dataclass
+class VQABiasConfig:
+    """Systematic errors in the embedded VLM's SFT answers to the robot's questions (vlm.sft.vqa_share), the ones
+    real VLMs show and DPO's VQA pairs should fix (vqa/pairs.py wrong_answer makes each): the share of questions of
+    a family answered wrongly."""
+    yes_bias: float = 0.6  # existence: "yes." about an absent kind
+    over_count: float = 0.5  # counting: one too many
+    false_premise: float = 0.8  # answering as if the absent kind were there instead of refusing
+    side: float = 0.3  # spatial: the mirrored answer
+    listing: float = 0.4  # listing: a co-occurring absent kind added, or a present one left out
+
+    def __post_init__(self) -> None:
+        fraction(self, "yes_bias", "over_count", "false_premise", "side", "listing")
+
+
+@dataclass
 class SFTConfig:
     steps: int = 600
     batch_size: int = 32
@@ -57,6 +72,9 @@ class SFTConfig:
     false_detection: float = 0.1
     freeze_vision: bool = False  # keep the vision tower fixed during SFT (e.g. to keep a pretrained one intact)
     qa_share: float = 0.2  # share of examples that are POPE-style yes/no questions (so POPE can be asked)
+    # share of examples that are the robot's questions (vqa/questions.py), answered with vlm.vqa_bias's errors;
+    # 0 (default) gives exactly the examples of before (its own random stream)
+    vqa_share: float = 0.0
     seed: int = 0
     log_every: int = 50
 
@@ -64,7 +82,7 @@ class SFTConfig:
         at_least(self, 1, "steps", "batch_size", "log_every")
         at_least(self, 0, "warmup_steps", "weight_decay")
         positive(self, "lr")
-        fraction(self, "grounded_share", "detection_drop", "false_detection", "qa_share")
+        fraction(self, "grounded_share", "detection_drop", "false_detection", "qa_share", "vqa_share")
 
 
 @dataclass
@@ -77,6 +95,7 @@ class VLMConfig:
     spec: TinyVLMSpec = field(default_factory=TinyVLMSpec)
     sft: SFTConfig = field(default_factory=SFTConfig)
     hallucination: HallucinationConfig = field(default_factory=HallucinationConfig)
+    vqa_bias: VQABiasConfig = field(default_factory=VQABiasConfig)  # used when sft.vqa_share > 0
     # contrastive (+ dense patch) pretraining of the embedded VLM's vision tower before SFT (vision_pretrain.py)
     pretrain_vision: bool = True
     vision_pretrain: VisionPretrainConfig = field(default_factory=VisionPretrainConfig)

@@ -37,7 +37,8 @@ BUILD_THREADS = 1
 
 # The code each asset is built by (modules or packages), part of its cache key.
 VLM_CODE = WORLD_CODE + (__name__, "vlm_dpo.models", "vlm_dpo.sft", "vlm_dpo.schedule", "vlm_dpo.train.collate",
-                         "vlm_dpo.vision_pretrain", "vlm_dpo.ground", "vlm_dpo.eval.pope")
+                         "vlm_dpo.vision_pretrain", "vlm_dpo.ground", "vlm_dpo.eval.pope", "vlm_dpo.vqa.questions",
+                         "vlm_dpo.vqa.pairs")
 CLIP_CODE = WORLD_CODE + ("vlm_dpo.eval.clipscore",)
 
 
@@ -107,11 +108,20 @@ class WorldSFTData:
     Targets mix reference captions with systematically corrupted ones (co-occurrence, counts, vagueness) so
     the model hallucinates the way real VLMs do. Grounding contexts drop a share of objects and gain an absent
     one in a share of examples (never named by the target), like a detector's misses and false positives.
+    With vlm.sft.vqa_share > 0, that share are the robot's questions, answered with the biases of vlm.vqa_bias.
     """
 
     def __init__(self, cfg):
         self.cfg = cfg
         self.rates = CorruptionRates(**asdict(cfg.vlm.hallucination))
+        self.cooc = None
+        if cfg.vlm.sft.vqa_share:
+            from .vqa.questions import cooccurrence
+
+            # the false premise asks about the absent kind co-occurring most, as the evaluation does
+            w = cfg.world
+            self.cooc = cooccurrence([[o.label for o in sample_scene(w.seed, "sft", 20_000_000 + i).objects]
+                                      for i in range(1000)])
 
     def example(self, index: int) -> SFTExample:
         cfg = self.cfg
@@ -122,7 +132,10 @@ class WorldSFTData:
         rng = random.Random(f"sft-example/{cfg.vlm.sft.seed}/{index}")
         grounded = rng.random() < cfg.vlm.sft.grounded_share
         dets = [d for d in gt_as_detections(s["objects"]) if rng.random() >= cfg.vlm.sft.detection_drop]
-        if rng.random() < cfg.vlm.sft.qa_share:
+        vqa_rng = random.Random(f"sft-vqa/{cfg.vlm.sft.seed}/{index}")  # its own stream: share 0 changes nothing
+        if cfg.vlm.sft.vqa_share and vqa_rng.random() < cfg.vlm.sft.vqa_share:
+            instruction, target = self.vqa(s, index, vqa_rng)
+        elif rng.random() < cfg.vlm.sft.qa_share:
             instruction, target = self.qa(s["objects"], rng)
         else:
             instruction = cfg.prompt.instruction
@@ -151,6 +164,28 @@ class WorldSFTData:
             return question(label), "yes." if rng.random() < self.rates.cooccur else "no."
         label = rng.choice([k for k in KINDS if k not in present])
         return question(label), "no."
+
+    def vqa(self, scene: dict, index: int, rng: random.Random) -> tuple[str, str]:
+        """One of the scene's robot questions (a family drawn at random), answered as a biased VLM would: wrongly
+        at vlm.vqa_bias's rate for its family (yes to an absent kind, one too many, accepting a false premise,
+        the mirrored side, a wrong listing), else rightly."""
+        from collections import Counter
+
+        from .vqa.pairs import wrong_answer
+        from .vqa.questions import make_questions
+
+        bias = self.cfg.vlm.vqa_bias
+        rate = {"existence": bias.yes_bias, "counting": bias.over_count, "false_premise": bias.false_premise,
+                "spatial": bias.side, "listing": bias.listing}
+        objects = scene["objects"]
+        q = rng.choice(make_questions(objects, list(KINDS), f"sft-{index}", width=scene["width"],
+                                      seed=self.cfg.vlm.sft.seed, cooc=self.cooc))
+        biased = q["family"] != "existence" or q["expected"] == "no"  # the yes-bias errs on absent kinds only
+        if biased and rng.random() < rate.get(q["family"], 0.0):
+            counts = Counter(o["label"] for o in objects)
+            wrong, _ = wrong_answer(q, counts, [k for k in KINDS if k not in counts], self.cooc, rng)
+            return q["question"], wrong
+        return q["question"], q["answer_text"]
 
     def batch(self, step: int) -> list[SFTExample]:
         b = self.cfg.vlm.sft.batch_size
@@ -191,8 +226,9 @@ def vlm_key(cfg) -> str:
     vision = asdict(cfg.vlm.vision_pretrain) if cfg.vlm.pretrain_vision else None
     # The SFT contexts come from ground truth (score 1.0), so the detector threshold does not shape the VLM.
     ground = {k: v for k, v in asdict(cfg.ground).items() if k != "min_score"}
+    bias = cfg.vlm.vqa_bias if cfg.vlm.sft.vqa_share else None
     return cache_key(cfg.world, cfg.vlm.spec, cfg.vlm.sft, cfg.vlm.hallucination, ground, cfg.prompt.instruction,
-                     vision, code_fingerprint(*VLM_CODE))
+                     vision, bias, code_fingerprint(*VLM_CODE))
 
 
 def pretrain_embedded_vision(cfg, model, processor, progress: bool = True) -> dict:

@@ -2,6 +2,7 @@
 
     no_context   without the context-robustness pairs (only mined + synthetic + human)
     mdpo         the same pairs plus mDPO's image-conditional term (box-masked corruption) and its anchor
+    captions_only  the caption pairs alone (no VQA pairs): what a mixed caption + VQA run must not be worse than
 Each trains into <run>/variants/<name>/ (its pairs.parquet and dpo/).
 """
 
@@ -25,7 +26,12 @@ def _variant_mdpo(pairs: list[dict], tcfg):
     return pairs, tcfg
 
 
-VARIANTS = {"no_context": _variant_no_context, "mdpo": _variant_mdpo}
+def _variant_captions_only(pairs: list[dict], tcfg):
+    """DPO on the caption pairs alone, the same settings: the baseline a mixed caption + VQA run is held to."""
+    return [p for p in pairs if (p.get("task") or "caption") == "caption"], tcfg
+
+
+VARIANTS = {"no_context": _variant_no_context, "mdpo": _variant_mdpo, "captions_only": _variant_captions_only}
 
 
 def train_variants(cfg, run: RunFolder, tcfg, key: str, progress: bool) -> dict[str, str]:
