@@ -71,8 +71,8 @@ def parse_args(argv=None):
     ap.add_argument("--freeze-vision", choices=("auto", "on", "off"), default="auto",
                     help="freeze the vision tower on both sides (auto: on for smolvlm-256m, as "
                          "configs/smolvlm_256m.yaml trains it)")
-    ap.add_argument("--selective-recompute", choices=("on", "off"), default="off",
-                    help="our side's train.selective_recompute (the recipe's default: off)")
+    ap.add_argument("--selective-recompute", choices=("on", "off"), default="on",
+                    help="our side's train.selective_recompute (the recipe's default: on)")
     ap.add_argument("--mode", choices=MODES, default="precomputed",
                     help="our reference: precomputed (default: fastest with the same loss), frozen, lora_disabled "
                          "(LoRA policy; TRL then trains the same LoRA with its adapter-disabled reference), "
@@ -714,8 +714,9 @@ def arms_for(args) -> list[dict]:
         # shared vision off: the plain 2B-row forward; the shared prefix needs shared vision, so it is off too
         arms.append(ours | {"arm": "lever:no_shared_vision", "shared_vision": False, "shared_prefix": False})
         arms.append(ours | {"arm": "lever:full_logits_head", "head": "full"})
-        # selective recomputation switched on (train/recompute.py); off is the recipe's default
-        arms.append(ours | {"arm": "lever:selective_recompute", "selective_recompute": True})
+        # selective recomputation (train/recompute.py, the recipe's default) switched to the other setting
+        flip = args.selective_recompute != "on"
+        arms.append(ours | {"arm": f"lever:{'' if flip else 'no_'}selective_recompute", "selective_recompute": flip})
         if args.mode == "precomputed":
             arms.append(ours | {"arm": "lever:frozen_reference", "reference": "frozen"})
         elif args.mode == "frozen":
