@@ -11,7 +11,7 @@ from vlm_dpo.ground import GroundingConfig, PromptConfig
 from vlm_dpo.judge import JudgeConfig, Vocabulary, parse_caption, score_caption
 from vlm_dpo.pairs.mine import (
     SYNTHETIC, Cooccurrence, MineConfig, SyntheticContext, add_object, change_count, context_pairs,
-    detection_caption, make_vague, mine_image, omit_object, swap_sides, synthetic_pairs,
+    detection_caption, make_vague, mine_image, omit_object, repeat_object, swap_sides, synthetic_pairs,
 )
 from vlm_dpo.world import sample_scene
 from vlm_dpo.world.captions import VAGUE_CAPTIONS
@@ -320,6 +320,20 @@ def test_omit_object_pair_ranks_complete_above_partial():
     assert len(out) == 1 and out[0]["chosen"] == PERFECT and out[0]["rejected"] in {CUPS_ONLY, BALL_ONLY}
     assert out[0]["scores"]["rejected"]["partial"] or out[0]["scores"]["rejected"]["missed"]
     assert out[0]["margin"] == 0.5
+
+
+@pytest.mark.parametrize("caption, allowed", [
+    ("a ball.", {"a ball and a ball."}),
+    ("two cups and a ball.", {"two cups, two cups and a ball.", "two cups, a ball and a ball."}),
+])
+def test_repeat_object_says_one_listed_phrase_twice(caption, allowed):
+    assert {repeat_object(caption, set(), _context([], seed)) for seed in range(20)} == allowed
+
+
+def test_repeat_pair_is_judged_worse():
+    ctx = _context([DETS])
+    out = synthetic_pairs(record([]), PERFECT, DETS, VOCAB, JUDGE, MineConfig(synthetic=["repeat"]), ctx, "x.png")
+    assert len(out) == 1 and out[0]["scores"]["rejected"]["count_errors"] == 1 and out[0]["margin"] > 0
 
 
 def test_unknown_synthetic_kind_is_an_error():

@@ -14,8 +14,8 @@ themselves describe (counts, colours when known), so every image has a factual c
 
 Synthetic negatives (from a chosen caption): add an absent object (picked adversarially: the label that
 co-occurs most with the image's labels across the data, as POPE's adversarial split does), change a count,
-swap left/right, make it vague, or leave out a present object (true but incomplete: the recall-preserving
-negative, off by default).
+swap left/right, make it vague; off by default: leave out a present object (true but incomplete: the
+recall-preserving negative) or say one listed object twice (the repetition small VLMs fall into).
 
 Context-robustness pairs (grounded prompts only): a false detection injected into the grounding context
 (chosen ignores it, rejected repeats it), or a true one dropped (chosen still names it, rejected follows
@@ -183,12 +183,18 @@ def swap_sides(caption: str, present: set[str], ctx: "SyntheticContext") -> str 
     return re.sub(r"\b(left|right)\b", lambda m: "right" if m.group(1) == "left" else "left", caption)
 
 
+def _listed_phrases(caption: str) -> list[str]:
+    """The noun phrases a listing caption joins ("two cups, a ball and a block." -> ["two cups", "a ball",
+    "a block"]), sides dropped."""
+    body = re.sub(r"\s+on the (left|right)\b", "", caption.strip().rstrip("."))
+    return [p for p in re.split(r",\s*|\s+and\s+", body) if p.strip()]
+
+
 def omit_object(caption: str, present: set[str], ctx: "SyntheticContext") -> str | None:
     """The same caption with one of its listed objects left out: true but incomplete ("two cups and a ball." ->
     "two cups."). The recall-preserving negative: DPO on hallucination negatives alone learns that naming less
     is safer; this pair says that leaving out what is there is worse too."""
-    body = re.sub(r"\s+on the (left|right)\b", "", caption.strip().rstrip("."))
-    phrases = [p for p in re.split(r",\s*|\s+and\s+", body) if p.strip()]
+    phrases = _listed_phrases(caption)
     if len(phrases) < 2:
         return None
     named = [i for i, p in enumerate(phrases) if any(m.label in present for m in parse_caption(p, ctx.vocab).mentions)]
@@ -198,12 +204,23 @@ def omit_object(caption: str, present: set[str], ctx: "SyntheticContext") -> str
     return join_phrases([p for i, p in enumerate(phrases) if i != drop]) + "."
 
 
+def repeat_object(caption: str, present: set[str], ctx: "SyntheticContext") -> str | None:
+    """One listed phrase said twice ("a cup and a ball." -> "a cup, a cup and a ball."): the degenerate
+    repetition small VLMs fall into, which states one object too many and, once DPO has pushed the probable
+    phrases up, crowds out the objects that are there."""
+    phrases = _listed_phrases(caption)
+    if not phrases:
+        return None
+    i = ctx.rng.randrange(len(phrases))
+    return join_phrases(phrases[: i + 1] + [phrases[i]] + phrases[i + 1:]) + "."
+
+
 def make_vague(caption: str, present: set[str], ctx: "SyntheticContext") -> str | None:
     return ctx.rng.choice(VAGUE_CAPTIONS)
 
 
 SYNTHETIC = {"add_object": add_object, "count": change_count, "swap_sides": swap_sides, "vague": make_vague,
-             "omit_object": omit_object}
+             "omit_object": omit_object, "repeat": repeat_object}
 
 
 @dataclass
