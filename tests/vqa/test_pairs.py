@@ -38,7 +38,8 @@ def test_chosen_is_right_and_rejected_is_wrong():
             kinds[p["kind"]] += 1
             verdicts[(p["kind"], verdict)] += 1
     assert set(kinds) == {"vqa_yes_no", "vqa_count", "vqa_side", "vqa_false_premise", "vqa_list_add",
-                          "vqa_list_drop"}
+                          "vqa_list_drop", "vqa_refused"}
+    assert verdicts[("vqa_refused", "refused_wrongly")] == kinds["vqa_refused"] == kinds["vqa_count"]
     assert verdicts[("vqa_false_premise", "accepted_false_premise")] == kinds["vqa_false_premise"]
     assert verdicts[("vqa_count", "wrong")] == kinds["vqa_count"]
 

@@ -10,6 +10,8 @@ wrong answer the errors real VLMs make:
                                                                     kind vqa_false_premise
     listing        the list with the absent kind that co-occurs most with what is there (a hallucination), or
                    without one present kind (an omission), alternating    kind vqa_list_add / vqa_list_drop
+and, for the counting question's (present) kind, the count over a refusal ("There is no cup."): the unwarranted
+refusal, so that refusing false premises is not learnt as refusing every "what colour is the ..."   kind vqa_refused
 Every chosen answer is judged correct and every rejected one not (vqa/answers.py; tests/vqa/test_pairs.py).
 """
 
@@ -61,9 +63,12 @@ def vqa_pairs(record: dict, image: str, grounding: str | None, labels: list[str]
     out = []
     for q in make_questions(facts, labels, record["image_id"], width=record["width"], seed=seed, cooc=cooc,
                             families=FAMILIES):
-        rejected, kind = wrong_answer(q, counts, absent, cooc, rng)
-        out.append(make_pair(image_id=record["image_id"], image=image, task="vqa", source="synthetic", kind=kind,
-                             prompt=prompt_text(grounding, PromptConfig(q["question"], grounded)),
-                             grounding=grounding if grounded else None, chosen=q["answer_text"], rejected=rejected,
-                             boxes=[d["box"] for d in facts]))
+        wrong = [wrong_answer(q, counts, absent, cooc, rng)]
+        if q["family"] == "counting":
+            wrong.append((f"There is no {q['label']}.", "vqa_refused"))
+        for rejected, kind in wrong:
+            out.append(make_pair(image_id=record["image_id"], image=image, task="vqa", source="synthetic", kind=kind,
+                                 prompt=prompt_text(grounding, PromptConfig(q["question"], grounded)),
+                                 grounding=grounding if grounded else None, chosen=q["answer_text"],
+                                 rejected=rejected, boxes=[d["box"] for d in facts]))
     return out
