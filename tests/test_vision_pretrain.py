@@ -358,3 +358,14 @@ def test_vlm_key_tracks_the_vqa_biases_only_when_questions_are_taught():
     assert vlm_key(_cfg("vlm.vqa_bias.over_count=0.9")) == vlm_key(_cfg())
     assert vlm_key(_cfg("vlm.sft.vqa_share=0.3", "vlm.vqa_bias.over_count=0.9")) != vlm_key(
         _cfg("vlm.sft.vqa_share=0.3"))
+
+
+def test_vlm_key_hashes_the_vqa_code_only_when_questions_are_taught(monkeypatch):
+    import vlm_dpo.embedded as embedded
+
+    hashed = []
+    monkeypatch.setattr(embedded, "code_fingerprint", lambda *modules: hashed.append(modules) or "x")
+    embedded.vlm_key(_cfg())
+    embedded.vlm_key(_cfg("vlm.sft.vqa_share=0.3"))
+    assert "vlm_dpo.vqa.pairs" not in hashed[0] and "vlm_dpo.sft" in hashed[0]
+    assert set(embedded.VQA_SFT_CODE) <= set(hashed[1])

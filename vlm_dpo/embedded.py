@@ -37,8 +37,10 @@ BUILD_THREADS = 1
 
 # The code each asset is built by (modules or packages), part of its cache key.
 VLM_CODE = WORLD_CODE + (__name__, "vlm_dpo.models", "vlm_dpo.sft", "vlm_dpo.schedule", "vlm_dpo.train.collate",
-                         "vlm_dpo.vision_pretrain", "vlm_dpo.ground", "vlm_dpo.eval.pope", "vlm_dpo.vqa.questions",
-                         "vlm_dpo.vqa.pairs")
+                         "vlm_dpo.vision_pretrain", "vlm_dpo.ground", "vlm_dpo.eval.pope")
+# What writes the robot's questions and their biased answers: part of the key only when the SFT teaches them
+# (vlm.sft.vqa_share > 0), so a change to VQA pair mining does not rebuild caption-only VLMs.
+VQA_SFT_CODE = ("vlm_dpo.vqa.questions", "vlm_dpo.vqa.pairs", "vlm_dpo.pairs.mine")
 CLIP_CODE = WORLD_CODE + ("vlm_dpo.eval.clipscore",)
 
 
@@ -226,9 +228,10 @@ def vlm_key(cfg) -> str:
     vision = asdict(cfg.vlm.vision_pretrain) if cfg.vlm.pretrain_vision else None
     # The SFT contexts come from ground truth (score 1.0), so the detector threshold does not shape the VLM.
     ground = {k: v for k, v in asdict(cfg.ground).items() if k != "min_score"}
-    bias = cfg.vlm.vqa_bias if cfg.vlm.sft.vqa_share else None
+    vqa = cfg.vlm.sft.vqa_share > 0
     return cache_key(cfg.world, cfg.vlm.spec, cfg.vlm.sft, cfg.vlm.hallucination, ground, cfg.prompt.instruction,
-                     vision, bias, code_fingerprint(*VLM_CODE))
+                     vision, cfg.vlm.vqa_bias if vqa else None,
+                     code_fingerprint(*VLM_CODE, *(VQA_SFT_CODE if vqa else ())))
 
 
 def pretrain_embedded_vision(cfg, model, processor, progress: bool = True) -> dict:
