@@ -22,7 +22,7 @@ from collections import Counter
 
 from ..ground import PromptConfig, prompt_text
 from ..pairs.dataset import make_pair
-from .questions import listing_answer, make_questions, number_word
+from .questions import listing_answer, make_questions, number_word, refusal
 
 FAMILIES = ("existence", "counting", "spatial", "false_premise", "listing")
 _PREMISE_CLAIMS = {"What colour": "The {label} is {colour}.", "Where": "The {label} is on the left.",
@@ -65,7 +65,7 @@ def vqa_pairs(record: dict, image: str, grounding: str | None, labels: list[str]
                             families=FAMILIES):
         wrong = [wrong_answer(q, counts, absent, cooc, rng)]
         if q["family"] == "counting":
-            wrong.append((f"There is no {q['label']}.", "vqa_refused"))
+            wrong.append((refusal(q["label"]), "vqa_refused"))
         for rejected, kind in wrong:
             out.append(make_pair(image_id=record["image_id"], image=image, task="vqa", source="synthetic", kind=kind,
                                  prompt=prompt_text(grounding, PromptConfig(q["question"], grounded)),

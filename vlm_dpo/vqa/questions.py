@@ -53,6 +53,11 @@ def cooccurrence(scenes: list[list[str]]) -> Counter:
     return Cooccurrence(scenes).pair
 
 
+def refusal(label: str) -> str:
+    """The short answer that refuses a question about an absent kind: "There is no phone." """
+    return f"There is no {label}."
+
+
 def listing_answer(counts: dict[str, int], kinds: list[str]) -> str:
     """'A cup, two balls and an apple.' for `kinds` in that order."""
     text = join_phrases([noun_phrase(k, counts.get(k, 1), None) for k in kinds]) + "."
@@ -102,7 +107,7 @@ def make_questions(objects: list[dict], labels: list[str], image_id: str, *, wid
         cooc = cooc or Counter()
         best = max(sum(cooc[(p, k)] for p in present) for k in absent)
         label = rng.choice([k for k in absent if sum(cooc[(p, k)] for p in present) == best])
-        add("false_premise", "refusal", f"There is no {label}.", label)
+        add("false_premise", "refusal", refusal(label), label)
     if "listing" in families and present:
         add("listing", present, listing_answer(counts, present))
     return out
