@@ -118,3 +118,27 @@ def test_cli_ask_with_samples_then_pairs_mined_from_them(tiny_cache, tmp_path):
     assert stats["by_task"]["vqa"] == len(vqa) and stats["by_task"]["caption"] > 0
     assert sum(n for k, n in stats["by_kind"].items() if k.startswith("vqa_mined_")) == len(vqa)
     assert all(p["source"] == "mined" and isinstance(p["boxes"], list) for p in vqa)  # the run's detections
+
+
+def test_pairs_mine_answers_asks_first(tiny_cache, tmp_path):
+    """`vlm-dpo pairs ... pairs.mine_answers=true`: describes and asks the train split first (the answers judged
+    against the detections even with ask.truth=world, the detector being the training pairs' judge), then mines
+    them; without sampled answers it is a config error naming ask.n_samples."""
+    from tiny_config import TINY_OVERRIDES
+
+    from vlm_dpo.cli import main
+    from vlm_dpo.vqa.mine import VqaMineConfig, mine_answers
+
+    run = RunFolder(tmp_path / "run")
+    common = [*TINY_OVERRIDES, f"cache_dir={tiny_cache}", f"out={run.root}", "data.split=train", "--quiet",
+              "pairs.mine_answers=true", "ask.limit=8"]
+    with pytest.raises(ConfigError, match="ask.n_samples must be > 0 with pairs.mine_answers"):
+        load_config(None, ["pairs.mine_answers=true"])
+    assert main(["pairs", *common, "ask.n_samples=3", "ask.truth=world"]) == 0
+    records = list(read_jsonl(run.vqa_answers("train")))
+    assert records and all(len(r["samples"]) == 3 for r in records)
+    assert "colour" not in {r["family"] for r in records}  # judged against detections
+    stats = json.loads(run.pair_stats.read_text())
+    mined = {p["pair_id"] for r in records for p in mine_answers(r, VqaMineConfig())}
+    assert sum(n for k, n in stats["by_kind"].items() if k.startswith("vqa_mined_")) == len(mined)
+    assert stats["by_task"]["caption"] > 0

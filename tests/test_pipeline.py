@@ -12,6 +12,7 @@ from vlm_dpo.config import load_config
 from vlm_dpo.pipeline import run_pipeline
 from vlm_dpo.records import read_jsonl
 from vlm_dpo.run import RunFolder
+from vlm_dpo.vqa.mine import VqaMineConfig, mine_answers
 
 
 def test_metrics_json_is_complete(pipeline_run):
@@ -26,6 +27,14 @@ def test_metrics_json_is_complete(pipeline_run):
             assert lo <= hi
     assert m["pairs"]["pairs"] > 0 and m["train"]["steps"] == 3
     assert m["pairs"]["by_task"]["vqa"] > 0 and m["pairs"]["by_task"]["caption"] > 0  # one mixed DPO run
+    # pairs.mine_answers: the SFT VLM's sampled answers on the train split, judged against the detections, mined
+    answers = list(read_jsonl(run.vqa_answers("train")))
+    assert answers and all(len(r["samples"]) == 2 for r in answers)
+    assert "colour" not in {r["family"] for r in answers}  # detections, not the world's truth, judged them
+    mined = {p["pair_id"] for r in answers for p in mine_answers(r, VqaMineConfig())}
+    kept = sum(n for k, n in m["pairs"]["by_kind"].items() if k.startswith("vqa_mined_"))
+    # a mined pair equal to a synthetic VQA pair (drawn first) is merged into it
+    assert kept + m["pairs"]["merged"].get("synthetic_over_mined", 0) == len(mined)
     for name, mm in m["models"].items():  # see-don't-copy metrics for every model
         assert "precision_ungrounded" in mm and "echo_rate" in mm and "recovery_rate" in mm, name
     for name, mm in m["models"].items():  # the robot's questions, per family, judged (eval/vqa.py)
@@ -42,7 +51,7 @@ def test_metrics_json_is_complete(pipeline_run):
     import vlm_dpo.pairs.dataset as ds
 
     assert all(p["source"] != "context" for p in ds.load_pairs(run.variant("no_context") / "pairs.parquet"))
-    assert set(m["timing_s"]) >= {"world", "vlm_sft", "detector", "detect", "describe", "pairs", "dpo", "eval"}
+    assert set(m["timing_s"]) >= {"world", "vlm_sft", "detector", "detect", "describe", "ask", "pairs", "dpo", "eval"}
     assert result["metrics"] == str(run.metrics)
 
 

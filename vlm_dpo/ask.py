@@ -157,7 +157,7 @@ def run(cfg, run: RunFolder, split: str | None = None, *, progress: bool = True,
     if not items:
         raise DataError(f"{det_path}: no usable images to ask about")
     model_path = model_path or ensure_vlm(cfg, progress)["model"]
-    out_path = run.root / "vqa" / f"{split}.jsonl"
+    out_path = run.vqa_answers(split)
     model, processor = load_model_and_processor(model_path, dtype=cfg.vlm.dtype, device=cfg.vlm.device)
     model.eval()
     ask_to_jsonl(model, processor, items, cfg.ask, vocab, out_path, ask_settings(model_path, items, cfg.ask),
@@ -167,3 +167,15 @@ def run(cfg, run: RunFolder, split: str | None = None, *, progress: bool = True,
     write_text_atomic(metrics_path, json.dumps(metrics, indent=1))
     return {"answers": str(out_path), "metrics": str(metrics_path), "accuracy": metrics["accuracy"],
             "false_premise_rejection": metrics["false_premise_rejection"], "yes_ratio": metrics["yes_ratio"]}
+
+
+def answers_to_mine(cfg, folder: RunFolder, split: str, *, progress: bool = True,
+                    model_path: str | None = None) -> Path:
+    """The ask stage as `pairs.mine_answers` needs it: sampled answers (ask.n_samples of them) on a training split,
+    judged against the detector's detections whatever ask.truth says, since the detector is the judge of training
+    pairs (the world's truth is for evaluation only)."""
+    import copy
+
+    mining = copy.deepcopy(cfg)
+    mining.ask.truth = "detections"
+    return Path(run(mining, folder, split, progress=progress, model_path=model_path)["answers"])

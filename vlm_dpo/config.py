@@ -130,6 +130,9 @@ class Config:
 
     def __post_init__(self) -> None:
         at_least(self, 0, "threads")
+        if self.pairs.mine_answers and not self.ask.n_samples:
+            raise FieldValueError("ask.n_samples", "must be > 0 with pairs.mine_answers: mined VQA pairs compare "
+                                                   "sampled answers")
 
 
 class ConfigError(ValueError):

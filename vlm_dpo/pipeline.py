@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from . import describe, detect, report, rft
+from . import ask, describe, detect, report, rft
 from .eval import stage as eval_stage
 from .keys import key as stage_key
 from .pairs import stage as pairs_stage
@@ -78,6 +78,9 @@ def run_pipeline(cfg, progress: bool = True) -> dict:
     describe.run(cfg, run, "train", progress=progress)
     stage.finish()
     lap("describe")
+    if cfg.pairs.mine_answers and not cfg.pairs.answers:  # sampled, judged answers: mined VQA pairs (issue #17)
+        ask.answers_to_mine(cfg, run, "train", progress=progress, model_path=vlm["model"])
+    lap("ask")
 
     pair_stats = pairs_stage.build_pairs(pairs_stage.pairs_config(cfg, run), run.pairs_dir, ground=cfg.ground,
                                          prompt=cfg.prompt, progress=progress)

@@ -73,6 +73,12 @@ class RunFolder:
     def captions(self, split: str) -> Path:
         return self.captions_dir / f"{split}.jsonl"
 
+    # ask (the robot's questions, answered and judged)
+    vqa_dir = property(lambda self: self.root / "vqa")
+
+    def vqa_answers(self, split: str) -> Path:
+        return self.vqa_dir / f"{split}.jsonl"
+
     # pairs
     pairs_dir = property(lambda self: self.root / "pairs")
     pairs = property(lambda self: self.pairs_dir / "pairs.parquet")

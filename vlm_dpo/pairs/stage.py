@@ -56,6 +56,9 @@ class PairsConfig:
     # Judged answers of `vlm-dpo ask` (<out>/vqa/<split>.jsonl, best with ask.n_samples > 0): mined VQA pairs (task
     # "vqa", a correct answer over a wrong one, vlm_dpo/vqa/mine.py) join the dataset. "" = none.
     answers: str = ""
+    # The pipeline (and `vlm-dpo pairs`) asks the SFT VLM the robot's questions on the training split first, with
+    # ask.n_samples sampled answers judged against the detections, and mines them: pairs.answers filled in.
+    mine_answers: bool = False
     vqa_mine: VqaMineConfig = field(default_factory=VqaMineConfig)
     # Longest prompt / chosen / rejected text (characters) a pair may have; longer pairs (a runaway caption in an
     # import) are skipped and counted as "too_long". 0 = no limit.
@@ -72,17 +75,21 @@ def pairs_config(cfg, run: RunFolder) -> PairsConfig:
     pcfg.captions = pcfg.captions or str(run.captions(cfg.data.split))
     pcfg.detections = pcfg.detections or str(run.detections(cfg.data.split))
     pcfg.image_root = pcfg.image_root or str(data_root(cfg))
+    if pcfg.mine_answers:
+        pcfg.answers = pcfg.answers or str(run.vqa_answers(cfg.data.split))
     return pcfg
 
 
 def run(cfg, run: RunFolder, *, progress: bool = True) -> dict:
     """The pairs stage: mine + synthesise + import pairs into <run>/pairs (describing first when the run's
     captions are missing); returns the statistics."""
-    from .. import describe
+    from .. import ask, describe
 
     pcfg = pairs_config(cfg, run)
     if pcfg.captions and not Path(pcfg.captions).exists():
         describe.run(cfg, run, cfg.data.split, progress=progress)
+    if cfg.pairs.mine_answers and not cfg.pairs.answers:
+        ask.answers_to_mine(cfg, run, cfg.data.split, progress=progress)
     return build_pairs(pcfg, run.pairs_dir, ground=cfg.ground, prompt=cfg.prompt, progress=progress)
 
 
@@ -131,7 +138,9 @@ def build_pairs(cfg: PairsConfig, out_dir: str | Path, *, ground: GroundingConfi
     # The grounding and prompt configs shape the context pairs' prompts, so they are part of the key too;
     # inputs count by content, so a rewritten but equal file does not rebuild. Without answers the answer
     # settings shape nothing: left out, so runs made before they existed keep their key (and their DPO stage).
-    shaping = {k: v for k, v in asdict(cfg).items() if cfg.answers or k not in ("answers", "vqa_mine")}
+    # mine_answers shapes nothing itself: it fills in `answers`, which counts.
+    shaping = {k: v for k, v in asdict(cfg).items()
+               if k != "mine_answers" and (cfg.answers or k not in ("answers", "vqa_mine"))}
     key = stage_key(shaping, ground, prompt, [(p, path_fingerprint(p)) for p in inputs])
     stats_path = out_dir / "stats.json"
     if stats_path.exists() and (out_dir / "pairs.parquet").exists():
