@@ -19,7 +19,7 @@ def test_metrics_json_is_complete(pipeline_run):
     _, out, result = pipeline_run
     run = RunFolder(out)
     m = json.loads(run.metrics.read_text())
-    assert set(m["models"]) == {"sft", "dpo", "rft", "dpo_no_context", "dpo_mdpo"}
+    assert set(m["models"]) == {"sft", "dpo", "dpo_round1", "rft", "dpo_no_context", "dpo_mdpo"}
     for name, mm in m["models"].items():
         for k in ("chair_i", "chair_s", "recall", "pope_f1", "mean_words"):
             assert isinstance(mm[k], (int, float)), (name, k)
@@ -53,6 +53,30 @@ def test_metrics_json_is_complete(pipeline_run):
     assert all(p["source"] != "context" for p in ds.load_pairs(run.variant("no_context") / "pairs.parquet"))
     assert set(m["timing_s"]) >= {"world", "vlm_sft", "detector", "detect", "describe", "ask", "pairs", "dpo", "eval"}
     assert result["metrics"] == str(run.metrics)
+
+
+def test_a_second_round_describes_and_trains_from_the_first_rounds_model(pipeline_run):
+    """rounds=2: round 2 (<out>/rounds/round-2, a run folder of its own) describes the train images with round 1's
+    DPO model, mines its own pairs and trains DPO from that model, which is also its reference; its model is
+    evaluated as "dpo", round 1's as "dpo_round1"."""
+    _, out, _ = pipeline_run
+    run = RunFolder(out)
+    second = RunFolder(out / "rounds" / "round-2")
+    m = json.loads(run.metrics.read_text())
+    first_model, second_model = str(run.dpo_model), str(second.dpo_model)
+    assert m["train"]["model"] == second_model and [r["round"] for r in m["rounds"]] == [2]
+    captions = list(read_jsonl(second.captions("train")))
+    assert captions and {c["model"] for c in captions} == {first_model}
+    assert [c["image_id"] for c in captions] == [c["image_id"] for c in read_jsonl(run.captions("train"))]
+    # the judge's detections are round 1's, not detected again
+    assert second.detections("train").read_text() == run.detections("train").read_text()
+    settings = json.loads((second.dpo / "settings.json").read_text())
+    assert (settings["model"], settings["reference_model"]) == (first_model, "")  # the reference: that model too
+    assert settings["pairs"] == str(second.pairs)
+    for name in ("dpo", "dpo_round1"):  # both rounds' models evaluated, each on its own
+        assert (run.eval / f"{name}.captions.jsonl").exists()
+    assert m["rounds"][0]["pairs"]["pairs"] == json.loads(second.pair_stats.read_text())["pairs"] > 0
+    assert {"round2_describe", "round2_pairs", "round2_dpo"} <= set(m["timing_s"])
 
 
 def test_report_and_its_images_exist(pipeline_run):
@@ -93,11 +117,11 @@ def test_detector_side_job_trains_in_a_worker_process(tmp_path):
 def test_rerun_skips_finished_stages(pipeline_run):
     cfg, out, _ = pipeline_run
     run = RunFolder(out)
-    marker = run.dpo / ".done"
-    before = marker.stat().st_mtime_ns
+    markers = [run.dpo / ".done", out / "rounds" / "round-2" / "dpo" / ".done"]  # both DPO rounds
+    before = [m.stat().st_mtime_ns for m in markers]
     model_files = sorted(run.dpo_model.iterdir())
     run_pipeline(cfg, progress=False)
-    assert marker.stat().st_mtime_ns == before
+    assert [m.stat().st_mtime_ns for m in markers] == before
     assert sorted(run.dpo_model.iterdir()) == model_files
 
 

@@ -16,5 +16,6 @@ PIPE = ["train.max_steps=3", "train.batch_size=4", "train.eval_every=0", "train.
         "eval.bootstrap=50", "eval.batch_size=8", "pairs.val_fraction=0.2", "variants=[no_context,mdpo]",
         "pairs.vqa_ratio=0.3",  # caption and VQA pairs in one DPO run
         "pairs.mine_answers=true", "ask.n_samples=2",  # and VQA pairs mined from the SFT VLM's sampled answers
+        "rounds=2",  # a second, on-policy DPO round from the first round's model
         # the pipeline run goes through the worker processes as users' runs do
         "describe.workers=2", "eval.workers=2", "concurrent_stages=true"]

@@ -125,11 +125,15 @@ class Config:
     # Extra DPO runs the pipeline trains and evaluates beside the main one (see vlm_dpo/variants.py):
     # "no_context" (without context-robustness pairs), "mdpo" (with mDPO's image-conditional term).
     variants: list[str] = field(default_factory=list)
+    # DPO rounds (vlm_dpo/rounds.py): 1 = describe -> pairs -> DPO once from the SFT model; r > 1 repeats them from
+    # each round's model on its own captions (iterative, on-policy DPO), the last round's model evaluated as "dpo"
+    rounds: int = 1
     # `vlm-dpo seeds`: the whole pipeline once per seed (vlm_dpo/seeds.py), each in <out>/seed-<s>
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
 
     def __post_init__(self) -> None:
         at_least(self, 0, "threads")
+        at_least(self, 1, "rounds")
         if self.pairs.mine_answers and not self.ask.n_samples:
             raise FieldValueError("ask.n_samples", "must be > 0 with pairs.mine_answers: mined VQA pairs compare "
                                                    "sampled answers")

@@ -1,6 +1,7 @@
 """The whole pipeline: the stages (one module each) chained over one run folder (vlm_dpo.run.RunFolder).
 
-    world -> detector -> detect -> VLM SFT -> describe -> pairs -> DPO (+ RFT baseline, variants) -> eval -> report
+    world -> detector -> detect -> VLM SFT -> describe -> pairs -> DPO (x `rounds`, vlm_dpo/rounds.py)
+          (+ RFT baseline, variants) -> eval -> report
 
 Each stage folder carries a done-marker keyed by everything upstream (vlm_dpo.keys): a rerun skips finished
 stages, a changed config or input reruns that stage and everything after it. Assets of the embedded world
@@ -13,11 +14,11 @@ import json
 import time
 from pathlib import Path
 
-from . import ask, describe, detect, report, rft
+from . import detect, report, rft
 from .eval import stage as eval_stage
 from .keys import key as stage_key
-from .pairs import stage as pairs_stage
 from .records import write_text_atomic
+from .rounds import dpo_round, later_rounds
 from .run import RunFolder
 from .train import stage as train_stage
 from .variants import train_variants
@@ -51,7 +52,6 @@ def run_pipeline(cfg, progress: bool = True) -> dict:
     from .embedded import detector_needs_training, ensure_vlm, ensure_world, vlm_is_cached
     from .pairs.dataset import load_pairs
     from .parallel import Background
-    from .train.recipe import train_dpo
 
     run = RunFolder.setup(cfg)
     lap = Laps()
@@ -73,30 +73,13 @@ def run_pipeline(cfg, progress: bool = True) -> dict:
     detect.run(cfg, run, cfg.eval.split, progress=progress)
     stage.finish()
     lap("detect")
-    key = stage_key(key, cfg.ground, cfg.prompt, cfg.vlm, cfg.describe)
-    stage = run.stage(run.captions_dir, key).reset_if_stale()
-    describe.run(cfg, run, "train", progress=progress)
-    stage.finish()
-    lap("describe")
-    if cfg.pairs.mine_answers and not cfg.pairs.answers:  # sampled, judged answers: mined VQA pairs (issue #17)
-        ask.answers_to_mine(cfg, run, "train", progress=progress, model_path=vlm["model"])
-    lap("ask")
-
-    pair_stats = pairs_stage.build_pairs(pairs_stage.pairs_config(cfg, run), run.pairs_dir, ground=cfg.ground,
-                                         prompt=cfg.prompt, progress=progress)
-    lap("pairs")
-
-    tcfg = train_stage.train_config(cfg, run, vlm["model"])
-    key = stage_key(key, pair_stats["key"], tcfg)
-    stage = run.stage(run.dpo, key).reset_if_stale()  # unmarked = interrupted: train_dpo resumes
-    if stage.done:
-        train_summary = json.loads(run.dpo_summary.read_text())
-    else:
-        train_summary = train_dpo(tcfg, progress=progress)
-        stage.finish()
-    lap("dpo")
-
+    train_summary, pair_stats, key = dpo_round(cfg, run, vlm["model"], key, progress=progress, lap=lap)
     models = {"sft": vlm["model"], "dpo": train_summary["model"]}
+    later = later_rounds(cfg, run, train_summary["model"], key, progress=progress, lap=lap)
+    if later:  # the last round's model is "dpo"; the first round's is evaluated beside it
+        models |= {"dpo_round1": train_summary["model"], "dpo": later[-1]["model"]}
+        train_summary = later[-1]["train"]
+
     if cfg.rft.enabled:
         stage = run.stage(run.rft, stage_key(key, cfg.rft)).reset_if_stale()
         if not stage.done:
@@ -104,12 +87,14 @@ def run_pipeline(cfg, progress: bool = True) -> dict:
             stage.finish()
         models["rft"] = str(run.rft_model)
     lap("rft")
+    tcfg = train_stage.train_config(cfg, run, vlm["model"])  # the first round's: variants repeat it, its val pairs
     models |= train_variants(cfg, run, tcfg, key, progress)
     lap("variants")
 
     # Held-out evaluation: the pipeline's own grounded prompts from the detector on test scenes, truth from
     # the world's annotations (not from the detector that judged the training pairs).
-    stage = run.stage(run.eval, stage_key(key, cfg.rft, cfg.eval, cfg.variants)).reset_if_stale()
+    eval_key = stage_key(key, cfg.rft, cfg.eval, cfg.variants, *([later[-1]["key"]] if later else []))
+    stage = run.stage(run.eval, eval_key).reset_if_stale()
     items, scenes = eval_stage.eval_items(cfg, run)
     val_pairs = [p for p in load_pairs(tcfg.pairs) if p["split"] == "val"]
     results = eval_stage.evaluate_models(cfg, run, models, items, scenes, run.eval, val_pairs, world_root, progress)
@@ -126,12 +111,13 @@ def run_pipeline(cfg, progress: bool = True) -> dict:
             "mean_words_relative": rel(dpo_m["mean_words"], sft_m["mean_words"]),
         },
         "detector": detector, "vlm": vlm, "pairs": {k: v for k, v in pair_stats.items() if k != "key"},
-        "train": train_summary, "timing_s": lap.seconds, "held_out_images": len(items),
+        "train": train_summary, "rounds": [{k: r[k] for k in ("round", "model", "pairs")} for r in later],
+        "timing_s": lap.seconds, "held_out_images": len(items),
         # what a later `vlm-dpo eval` into this folder must match to merge its results (eval/stage.py)
         "eval_settings": eval_stage.eval_settings(cfg, items, scenes),
     }
     report.run(cfg, run, summary, items=items, scenes=scenes, pair_stats=summary["pairs"],
-               curves_from=Path(tcfg.output_dir) / "metrics.jsonl")
+               curves_from=Path(train_summary["model"]).parent / "metrics.jsonl")  # the last round's
     lap("report")
     summary["timing_s"] = lap.seconds
     write_text_atomic(run.metrics, json.dumps(summary, indent=1, default=str))
