@@ -25,6 +25,7 @@ def q(family, expected, label="cup", other=""):
     ("counting", 2, "I count 3 cups.", "number", "wrong"),
     ("counting", 2, "There are no cups.", "refusal", "refused_wrongly"),
     ("counting", 2, "Several.", "unknown", "unparsed"),
+    ("counting", 15, "Fifteen.", "number", "correct"),  # number words as far as the caption judge reads them
     # colour (grey and gray are one colour)
     ("colour", "gray", "It is grey.", "colour", "correct"),
     ("colour", "red", "Blue.", "colour", "wrong"),

@@ -27,7 +27,7 @@ _COLOR_ALIASES = {"grey": "gray", "golden": "gold"}
 
 RELATIONS = ("left_of", "right_of", "above", "below")
 
-_NUMBER_WORDS = (
+NUMBER_WORDS = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
     "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty",
 )
@@ -43,7 +43,7 @@ def _q(phrases: str, count: int | None, plural: bool | None, negated: bool = Fal
         _QUANTIFIERS[tuple(p.split())] = (count, plural, negated)
 
 
-for _n, _w in enumerate(_NUMBER_WORDS):
+for _n, _w in enumerate(NUMBER_WORDS):
     _q(_w, _n, _n != 1, _n == 0)
 _q("a|an|single|a single|one single|just one", 1, False)
 _q("a pair of|pair of|a pair|both|a couple of|couple of|a couple", 2, True)

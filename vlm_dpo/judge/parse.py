@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 from .lexicon import (
     _CLAUSE_RE, _COLOR_ALIASES, _COPULAS, _FUNCTION_WORDS, _MAX_Q, _MAX_VAGUE, _META_NOUNS, _NEG_BRIDGE,
-    _NEGATORS, _NUMBER_WORDS, _QUANT_WORDS, _QUANTIFIERS, _REL_FILLERS, _REL_PATTERNS, _SENTENCE_RE, _SIDE_FILLERS,
+    _NEGATORS, NUMBER_WORDS, _QUANT_WORDS, _QUANTIFIERS, _REL_FILLERS, _REL_PATTERNS, _SENTENCE_RE, _SIDE_FILLERS,
     _SIDES, _VAGUE_SET, _VAGUE_WORDS, _WORD_RE, _norm,
 )
 from .vocabulary import Vocabulary, _Index
@@ -103,7 +103,7 @@ class _Tokens:
 
 
 def _is_number(w: str) -> bool:
-    return w.isdigit() or w in _NUMBER_WORDS
+    return w.isdigit() or w in NUMBER_WORDS
 
 
 def _is_content(w: str) -> bool:

@@ -26,11 +26,10 @@ import re
 from dataclasses import dataclass
 
 from ..judge import Vocabulary, parse_caption
-from ..judge.lexicon import _COLOR_ALIASES, BASIC_COLORS
+from ..judge.lexicon import _COLOR_ALIASES, BASIC_COLORS, NUMBER_WORDS
 
 VERDICTS = ("correct", "wrong", "refused_wrongly", "accepted_false_premise", "unparsed")
-_NUMBERS = {w: i for i, w in enumerate(("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
-                                        "nine", "ten", "eleven", "twelve"))} | {"none": 0, "no": 0}
+_NUMBERS = {w: i for i, w in enumerate(NUMBER_WORDS)} | {"none": 0, "no": 0}  # the caption judge's, to twenty
 _COLOURS = {c: _COLOR_ALIASES.get(c, c) for c in BASIC_COLORS}  # grey = gray, as the caption judge reads them
 _REFUSALS = re.compile(
     r"\b(?:i (?:do not|don't|cannot|can't|can not) see|(?:is|are) not (?:in|on) (?:the|this) (?:image|picture|table)"
