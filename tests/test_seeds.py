@@ -80,3 +80,4 @@ def test_the_seeds_config_is_the_demo_over_three_seeds():
     demo = load_config(ROOT / "configs" / "demo.yaml")
     assert cfg.seeds == [0, 1, 2] and cfg.out == "runs/seeds"
     assert cfg.train == demo.train and cfg.pairs == demo.pairs and cfg.vlm == demo.vlm
+    assert cfg.rounds == demo.rounds == 2
