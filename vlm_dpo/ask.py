@@ -170,12 +170,15 @@ def run(cfg, run: RunFolder, split: str | None = None, *, progress: bool = True,
 
 
 def answers_to_mine(cfg, folder: RunFolder, split: str, *, progress: bool = True,
-                    model_path: str | None = None) -> Path:
-    """The ask stage as `pairs.mine_answers` needs it: sampled answers (ask.n_samples of them) on a training split,
-    judged against the detector's detections whatever ask.truth says, since the detector is the judge of training
-    pairs (the world's truth is for evaluation only)."""
+                    model_path: str | None = None) -> Path | None:
+    """The ask stage as `pairs.mine_answers` needs it (None, and nothing done, unless it is on and pairs.answers
+    names no file of its own): sampled answers (ask.n_samples of them) on a training split, judged against the
+    detector's detections whatever ask.truth says, since the detector is the judge of training pairs (the world's
+    truth is for evaluation only)."""
     import copy
 
+    if not cfg.pairs.mine_answers or cfg.pairs.answers:
+        return None
     mining = copy.deepcopy(cfg)
     mining.ask.truth = "detections"
     return Path(run(mining, folder, split, progress=progress, model_path=model_path)["answers"])

@@ -30,8 +30,8 @@ from .train.recipe import train_dpo
 
 
 def round_folder(run: RunFolder, r: int) -> RunFolder:
-    """Where round r writes: the run folder itself for round 1, <out>/rounds/round-<r> after it."""
-    return run if r == 1 else RunFolder(run.root / "rounds" / f"round-{r}")
+    """Where round r >= 2 writes: <out>/rounds/round-<r> (round 1 writes into the run folder itself)."""
+    return RunFolder(run.root / "rounds" / f"round-{r}")
 
 
 def round_config(cfg, folder: RunFolder, model: str):
@@ -57,8 +57,8 @@ def dpo_round(cfg, run: RunFolder, model: str, key: str, *, progress: bool = Tru
     describe.run(cfg, run, "train", progress=progress)
     stage.finish()
     lap("describe")
-    if cfg.pairs.mine_answers and not cfg.pairs.answers:  # sampled, judged answers: mined VQA pairs (issue #17)
-        ask.answers_to_mine(cfg, run, "train", progress=progress, model_path=model)
+    # with pairs.mine_answers: sampled, judged answers to mine VQA pairs from (issue #17)
+    ask.answers_to_mine(cfg, run, "train", progress=progress, model_path=model)
     lap("ask")
     pair_stats = pairs_stage.build_pairs(pairs_stage.pairs_config(cfg, run), run.pairs_dir, ground=cfg.ground,
                                          prompt=cfg.prompt, progress=progress)

@@ -88,8 +88,7 @@ def run(cfg, run: RunFolder, *, progress: bool = True) -> dict:
     pcfg = pairs_config(cfg, run)
     if pcfg.captions and not Path(pcfg.captions).exists():
         describe.run(cfg, run, cfg.data.split, progress=progress)
-    if cfg.pairs.mine_answers and not cfg.pairs.answers:
-        ask.answers_to_mine(cfg, run, cfg.data.split, progress=progress)
+    ask.answers_to_mine(cfg, run, cfg.data.split, progress=progress)  # with pairs.mine_answers
     return build_pairs(pcfg, run.pairs_dir, ground=cfg.ground, prompt=cfg.prompt, progress=progress)
 
 
