@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import re
+from unittest import mock
 
 import torch
 
 import vlm_dpo.embedded as embedded
 from vlm_dpo.config import load_config
 from vlm_dpo.models import train_tokenizer
+from vlm_dpo.plurals import plural
 from vlm_dpo.world.captions import COOCCUR
 from vlm_dpo.world.scenes import KINDS
 
@@ -35,22 +37,26 @@ HELD_OUT_FROM = 50_000_000  # SFT example indices of the held-out questions, far
 N_HELD_OUT = 400
 
 
+def asked_kind_and_context(prompt: str) -> tuple[str, str]:
+    return re.search(r"Is there an? (\w+)", prompt).group(1), prompt.split("Detected:", 1)[1]
+
+
 def in_context(prompt: str) -> bool:
-    kind = re.search(r"Is there an? (\w+)", prompt).group(1)
-    return re.search(rf"\b{kind}s?\b", prompt.split("Detected:", 1)[1]) is not None
+    kind, context = asked_kind_and_context(prompt)
+    return embedded.names_kind(context, kind)
 
 
 def cooccur_rule(prompt: str) -> bool:
     """In the context, or the co-occurring partner of a kind in the context."""
-    kind = re.search(r"Is there an? (\w+)", prompt).group(1)
-    context = prompt.split("Detected:", 1)[1]
-    return in_context(prompt) or any(COOCCUR.get(k) == kind and re.search(rf"\b{k}s?\b", context) for k in KINDS)
+    kind, context = asked_kind_and_context(prompt)
+    return embedded.names_kind(context, kind) or any(
+        COOCCUR.get(k) == kind and embedded.names_kind(context, k) for k in KINDS)
 
 
 def singular(prompt: str) -> str:
     question, context = prompt.split(" Detected:", 1)
     for kind in KINDS:
-        context = re.sub(rf"\b{kind}s\b", kind, context)
+        context = re.sub(rf"\b{plural(kind)}\b", kind, context)
     return f"{question} Detected:{context}"
 
 
@@ -68,16 +74,20 @@ def main(argv: list[str]) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     cfg = load_config(args.config or None, [*args.overrides, "vlm.sft.qa_share=1.0", "vlm.sft.grounded_share=1.0"])
+    # text only: the scenes are sampled as in SFT but never drawn
+    with mock.patch.object(embedded, "render_scene", lambda scene: None):
+        return probe(cfg, args)
+
+
+def probe(cfg, args: argparse.Namespace) -> dict:
     spec = cfg.vlm.spec
-    # text only: the scene is sampled as in SFT but never drawn
-    embedded.render_scene = lambda scene: None
     data = embedded.WorldSFTData(cfg)
     tok = train_tokenizer(embedded.tokenizer_corpus(cfg.world.seed), spec.vocab_size)
+    rule = in_context if args.clean else cooccur_rule if args.cooccur else None
 
     def example(index: int) -> tuple[str, str]:
         e = data.example(index)
         prompt = singular(e.prompt) if args.singular else e.prompt
-        rule = in_context if args.clean else cooccur_rule if args.cooccur else None
         target = ("yes." if rule(e.prompt) else "no.") if rule else e.target
         return f"User:{prompt}<end_of_utterance>\nAssistant:", target
 
