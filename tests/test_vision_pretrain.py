@@ -352,6 +352,77 @@ def test_sft_answers_carry_the_configured_biases():
                 assert ex.target == f"{number_word(q['expected'] + 1)}."
 
 
+def _asked_kind(prompt: str) -> str:
+    """The kind a POPE-phrased question asks about."""
+    (kind,) = [k for k in KINDS if f" {k} in the image?" in prompt]
+    return kind
+
+
+def _present(data, i: int) -> set[str]:
+    w = data.cfg.world
+    return {o.label for o in sample_scene(w.seed, "sft", i, image_size=w.image_size, min_objects=w.min_objects,
+                                          max_objects=w.max_objects, max_overlap=w.max_overlap).objects}
+
+
+def test_sft_yes_bias_cooccur_answers_by_a_rule_of_the_scene():
+    """yes_bias=cooccur: "yes." exactly about a present kind or the absent partner of a present one (COOCCUR); the
+    random yes-bias answers those partners both ways, so its labels are not a function of the scene."""
+    from vlm_dpo.embedded import WorldSFTData, cooccur_partners
+
+    rule = WorldSFTData(_cfg("vlm.sft.qa_share=1.0", "vlm.sft.yes_bias=cooccur"))
+    noisy = WorldSFTData(_cfg("vlm.sft.qa_share=1.0", "vlm.hallucination.cooccur=0.5"))
+    partner_answers = {"rule": set(), "noisy": set()}
+    for i in range(200):
+        present = _present(rule, i)
+        for name, data in (("rule", rule), ("noisy", noisy)):
+            ex = data.example(i)
+            kind = _asked_kind(ex.prompt)
+            if kind in cooccur_partners(present):
+                partner_answers[name].add(ex.target)
+            elif name == "rule" or kind in present:
+                assert ex.target == ("yes." if kind in present else "no."), (i, ex.prompt, ex.target)
+        if _asked_kind(rule.example(i).prompt) in cooccur_partners(present):
+            assert rule.example(i).target == "yes."
+    assert partner_answers == {"rule": {"yes."}, "noisy": {"yes.", "no."}}
+
+
+def test_sft_yes_bias_cooccur_rules_the_robots_existence_questions():
+    from vlm_dpo.embedded import WorldSFTData, cooccur_partners
+
+    data = WorldSFTData(_cfg("vlm.sft.vqa_share=1.0", "vlm.sft.yes_bias=cooccur", "vlm.vqa_bias.yes_bias=1.0"))
+    existence = [(i, ex, q) for i, ex, q in _sft_questions(data, 400) if q["family"] == "existence"]
+    absent = [(i, ex, q) for i, ex, q in existence if q["expected"] == "no"]
+    partners = [row for row in absent if row[2]["label"] in cooccur_partners(_present(data, row[0]))]
+    assert len(absent) >= 20 and partners and len(partners) < len(absent)
+    for i, ex, q in existence:  # yes-bias 1.0 would say yes to every absent kind; the rule only to partners
+        said_yes = q["expected"] == "yes" or q["label"] in cooccur_partners(_present(data, i))
+        assert ex.target == ("yes." if said_yes else "no."), (q, ex.target)
+
+
+def test_sft_question_curriculum_comes_first_and_leaves_later_steps_alone():
+    from vlm_dpo.embedded import WorldSFTData
+
+    common = ("vlm.sft.batch_size=8", "vlm.sft.steps=10", "vlm.sft.grounded_share=0.5")
+    curriculum = WorldSFTData(_cfg(*common, "vlm.sft.qa_first_steps=2"))
+    plain = WorldSFTData(_cfg(*common))
+    for step in (0, 1):
+        batch = curriculum.batch(step)
+        assert all("Detected:" in ex.prompt and ex.target in ("yes.", "no.") for ex in batch)
+        assert all(_asked_kind(ex.prompt) for ex in batch)
+    assert any(ex.target not in ("yes.", "no.") for ex in plain.batch(0) + plain.batch(1))
+    for step in (2, 3):
+        assert [(e.prompt, e.target) for e in curriculum.batch(step)] == [(e.prompt, e.target) for e in plain.batch(step)]
+
+
+@pytest.mark.parametrize("override,match", [("vlm.sft.yes_bias=sometimes", r"vlm\.sft\.yes_bias must be one of"),
+                                            ("vlm.sft.qa_first_steps=700", r"vlm\.sft\.qa_first_steps must be <= steps")])
+def test_sft_yes_bias_and_curriculum_are_checked(override, match):
+    from vlm_dpo.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        _cfg(override)
+
+
 def test_vlm_key_tracks_the_vqa_biases_only_when_questions_are_taught():
     from vlm_dpo.embedded import vlm_key
 

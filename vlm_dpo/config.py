@@ -17,7 +17,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from .annotate import AnnotateConfig
 from .ask import AskConfig
-from .checks import FieldValueError, at_least, fraction, positive
+from .checks import FieldValueError, at_least, fraction, one_of, positive
 from .describe import DescribeConfig
 from .detect import DetectorConfig
 from .eval.run import EvalConfig
@@ -75,14 +75,26 @@ class SFTConfig:
     # share of examples that are the robot's questions (vqa/questions.py), answered with vlm.vqa_bias's errors;
     # 0 (default) gives exactly the examples of before (its own random stream)
     vqa_share: float = 0.0
+    # How the answers' yes-bias is drawn. "random": "yes." about an absent co-occurring kind at
+    # vlm.hallucination.cooccur's rate, to a robot's existence question about an absent kind at vlm.vqa_bias.yes_bias's
+    # rate; from the prompt that is noise, and a 4-layer language model then learns only the base rate
+    # (scripts/yes_no_text_probe.py). "cooccur": "yes." exactly about the absent COOCCUR partner of a kind that is
+    # there, a rule the model can learn from the prompt (with the lookup beneath it) and DPO can unlearn.
+    yes_bias: str = "random"
+    # a curriculum: the first qa_first_steps steps are grounded yes/no questions only, so the language model learns
+    # the context lookup (a plateau of hundreds of steps) before captions and the robot's questions share its steps
+    qa_first_steps: int = 0
     seed: int = 0
     log_every: int = 50
 
     def __post_init__(self) -> None:
         at_least(self, 1, "steps", "batch_size", "log_every")
-        at_least(self, 0, "warmup_steps", "weight_decay")
+        at_least(self, 0, "warmup_steps", "weight_decay", "qa_first_steps")
         positive(self, "lr")
         fraction(self, "grounded_share", "detection_drop", "false_detection", "qa_share", "vqa_share")
+        one_of(self, "yes_bias", ("random", "cooccur"))
+        if self.qa_first_steps > self.steps:
+            raise FieldValueError("qa_first_steps", f"must be <= steps ({self.steps}), got {self.qa_first_steps}")
 
 
 @dataclass

@@ -104,6 +104,12 @@ def false_detection(scene: dict, text: str, rng: random.Random) -> dict | None:
     return {"label": rng.choice(kinds), "score": 1.0, "box": [round(v, 1) for v in (x1, y1, x1 + bw, y1 + bh)]}
 
 
+def cooccur_partners(present: set[str]) -> list[str]:
+    """The absent kinds the embedded VLM's co-occurrence bias adds to a scene holding `present` (COOCCUR), in
+    the order of their partners' names."""
+    return [COOCCUR[k] for k in sorted(present) if k in COOCCUR and COOCCUR[k] not in present]
+
+
 class WorldSFTData:
     """SFT examples from fresh in-memory scenes (an 'sft' seed stream, disjoint from train/val/test).
 
@@ -125,19 +131,21 @@ class WorldSFTData:
             self.cooc = cooccurrence([[o.label for o in sample_scene(w.seed, "sft", 20_000_000 + i).objects]
                                       for i in range(1000)])
 
-    def example(self, index: int) -> SFTExample:
+    def example(self, index: int, question_only: bool = False) -> SFTExample:
+        """Example `index` of the stream; `question_only` (the vlm.sft.qa_first_steps curriculum) makes it a
+        grounded yes/no question."""
         cfg = self.cfg
         scene = sample_scene(cfg.world.seed, "sft", index, image_size=cfg.world.image_size,
                              min_objects=cfg.world.min_objects, max_objects=cfg.world.max_objects,
                              max_overlap=cfg.world.max_overlap)
         s = scene.to_dict()
         rng = random.Random(f"sft-example/{cfg.vlm.sft.seed}/{index}")
-        grounded = rng.random() < cfg.vlm.sft.grounded_share
+        grounded = rng.random() < cfg.vlm.sft.grounded_share or question_only
         dets = [d for d in gt_as_detections(s["objects"]) if rng.random() >= cfg.vlm.sft.detection_drop]
         vqa_rng = random.Random(f"sft-vqa/{cfg.vlm.sft.seed}/{index}")  # its own stream: share 0 changes nothing
-        if cfg.vlm.sft.vqa_share and vqa_rng.random() < cfg.vlm.sft.vqa_share:
+        if not question_only and cfg.vlm.sft.vqa_share and vqa_rng.random() < cfg.vlm.sft.vqa_share:
             instruction, target = self.vqa(s, index, vqa_rng)
-        elif rng.random() < cfg.vlm.sft.qa_share:
+        elif question_only or rng.random() < cfg.vlm.sft.qa_share:
             instruction, target = self.qa(s["objects"], rng)
         else:
             instruction = cfg.prompt.instruction
@@ -154,18 +162,24 @@ class WorldSFTData:
 
     def qa(self, objects: list[dict], rng: random.Random) -> tuple[str, str]:
         """A yes/no question about a present or absent kind. The co-occurrence bias of the captions carries
-        over (an absent co-occurring kind is answered "yes" at the same rate), as it would in a real VLM."""
+        over (an absent co-occurring kind is answered "yes" at the same rate, or always with
+        vlm.sft.yes_bias=cooccur), as it would in a real VLM."""
         from .eval.pope import question
 
         present = {o["label"] for o in objects}
         if rng.random() < 0.5:
             return question(rng.choice(sorted(present))), "yes."
-        biased = [COOCCUR[k] for k in sorted(present) if k in COOCCUR and COOCCUR[k] not in present]
+        biased = cooccur_partners(present)
+        rule = self.cfg.vlm.sft.yes_bias == "cooccur"
         if biased and rng.random() < 0.5:
             label = rng.choice(biased)
+            if rule:
+                return question(label), "yes."
             return question(label), "yes." if rng.random() < self.rates.cooccur else "no."
-        label = rng.choice([k for k in KINDS if k not in present])
-        return question(label), "no."
+        # under the rule a partner is "yes." wherever it is asked, so the "no." questions are about the others
+        others = [k for k in KINDS if k not in present and not (rule and k in biased)]
+        label = rng.choice(others or biased)
+        return question(label), "no." if label in others else "yes."
 
     def vqa(self, scene: dict, index: int, rng: random.Random) -> tuple[str, str]:
         """One of the scene's robot questions (a family drawn at random), answered as a biased VLM would: wrongly
@@ -182,6 +196,9 @@ class WorldSFTData:
         objects = scene["objects"]
         q = rng.choice(make_questions(objects, list(KINDS), f"sft-{index}", width=scene["width"],
                                       seed=self.cfg.vlm.sft.seed, cooc=self.cooc))
+        if q["family"] == "existence" and self.cfg.vlm.sft.yes_bias == "cooccur":
+            partners = cooccur_partners({o["label"] for o in objects})
+            return q["question"], "yes." if q["expected"] == "yes" or q["label"] in partners else "no."
         biased = q["family"] != "existence" or q["expected"] == "no"  # the yes-bias errs on absent kinds only
         if biased and rng.random() < rate.get(q["family"], 0.0):
             counts = Counter(o["label"] for o in objects)
@@ -191,7 +208,8 @@ class WorldSFTData:
 
     def batch(self, step: int) -> list[SFTExample]:
         b = self.cfg.vlm.sft.batch_size
-        return [self.example(step * b + j) for j in range(b)]
+        questions_first = step < self.cfg.vlm.sft.qa_first_steps
+        return [self.example(step * b + j, question_only=questions_first) for j in range(b)]
 
 
 def heldout_quality(cfg, model_path: str, n: int = 100) -> dict:
