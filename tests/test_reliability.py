@@ -31,7 +31,7 @@ from vlm_dpo.config import ConfigError, load_config
     ("detector.conf=1.2", "detector.conf"), ("rft.steps=-1", "rft.steps"), ("pairs.mine.min_margin=-1",
                                                                           "pairs.mine.min_margin"),
     ("world.n_train=-3", "world.n_train"), ("ground.min_score=3", "ground.min_score"),
-    ("train.loss.beta=-1", "train.loss"),
+    ("train.loss.beta=-1", "train.loss"), ("pairs.vqa_adversarial=1.2", "pairs.vqa_adversarial"),
 ])
 def test_out_of_range_numbers_are_refused_at_load_with_the_full_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

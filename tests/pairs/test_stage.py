@@ -228,7 +228,7 @@ def test_human_judgement_of_a_mined_pair_wins(stage_inputs, tmp_path):
 
 
 def test_vqa_pairs_join_the_caption_pairs_at_the_configured_ratio(stage_inputs, tmp_path):
-    root, _ = stage_inputs
+    root, scenes = stage_inputs
     captions_only = build_pairs(_config(root), tmp_path / "captions", progress=False)
     assert captions_only["by_task"] == {"caption": captions_only["pairs"]}
     stats = build_pairs(replace(_config(root), vqa_ratio=0.25), tmp_path / "mixed", progress=False)
@@ -242,6 +242,22 @@ def test_vqa_pairs_join_the_caption_pairs_at_the_configured_ratio(stage_inputs, 
     split = {}
     for p in pairs:
         assert split.setdefault(p["image_id"], p["split"]) == p["split"]
+    # pairs.vqa_adversarial moves only the denied kind of "is there a ...?" (the co-occurring one: tests/vqa); a
+    # ratio this high keeps every image's questions
+    every = {}
+    for share in (0.0, 1.0):
+        build_pairs(replace(_config(root), vqa_ratio=10.0, vqa_adversarial=share), tmp_path / f"adv{share}",
+                    progress=False)
+        every[share] = [p for p in load_pairs(tmp_path / f"adv{share}" / "pairs.parquet") if p["task"] == "vqa"]
+    moved = [(a, b) for a, b in zip(every[0.0], every[1.0], strict=True) if a != b]
+    assert moved and all(a["kind"] == b["kind"] == "vqa_yes_no" and a["chosen"] == b["chosen"] == "no."
+                         for a, b in moved), moved
+    # pairs.vqa_colours: colour questions about the detections, each answered in the colour the image shows
+    build_pairs(replace(_config(root), vqa_ratio=10.0, vqa_colours="world"), tmp_path / "colours", progress=False)
+    colour = [p for p in load_pairs(tmp_path / "colours" / "pairs.parquet") if p["kind"] == "vqa_colour"]
+    truth = {(s.image_id, o.label): o.color for s in scenes for o in s.objects}
+    asked = {p["pair_id"]: next(k for k in VOCAB.classes if f" {k}" in p["prompt"].split("?")[0]) for p in colour}
+    assert colour and all(p["chosen"] == f"{truth[(p['image_id'], asked[p['pair_id']])]}." for p in colour)
     # older pair files (no task column) read as captions
     old = tmp_path / "old.jsonl"
     old.write_text(json.dumps({k: v for k, v in pairs[0].items() if k != "task"}) + "\n")
@@ -311,3 +327,10 @@ def test_answers_of_another_image_root_are_an_error_naming_the_record(stage_inpu
     with pytest.raises((DataError, RecordError), match=rf"answers\.jsonl:2 \(question {bad['qid']}\): {error}"):
         build_pairs(replace(_config(root), answers=str(root / "answers.jsonl")), tmp_path / "pairs", progress=False)
     assert not (tmp_path / "pairs" / "stats.json").exists()
+
+
+def test_a_palette_that_is_no_file_name_is_refused():
+    from vlm_dpo.checks import FieldValueError
+
+    with pytest.raises(FieldValueError, match="vqa_colours"):
+        PairsConfig(vqa_colours="rainbow")

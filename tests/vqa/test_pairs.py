@@ -48,3 +48,45 @@ def test_ungrounded_prompt_is_the_question():
     r = next(_records(1))
     pairs = vqa_pairs(r, "img.png", "1 cup.", list(KINDS), Counter(), min_score=0.5, grounded=False)
     assert pairs and all(p["grounding"] is None and not p["prompt"].endswith("1 cup.") for p in pairs)
+
+
+def test_adversarial_existence_pairs_deny_the_co_occurring_kind():
+    records = list(_records())
+    cooc = cooccurrence([[d["label"] for d in r["detections"]] for r in records])
+    denied = 0
+    for r in records:
+        present = {d["label"] for d in r["detections"]}
+        for p in vqa_pairs(r, "img.png", "1 cup.", list(KINDS), cooc, min_score=0.5, adversarial=1.0):
+            if p["kind"] != "vqa_yes_no" or p["chosen"] != "no." or not present:
+                continue
+            asked = next(k for k in KINDS if f" {k}" in p["prompt"].split("?")[0])
+            score = {k: sum(cooc[(q, k)] for q in present) for k in KINDS if k not in present}
+            assert asked not in present and score[asked] == max(score.values()), p["prompt"]
+            denied += 1
+    assert denied >= 40
+
+
+def test_colour_pairs_join_when_the_detections_carry_colours():
+    from vlm_dpo.world import COLORS
+
+    records = list(_records(60))
+    cooc = cooccurrence([[d["label"] for d in r["detections"]] for r in records])
+    kinds = Counter()
+    for i, r in enumerate(records):
+        s = sample_scene(3, "train", i).to_dict()
+        coloured = r | {"detections": [d | {"color": o["color"]} for d, o in zip(r["detections"], s["objects"])]}
+        plain = vqa_pairs(r, "img.png", "1 cup.", list(KINDS), cooc, min_score=0.5)
+        both = vqa_pairs(coloured, "img.png", "1 cup.", list(KINDS), cooc, min_score=0.5, colours=tuple(COLORS))
+        assert both[: len(plain)] == plain  # the other families' pairs do not move
+        assert vqa_pairs(coloured, "img.png", "1 cup.", list(KINDS), cooc, min_score=0.5) == plain  # no palette
+        (q,) = make_questions(coloured["detections"], list(KINDS), r["image_id"], width=r["width"],
+                              families=("colour",)) or [None]
+        extra = both[len(plain):]
+        assert len(extra) == (2 if q else 0)
+        for p in extra:
+            assert p["prompt"].startswith(q["question"]) and p["chosen"] == f"{q['expected']}."
+            assert judge_answer(q, parse_answer(p["chosen"], q, V)) == "correct"
+            verdict = judge_answer(q, parse_answer(p["rejected"], q, V))
+            assert verdict == {"vqa_colour": "wrong", "vqa_refused": "refused_wrongly"}[p["kind"]], p
+            kinds[p["kind"]] += 1
+    assert kinds["vqa_colour"] == kinds["vqa_refused"] >= 20

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from vlm_dpo.vqa.questions import FAMILIES, PHRASINGS, cooccurrence, make_questions
 from vlm_dpo.world.scenes import KINDS, sample_scene
 
@@ -88,3 +90,36 @@ def test_every_phrasing_formats():
     for family, templates in PHRASINGS.items():
         for t in templates:
             t.format(label="cup", other="ball", a="a", labels="cups")
+
+
+def test_adversarial_existence_asks_the_co_occurring_absent_kind():
+    scenes = [sample_scene(0, "test", i).to_dict() for i in range(200)]
+    co = cooccurrence([[o["label"] for o in s["objects"]] for s in scenes])
+    uniform, adversarial, half = Counter(), Counter(), Counter()
+    for s in scenes:
+        args = (s["objects"], list(KINDS), s["image_id"])
+        base = make_questions(*args, width=s["width"], cooc=co)
+        always = make_questions(*args, width=s["width"], cooc=co, adversarial=1.0)
+        # the other families, and every question about a present kind, do not move
+        assert [q for q in always if q["family"] != "existence"] == [q for q in base if q["family"] != "existence"]
+        e0, e1 = base[0], always[0]
+        assert e0["family"] == e1["family"] == "existence" and e0["expected"] == e1["expected"]
+        if e0["expected"] == "yes" or not s["objects"]:
+            assert e1 == e0
+            continue
+        present = {o["label"] for o in s["objects"]}
+        score = {k: sum(co[(p, k)] for p in present) for k in KINDS if k not in present}
+        assert e1["label"] not in present and score[e1["label"]] == max(score.values())
+        uniform[score[e0["label"]] == max(score.values())] += 1
+        adversarial[True] += 1
+        e_half = make_questions(*args, width=s["width"], cooc=co, adversarial=0.5)[0]
+        half[score[e_half["label"]] == max(score.values())] += 1
+    # uniform draws hit a most co-occurring kind only sometimes; a share of 0.5 sits in between
+    n = sum(adversarial.values())
+    assert n >= 60 and sum(uniform.values()) == sum(half.values()) == n
+    assert uniform[True] / n < 0.4 and uniform[True] + 0.15 * n < half[True] < n, (uniform, half)
+
+
+def test_adversarial_share_outside_0_1_is_refused():
+    with pytest.raises(ValueError, match="adversarial must lie in"):
+        make_questions(TABLE, list(KINDS), "t", width=128, adversarial=1.5)

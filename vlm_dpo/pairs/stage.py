@@ -20,15 +20,16 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..checks import at_least, fraction
+from ..checks import FieldValueError, at_least, fraction
 from ..ground import GroundingConfig, PromptConfig
-from ..images import data_root
+from ..images import DataError, data_root, open_image, resolve_image
 from ..judge import JudgeConfig, resolve_vocabulary
 from ..judge.vocabulary import VOCABULARY_FILE_SUFFIXES
 from ..keys import key as stage_key
 from ..keys import path_fingerprint
 from ..records import read_jsonl, write_text_atomic
 from ..run import RunFolder
+from ..vqa.colours import PALETTE_SUFFIXES, detection_colours, load_palette
 from ..vqa.mine import VqaMineConfig, mine_answers, read_answers
 from .dataset import MAX_CHARS, Rejections, dedupe, finite_json, save_pairs, split_by_image, statistics, validate_pair
 from .io import import_pairs, pairs_from_judgements
@@ -53,6 +54,13 @@ class PairsConfig:
     # 0.5 = one VQA pair for every two caption pairs (a seeded draw from one question per family and image).
     vqa_ratio: float = 0.0
     vqa_grounded: bool = True  # the grounding context after the question, as the captions' prompts have it
+    # Share of the existence pairs about an absent kind that ask about the absent kind co-occurring most with the
+    # detections (the one a yes-biased VLM wrongly affirms, as POPE's adversarial split asks); 0 = drawn uniformly.
+    vqa_adversarial: float = 0.0
+    # Colour questions in the VQA pairs, the colour read off each confident detection's box (vlm_dpo/vqa/colours.py):
+    # "" = none (a detector gives no colours), "world" = the embedded world's palette, or a .json/.yaml/.yml file of
+    # colour name -> [r, g, b].
+    vqa_colours: str = ""
     # Judged answers of `vlm-dpo ask` (<out>/vqa/<split>.jsonl, best with ask.n_samples > 0): mined VQA pairs (task
     # "vqa", a correct answer over a wrong one, vlm_dpo/vqa/mine.py) join the dataset. "" = none.
     answers: str = ""
@@ -65,8 +73,16 @@ class PairsConfig:
     max_chars: int = MAX_CHARS
 
     def __post_init__(self) -> None:
-        fraction(self, "val_fraction")
+        fraction(self, "val_fraction", "vqa_adversarial")
         at_least(self, 0, "max_chars", "vqa_ratio")
+        if self.vqa_colours not in ("", "world") and not self.vqa_colours.lower().endswith(PALETTE_SUFFIXES):
+            raise FieldValueError("vqa_colours", f"must be '', 'world' or a {'/'.join(PALETTE_SUFFIXES)} palette file, "
+                                                 f"got {self.vqa_colours!r}")
+
+
+# Settings added after runs were made, at the value that reproduces those runs: left out of the stage key there, so
+# the runs keep their key (and their DPO stage).
+_LATER_SETTINGS = {"vqa_adversarial": 0.0, "vqa_colours": ""}
 
 
 def pairs_config(cfg, run: RunFolder) -> PairsConfig:
@@ -92,6 +108,15 @@ def run(cfg, run: RunFolder, *, progress: bool = True) -> dict:
     return build_pairs(pcfg, run.pairs_dir, ground=cfg.ground, prompt=cfg.prompt, progress=progress)
 
 
+def _with_colours(record: dict, image: Path, palette: dict, min_score: float) -> dict:
+    """The detections record with "color" on each confident detection whose colour the image shows (vqa/colours.py)."""
+    confident = [i for i, d in enumerate(record["detections"]) if d["score"] >= min_score]
+    read = detection_colours(open_image(image), [record["detections"][i] for i in confident], palette)
+    colour = {i: c for i, c in zip(confident, read) if c}
+    return record | {"detections": [d | {"color": colour[i]} if i in colour else d
+                                    for i, d in enumerate(record["detections"])]}
+
+
 def _vqa_share(cfg: PairsConfig, caption_recs: list[dict], dets: dict, vocab, cooc: Cooccurrence,
                n_caption: int) -> list[dict]:
     """vqa_ratio x n_caption synthetic VQA pairs, drawn (seeded) from every image's, in their original order.
@@ -103,12 +128,21 @@ def _vqa_share(cfg: PairsConfig, caption_recs: list[dict], dets: dict, vocab, co
 
     records = {k: r | {"detections": [canon(d) for d in r["detections"]]} for k, r in dets.items()
                if not r.get("error")}
+    palette = load_palette(cfg.vqa_colours) if cfg.vqa_colours else {}
+    root = Path(cfg.image_root)
     candidates = []
     for rec in caption_recs:
         if rec["image_id"] in records:
-            candidates += vqa_pairs(records[rec["image_id"]], rec["file"], rec.get("grounding"), list(vocab.classes),
+            record = records[rec["image_id"]]
+            if palette:
+                image = resolve_image(rec["file"], root)
+                if image is None:
+                    raise DataError(f"{cfg.captions} image {rec['image_id']}: {rec['file']!r} is outside the image "
+                                    f"root {root}")
+                record = _with_colours(record, image, palette, cfg.judge.min_score)
+            candidates += vqa_pairs(record, rec["file"], rec.get("grounding"), list(vocab.classes),
                                     cooc.pair, min_score=cfg.judge.min_score, grounded=cfg.vqa_grounded,
-                                    seed=cfg.seed)
+                                    seed=cfg.seed, adversarial=cfg.vqa_adversarial, colours=tuple(palette))
     k = min(len(candidates), round(cfg.vqa_ratio * n_caption))
     keep = set(random.Random(f"vqa-share/{cfg.seed}").sample(range(len(candidates)), k))
     return [p for i, p in enumerate(candidates) if i in keep]
@@ -132,6 +166,8 @@ def build_pairs(cfg: PairsConfig, out_dir: str | Path, *, ground: GroundingConfi
     inputs = [p for p in (cfg.captions, cfg.detections, cfg.answers, *cfg.imports, *cfg.judgements) if p]
     if cfg.vocabulary.lower().endswith(VOCABULARY_FILE_SUFFIXES):
         inputs.append(cfg.vocabulary)  # an edited vocabulary file judges differently: part of the key
+    if cfg.vqa_colours.lower().endswith(PALETTE_SUFFIXES):
+        inputs.append(cfg.vqa_colours)  # so does an edited palette
     ground = ground or GroundingConfig()
     prompt = prompt or PromptConfig()
     # The grounding and prompt configs shape the context pairs' prompts, so they are part of the key too;
@@ -139,7 +175,8 @@ def build_pairs(cfg: PairsConfig, out_dir: str | Path, *, ground: GroundingConfi
     # settings shape nothing: left out, so runs made before they existed keep their key (and their DPO stage).
     # mine_answers shapes nothing itself: it fills in `answers`, which counts.
     shaping = {k: v for k, v in asdict(cfg).items()
-               if k != "mine_answers" and (cfg.answers or k not in ("answers", "vqa_mine"))}
+               if k != "mine_answers" and (cfg.answers or k not in ("answers", "vqa_mine"))
+               and not (k in _LATER_SETTINGS and v == _LATER_SETTINGS[k])}
     key = stage_key(shaping, ground, prompt, [(p, path_fingerprint(p)) for p in inputs])
     stats_path = out_dir / "stats.json"
     if stats_path.exists() and (out_dir / "pairs.parquet").exists():

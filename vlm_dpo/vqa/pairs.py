@@ -1,17 +1,21 @@
 """Synthetic VQA preference pairs (task "vqa"): the right short answer over a systematically wrong one, with the
 detector as judge (its confident detections are the facts, as for caption pairs).
 
-Per image, one question per family (vqa/questions.py, colour left out: a detector gives no colours), and the
-wrong answer the errors real VLMs make:
+Per image, one question per family (vqa/questions.py; colour only where the detections carry colours read off the
+image, vqa/colours.py, pairs.vqa_colours: a detector gives none), and the wrong answer the errors real VLMs make:
     existence      yes <-> no flipped                              kind vqa_yes_no
+                   (an absent kind drawn uniformly, or with pairs.vqa_adversarial the co-occurring one: the
+                   yes-bias real VLMs have is about those, POPE's adversarial split asks them)
+    colour         another of the palette's colours                 kind vqa_colour
     counting       one too many (VLMs over-count)                   kind vqa_count
     spatial        the mirrored answer                              kind vqa_side
     false_premise  answering as if the object were there ("The phone is blue.") over the refusal
                                                                     kind vqa_false_premise
     listing        the list with the absent kind that co-occurs most with what is there (a hallucination), or
                    without one present kind (an omission), alternating    kind vqa_list_add / vqa_list_drop
-and, for the counting question's (present) kind, the count over a refusal ("There is no cup."): the unwarranted
-refusal, so that refusing false premises is not learnt as refusing every "what colour is the ..."   kind vqa_refused
+and, for the counting and colour questions' (present) kinds, the answer over a refusal ("There is no cup."): the
+unwarranted refusal, so that refusing false premises is not learnt as refusing every "what colour is the ..."
+                                                                    kind vqa_refused
 Every chosen answer is judged correct and every rejected one not (vqa/answers.py; tests/vqa/test_pairs.py).
 """
 
@@ -29,9 +33,12 @@ _PREMISE_CLAIMS = {"What colour": "The {label} is {colour}.", "Where": "The {lab
                    "How big": "The {label} is small.", "Which side": "It is on the right side."}
 
 
-def wrong_answer(q: dict, counts: Counter, absent: list[str], cooc: Counter, rng: random.Random) -> tuple[str, str]:
-    """(rejected answer, kind) for question `q` (see the module docstring)."""
+def wrong_answer(q: dict, counts: Counter, absent: list[str], cooc: Counter, rng: random.Random,
+                 colours: tuple[str, ...] = ()) -> tuple[str, str]:
+    """(rejected answer, kind) for question `q` (see the module docstring); `colours`: the palette's names."""
     family = q["family"]
+    if family == "colour":
+        return f"{rng.choice([c for c in colours if c != q['expected']])}.", "vqa_colour"
     if family in ("existence", "spatial"):
         flipped = {"yes": "no", "no": "yes"}[q["expected"]]
         return f"{flipped}.", "vqa_yes_no" if family == "existence" else "vqa_side"
@@ -54,17 +61,24 @@ def wrong_answer(q: dict, counts: Counter, absent: list[str], cooc: Counter, rng
 
 
 def vqa_pairs(record: dict, image: str, grounding: str | None, labels: list[str], cooc: Counter, *,
-              min_score: float, grounded: bool = True, seed: int = 0) -> list[dict]:
-    """The synthetic VQA pairs of one detections record ({image_id, width, detections})."""
+              min_score: float, grounded: bool = True, seed: int = 0, adversarial: float = 0.0,
+              colours: tuple[str, ...] = ()) -> list[dict]:
+    """The synthetic VQA pairs of one detections record ({image_id, width, detections}); `adversarial`: the share
+    of "is there a ...?" about an absent kind asked about the one that co-occurs most (make_questions). With
+    `colours` (a palette's names) a colour question joins for a detection with a "color" (vqa/colours.py)."""
     facts = [d for d in record["detections"] if d["score"] >= min_score]
     counts = Counter(d["label"] for d in facts)
     absent = [k for k in labels if k not in counts]
     rng = random.Random(f"vqa-pairs/{seed}/{record['image_id']}")
+    args = (facts, labels, record["image_id"])
+    questions = make_questions(*args, width=record["width"], seed=seed, cooc=cooc, families=FAMILIES,
+                               adversarial=adversarial)
+    if len(colours) > 1:  # asked apart, so that the other families' questions are the same with or without it
+        questions += make_questions(*args, width=record["width"], seed=seed, families=("colour",))
     out = []
-    for q in make_questions(facts, labels, record["image_id"], width=record["width"], seed=seed, cooc=cooc,
-                            families=FAMILIES):
-        wrong = [wrong_answer(q, counts, absent, cooc, rng)]
-        if q["family"] == "counting":
+    for q in questions:
+        wrong = [wrong_answer(q, counts, absent, cooc, rng, colours)]
+        if q["family"] in ("counting", "colour"):
             wrong.append((refusal(q["label"]), "vqa_refused"))
         for rejected, kind in wrong:
             out.append(make_pair(image_id=record["image_id"], image=image, task="vqa", source="synthetic", kind=kind,

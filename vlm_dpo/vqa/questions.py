@@ -10,7 +10,8 @@ Families (one question per family and image where the family applies):
     listing        "Which objects can the robot pick up?"      the kinds present
 Every family has several phrasings; which one an image gets is drawn from its own seeded stream. The false premise
 asks about the absent kind that co-occurs most with the present ones (as POPE's adversarial split does), so a
-model that guesses from co-occurrence is caught. Spatial questions compare box centres in the image's x (image
+model that guesses from co-occurrence is caught; `adversarial` is the share of the existence questions about an
+absent kind that ask about that kind too (0, the default, draws it uniformly from the absent kinds). Spatial questions compare box centres in the image's x (image
 left = smaller x) and are only asked when the two centres are at least `min_gap` of the width apart, so the
 answer does not hinge on a few pixels.
 
@@ -64,15 +65,25 @@ def listing_answer(counts: dict[str, int], kinds: list[str]) -> str:
     return text[0].upper() + text[1:]
 
 
+def most_cooccurring(present: list[str], absent: list[str], cooc: Counter, rng: random.Random) -> str:
+    """The absent kind seen most often with the present ones (ties drawn with `rng`): POPE's adversarial choice."""
+    score = {k: sum(cooc[(p, k)] for p in present) for k in absent}
+    best = max(score.values())
+    return rng.choice([k for k in absent if score[k] == best])
+
+
 def make_questions(objects: list[dict], labels: list[str], image_id: str, *, width: float, seed: int = 0,
                    cooc: Counter | None = None, families: tuple[str, ...] = FAMILIES,
-                   min_gap: float = 0.15) -> list[dict]:
+                   min_gap: float = 0.15, adversarial: float = 0.0) -> list[dict]:
     """The questions of one image. objects: [{label, box (xyxy), color (optional)}] known to be there;
     labels: every kind the vocabulary knows (absent kinds are drawn from it)."""
+    if not 0.0 <= adversarial <= 1.0:
+        raise ValueError(f"adversarial must lie in [0, 1], got {adversarial}")
     rng = random.Random(f"vqa/{seed}/{image_id}")
     counts = Counter(o["label"] for o in objects)
     present = sorted(counts)
     absent = [k for k in labels if k not in counts]
+    cooc = cooc or Counter()
     out: list[dict] = []
 
     def add(family: str, expected, answer_text: str, label: str = "", other: str = "", **fmt) -> None:
@@ -87,6 +98,10 @@ def make_questions(objects: list[dict], labels: list[str], image_id: str, *, wid
     if "existence" in families and (present or absent):
         ask_present = bool(present) and (not absent or rng.random() < 0.5)
         label = rng.choice(present if ask_present else absent)
+        # Its own stream, so that every other question of the image is the same whatever the share.
+        adversary = random.Random(f"vqa-adversarial/{seed}/{image_id}")
+        if not ask_present and present and adversary.random() < adversarial:
+            label = most_cooccurring(present, absent, cooc, adversary)
         add("existence", "yes" if ask_present else "no", "yes." if ask_present else "no.", label)
     if "counting" in families and present:
         label = rng.choice(present)
@@ -104,9 +119,7 @@ def make_questions(objects: list[dict], labels: list[str], image_id: str, *, wid
             a, b = rng.choice(apart)
             add("spatial", "yes" if centre[a] < centre[b] else "no", "", a, b)
     if "false_premise" in families and absent and present:
-        cooc = cooc or Counter()
-        best = max(sum(cooc[(p, k)] for p in present) for k in absent)
-        label = rng.choice([k for k in absent if sum(cooc[(p, k)] for p in present) == best])
+        label = most_cooccurring(present, absent, cooc, rng)
         add("false_premise", "refusal", refusal(label), label)
     if "listing" in families and present:
         add("listing", present, listing_answer(counts, present))
