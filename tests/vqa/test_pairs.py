@@ -82,11 +82,21 @@ def test_colour_pairs_join_when_the_detections_carry_colours():
         (q,) = make_questions(coloured["detections"], list(KINDS), r["image_id"], width=r["width"],
                               families=("colour",)) or [None]
         extra = both[len(plain):]
-        assert len(extra) == (2 if q else 0)
+        present = {d["label"] for d in r["detections"]}
+        assert len(extra) == ((3 if len(present) < len(KINDS) else 2) if q else 0)
         for p in extra:
+            if p["kind"] == "vqa_false_premise":  # the twin: the same phrasing about an absent kind, refused
+                twin = p["prompt"].split("?")[0] + "?"
+                asked = next(k for k in KINDS if twin == q["question"].replace(q["label"], k))
+                assert asked not in present and p["chosen"] == f"There is no {asked}."
+                tq = {"family": "false_premise", "question": twin, "label": asked, "expected": "refusal"}
+                assert judge_answer(tq, parse_answer(p["chosen"], tq, V)) == "correct"
+                assert judge_answer(tq, parse_answer(p["rejected"], tq, V)) == "accepted_false_premise", p
+                kinds["twin"] += 1
+                continue
             assert p["prompt"].startswith(q["question"]) and p["chosen"] == f"{q['expected']}."
             assert judge_answer(q, parse_answer(p["chosen"], q, V)) == "correct"
             verdict = judge_answer(q, parse_answer(p["rejected"], q, V))
             assert verdict == {"vqa_colour": "wrong", "vqa_refused": "refused_wrongly"}[p["kind"]], p
             kinds[p["kind"]] += 1
-    assert kinds["vqa_colour"] == kinds["vqa_refused"] >= 20
+    assert kinds["vqa_colour"] == kinds["vqa_refused"] == kinds["twin"] >= 20

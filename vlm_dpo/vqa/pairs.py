@@ -7,6 +7,8 @@ image, vqa/colours.py, pairs.vqa_colours: a detector gives none), and the wrong 
                    (an absent kind drawn uniformly, or with pairs.vqa_adversarial the co-occurring one: the
                    yes-bias real VLMs have is about those, POPE's adversarial split asks them)
     colour         another of the palette's colours                 kind vqa_colour
+                   and the same question about the absent kind co-occurring most, the refusal over a colour
+                                                                    kind vqa_false_premise
     counting       one too many (VLMs over-count)                   kind vqa_count
     spatial        the mirrored answer                              kind vqa_side
     false_premise  answering as if the object were there ("The phone is blue.") over the refusal
@@ -26,10 +28,11 @@ from collections import Counter
 
 from ..ground import PromptConfig, prompt_text
 from ..pairs.dataset import make_pair
-from .questions import listing_answer, make_questions, number_word, refusal
+from .questions import listing_answer, make_questions, most_cooccurring, number_word, premise_twin, refusal
 
 FAMILIES = ("existence", "counting", "spatial", "false_premise", "listing")
-_PREMISE_CLAIMS = {"What colour": "The {label} is {colour}.", "Where": "The {label} is on the left.",
+_PREMISE_CLAIMS = {"What colour": "The {label} is {colour}.", "What is the colour": "The {label} is {colour}.",
+                   "Which colour": "The {label} is {colour}.", "Where": "The {label} is on the left.",
                    "How big": "The {label} is small.", "Which side": "It is on the right side."}
 
 
@@ -74,7 +77,14 @@ def vqa_pairs(record: dict, image: str, grounding: str | None, labels: list[str]
     questions = make_questions(*args, width=record["width"], seed=seed, cooc=cooc, families=FAMILIES,
                                adversarial=adversarial)
     if len(colours) > 1:  # asked apart, so that the other families' questions are the same with or without it
-        questions += make_questions(*args, width=record["width"], seed=seed, families=("colour",))
+        for q in make_questions(*args, width=record["width"], seed=seed, families=("colour",)):
+            questions.append(q)
+            # and its twin about the absent kind co-occurring most, refused: with the colour question alone DPO
+            # learns that "what colour is the ...?" gets a colour whatever the kind (measured on val: false
+            # premises in that phrasing all accepted), where the pair of twins differs only in the kind
+            if absent:
+                twin_rng = random.Random(f"vqa-twin/{seed}/{record['image_id']}")
+                questions.append(premise_twin(q, most_cooccurring(sorted(counts), absent, cooc, twin_rng)))
     out = []
     for q in questions:
         wrong = [wrong_answer(q, counts, absent, cooc, rng, colours)]

@@ -59,6 +59,13 @@ def refusal(label: str) -> str:
     return f"There is no {label}."
 
 
+def premise_twin(q: dict, label: str) -> dict:
+    """Question `q` (its phrasing) asked about the absent kind `label` instead: a false premise, to be refused."""
+    template = next(t for t in PHRASINGS[q["family"]] if t.format(label=q["label"]) == q["question"])
+    return {"image_id": q["image_id"], "family": "false_premise", "question": template.format(label=label),
+            "label": label, "other": "", "expected": "refusal", "answer_text": refusal(label)}
+
+
 def listing_answer(counts: dict[str, int], kinds: list[str]) -> str:
     """'A cup, two balls and an apple.' for `kinds` in that order."""
     text = join_phrases([noun_phrase(k, counts.get(k, 1), None) for k in kinds]) + "."
