@@ -8,6 +8,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from vlm_dpo.vqa.colours import box_colour, detection_colours, load_palette, world_palette
 from vlm_dpo.world import render_scene, sample_scene
@@ -33,7 +34,7 @@ def test_no_colour_without_a_clear_winner():
     half[:, :20] = PALETTE["red"]
     half[:, 20:] = PALETTE["blue"]
     assert box_colour(half, [0, 0, 40, 40], PALETTE) is None  # a tie is no answer
-    half[:, 20:] = PALETTE["blue"][0], PALETTE["blue"][1], 255  # near blue still votes blue
+    half[:, 20:] = PALETTE["blue"][0], PALETTE["blue"][1], 255  # near blue still votes blue: still a tie
     assert box_colour(half, [0, 0, 40, 40], PALETTE) is None
     assert box_colour(half, [0, 0, 14, 40], PALETTE) == "red"
     assert box_colour(half, [5, 5, 5, 30], PALETTE) is None  # an empty box
@@ -42,8 +43,6 @@ def test_no_colour_without_a_clear_winner():
 def test_a_box_mostly_covered_by_another_is_not_read():
     img = np.full((40, 40, 3), 128, dtype=np.uint8)
     img[0:20, 0:20] = PALETTE["green"]
-    from PIL import Image
-
     dets = [{"box": [0, 0, 20, 20]}, {"box": [2, 2, 20, 20]}]  # the second covers 81% of the first, and vice versa
     assert detection_colours(Image.fromarray(img), dets, PALETTE) == [None, None]
     assert detection_colours(Image.fromarray(img), dets[:1], PALETTE) == ["green"]

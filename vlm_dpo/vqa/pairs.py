@@ -79,9 +79,9 @@ def vqa_pairs(record: dict, image: str, grounding: str | None, labels: list[str]
     if len(colours) > 1:  # asked apart, so that the other families' questions are the same with or without it
         for q in make_questions(*args, width=record["width"], seed=seed, families=("colour",)):
             questions.append(q)
-            # and its twin about the absent kind co-occurring most, refused: with the colour question alone DPO
-            # learns that "what colour is the ...?" gets a colour whatever the kind (measured on val: false
-            # premises in that phrasing all accepted), where the pair of twins differs only in the kind
+            # and its twin about the absent kind co-occurring most, refused: the pair set then holds the contrast
+            # (same words, present vs absent kind) that a model must learn to answer one and refuse the other. On
+            # val the twins were not enough for the embedded VLM (README, "Robot questions").
             if absent:
                 twin_rng = random.Random(f"vqa-twin/{seed}/{record['image_id']}")
                 questions.append(premise_twin(q, most_cooccurring(sorted(counts), absent, cooc, twin_rng)))
