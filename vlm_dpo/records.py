@@ -71,6 +71,35 @@ def read_jsonl(path: str | os.PathLike, *, allow_torn_tail: bool = False) -> Ite
         yield obj
 
 
+MAPPING_FILE_SUFFIXES = (".json", ".yaml", ".yml")  # the files read_mapping_file reads (JSON, else YAML)
+
+
+def read_mapping_file(path: str | os.PathLike, what: str, shape: str, items: str) -> dict:
+    """The non-empty mapping in a JSON (.json) or YAML (any other suffix) file, or a ValueError that names `what`
+    ("vocabulary", "colour palette"), the file and the problem; `shape` says what the mapping should be ("class ->
+    list of synonyms"), `items` what its keys are ("classes"). Each caller checks the entries itself."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} file {str(path)!r} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml  # only needed for YAML files
+
+            data = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{what} file {str(path)!r} cannot be read: {e}") from None
+    except Exception as e:  # yaml.YAMLError, without importing yaml for JSON files
+        raise ValueError(f"{what} file {str(path)!r} is not valid YAML: {e}") from None
+    if data is None or data == {}:  # an empty YAML file loads as None
+        raise ValueError(f"{what} file {str(path)!r} is empty: it names no {items}")
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} file {str(path)!r} must be a mapping of {shape}, not {type(data).__name__}")
+    return data
+
+
 def _replace_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """`write(tmp)` fills `<path>.tmp`, which then replaces `path`: readers see the old file or the whole new one.
     A failed write leaves no temp file, and a full disk is one StorageError naming the file."""

@@ -56,7 +56,8 @@ def test_palette_files(tmp_path):
     assert load_palette(str(tmp_path / "p.json")) == {"red": (1, 2, 3)}
     assert load_palette("world") == PALETTE
     for text, problem in [("sparkly: [1, 2, 3]\n", "not a colour word"), ("red: [1, 2]\n", "must be \\[r, g, b\\]"),
-                          ("red: [1, 2, 300]\n", "must be \\[r, g, b\\]"), ("- red\n", "a mapping")]:
+                          ("red: [1, 2, 300]\n", "must be \\[r, g, b\\]"), ("- red\n", "a mapping"),
+                          ("red: [1,\n", "not valid YAML"), ("", "is empty")]:
         bad = tmp_path / "bad.yaml"
         bad.write_text(text)
         with pytest.raises(ValueError, match=problem) as e:

@@ -14,7 +14,6 @@ class), which is all the parser (`parse.py`) and the scorer (`score.py`) look na
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -23,6 +22,7 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
 from ..plurals import IRREGULAR_PLURALS, plural_forms
+from ..records import MAPPING_FILE_SUFFIXES, read_mapping_file
 from .lexicon import BASIC_COLORS, _split_words
 
 COCO_CLASSES = (
@@ -304,7 +304,7 @@ def _coco_vocab() -> Vocabulary:
 
 
 VOCABULARIES = ("world", "coco", "detections")
-VOCABULARY_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+VOCABULARY_FILE_SUFFIXES = MAPPING_FILE_SUFFIXES
 
 
 def resolve_vocabulary(name: str, detection_records: list[dict] | None = None) -> Vocabulary:
@@ -333,25 +333,7 @@ def vocabulary_from_file(path: str | Path) -> Vocabulary:
     is not a non-empty mapping of str -> list[str], or names one synonym for two classes is an error that names
     the file and the problem."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"vocabulary file {str(path)!r} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml  # only needed for YAML vocabularies
-
-            data = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, ValueError) as e:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"vocabulary file {str(path)!r} cannot be read: {e}") from None
-    except Exception as e:  # yaml.YAMLError, without importing yaml for JSON files
-        raise ValueError(f"vocabulary file {str(path)!r} is not valid YAML: {e}") from None
-    if data is None or data == {}:  # an empty YAML file loads as None
-        raise ValueError(f"vocabulary file {str(path)!r} is empty: it names no classes")
-    if not isinstance(data, dict):
-        raise ValueError(f"vocabulary file {str(path)!r} must be a mapping of class -> list of synonyms, "
-                         f"not {type(data).__name__}")
+    data = read_mapping_file(path, "vocabulary", "class -> list of synonyms", "classes")
     owner: dict[str, str] = {}  # normalised phrase -> the class that claims it
     for cls_name, synonyms in data.items():
         if not isinstance(cls_name, str) or not _split_words(cls_name):

@@ -7,21 +7,21 @@ and DPO that teaches refusing "what colour is the phone?" (no phone) has nothing
 its votes cover at least `min_share` of the box and at least `dominance` times the runner-up's, else None (no
 answer is better than a guessed one: the pair is then not made). A box more than half covered by another detection's
 is not read (the occluder's pixels would outvote it). On 300 val scenes of world seed 0 the rule reads 993 of 998
-objects, all rightly (tests/vqa/test_colours.py checks 120 scenes). This suits flat-coloured objects, as in the embedded world; for photos, give a
-palette of the colours your objects come in (`pairs.vqa_colours: FILE`, name -> [r, g, b]) and check its answers on
-a few images before training on them.
+objects, all rightly (tests/vqa/test_colours.py checks 120 scenes). This suits flat-coloured objects, as in the
+embedded world; for photos, give a palette of the colours your objects come in (`pairs.vqa_colours: FILE`, name ->
+[r, g, b]) and check its answers on a few images before training on them.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..judge.lexicon import BASIC_COLORS
+from ..records import MAPPING_FILE_SUFFIXES, read_mapping_file
 
-PALETTE_SUFFIXES = (".json", ".yaml", ".yml")
+PALETTE_SUFFIXES = MAPPING_FILE_SUFFIXES
 MAX_DISTANCE = 60.0
 MIN_SHARE = 0.15
 DOMINANCE = 2.0
@@ -39,20 +39,14 @@ def load_palette(spec: str) -> dict[str, tuple[int, int, int]]:
     if spec == "world":
         return world_palette()
     path = Path(spec)
-    if path.suffix.lower() not in PALETTE_SUFFIXES or not path.is_file():
-        raise ValueError(f"colour palette {spec!r}: not 'world' nor a .json/.yaml/.yml file")
-    if path.suffix.lower() == ".json":
-        raw = json.loads(path.read_text())
-    else:
-        import yaml
-
-        raw = yaml.safe_load(path.read_text())
-    if not isinstance(raw, dict) or not raw:
-        raise ValueError(f"{path}: a colour palette is a mapping of colour name -> [r, g, b]")
+    if path.suffix.lower() not in PALETTE_SUFFIXES:
+        raise ValueError(f"colour palette {spec!r}: not 'world' nor a {'/'.join(PALETTE_SUFFIXES)} file")
+    raw = read_mapping_file(path, "colour palette", "colour name -> [r, g, b]", "colours")
     palette = {}
     for name, rgb in raw.items():
         if str(name).lower() not in BASIC_COLORS:
-            raise ValueError(f"{path}: {name!r} is not a colour word the answer judge reads ({', '.join(BASIC_COLORS)})")
+            raise ValueError(f"{path}: {name!r} is not a colour word the answer judge reads "
+                             f"({', '.join(BASIC_COLORS)})")
         if not (isinstance(rgb, (list, tuple)) and len(rgb) == 3 and all(isinstance(v, (int, float)) and 0 <= v <= 255
                                                                           for v in rgb)):
             raise ValueError(f"{path}: colour {name!r} must be [r, g, b] with values in 0-255, got {rgb!r}")

@@ -11,9 +11,9 @@ Families (one question per family and image where the family applies):
 Every family has several phrasings; which one an image gets is drawn from its own seeded stream. The false premise
 asks about the absent kind that co-occurs most with the present ones (as POPE's adversarial split does), so a
 model that guesses from co-occurrence is caught; `adversarial` is the share of the existence questions about an
-absent kind that ask about that kind too (0, the default, draws it uniformly from the absent kinds). Spatial questions compare box centres in the image's x (image
-left = smaller x) and are only asked when the two centres are at least `min_gap` of the width apart, so the
-answer does not hinge on a few pixels.
+absent kind that ask about that kind too (0, the default, draws it uniformly from the absent kinds). Spatial
+questions compare box centres in the image's x (image left = smaller x) and are only asked when the two centres
+are at least `min_gap` of the width apart, so the answer does not hinge on a few pixels.
 
 A question is a dict: {family, question, label, other, expected, answer_text} where `expected` is the judged
 answer (see answers.py: "yes" / "no" / int / colour / "left" / "right" / sorted list of labels / "refusal") and
