@@ -12,7 +12,9 @@ want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1
-"$VENV/bin/python" -m pip install -q -e ".[dev]"
+# --no-compile: no byte-compiling of every installed file (torch's alone is ~20 s of a fresh set-up); Python
+# compiles what is imported, on first import.
+"$VENV/bin/python" -m pip install -q --no-compile --upgrade pip
+"$VENV/bin/python" -m pip install -q --no-compile torch==2.14.1 torchvision==0.29.1
+"$VENV/bin/python" -m pip install -q --no-compile -e ".[dev]"
 echo "$want" > "$stamp"
