@@ -47,7 +47,19 @@ def test_metrics_json_is_complete(pipeline_run):
         assert vqa["pope_f1_by_context"]["grounded"] == mm["pope_f1"]
         contexts = [r["context"] for r in read_jsonl(run.eval / f"{name}.pope.jsonl")]
         assert contexts.count("grounded") == contexts.count("no_context") > 0
-        assert (run.eval / f"{name}.vqa.jsonl").exists()
+        rows = list(read_jsonl(run.eval / f"{name}.vqa.jsonl"))
+        # each false-premise question asked again in its words about a kind that is there (vqa/control.py)
+        fps = {r["image_id"]: r for r in rows if r["family"] == "false_premise"}
+        controls = [r for r in rows if r["family"] == "premise_control"]
+        assert fps and sorted(c["image_id"] for c in controls) == sorted(fps), name
+        for c in controls:
+            assert c["question"].replace(c["label"], "X") == fps[c["image_id"]]["question"].replace(
+                fps[c["image_id"]]["label"], "X")
+        refused = sum(c["answer_kind"] == "refusal" for c in controls) / len(controls)
+        assert vqa["true_premise_refusal"] == pytest.approx(refused)
+        assert vqa["premise_balanced_accuracy"] == pytest.approx(
+            (vqa["false_premise_rejection"] + 1 - refused) / 2)
+        assert vqa["questions"] == len(rows) - len(controls)  # outside the families' counts
     import vlm_dpo.pairs.dataset as ds
 
     assert all(p["source"] != "context" for p in ds.load_pairs(run.variant("no_context") / "pairs.parquet"))

@@ -34,5 +34,15 @@ def test_pope_without_context_row_only_when_measured(tmp_path):
     assert "no context" not in vqa_section(run, {"sft": _vqa(0.5)}, "sft", None)  # older metrics.json
 
 
+def test_premise_control_rows_only_when_measured(tmp_path):
+    run = RunFolder(tmp_path)
+    models = {n: _vqa(0.5) for n in ("sft", "dpo")}
+    models["dpo"]["vqa"] |= {"true_premise_refusal": 0.75, "premise_balanced_accuracy": 0.25}
+    page = vqa_section(run, models, "sft", None)
+    assert "<td>the same words about a kind that is there: refused</td><td>–</td><td>75%</td>" in page
+    assert "balanced accuracy; 50% = by phrasing)</td><td>–</td><td>25%</td>" in page
+    assert "kind that is there" not in vqa_section(run, {"sft": _vqa(0.5)}, "sft", None)  # older metrics.json
+
+
 def test_no_vqa_results_no_section(tmp_path):
     assert vqa_section(RunFolder(tmp_path), {"sft": {"chair_i": 0.1}}, "sft", None) == ""

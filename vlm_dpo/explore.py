@@ -232,7 +232,8 @@ def vqa_frame(run: str | Path | RunFolder, models: list[str] | None = None):
 
 def vqa_table(run: str | Path | RunFolder, digits: int = 2):
     """Per model: accuracy per question family as "value [lo, hi]" (95% bootstrap over images), false-premise
-    rejection, yes-ratio, and POPE F1 (adversarial) with and without the grounding context."""
+    rejection and its control (true-premise refusal, balanced accuracy), yes-ratio, and POPE F1 (adversarial)
+    with and without the grounding context."""
     import pandas as pd
 
     m = json.loads(open_run(run).metrics.read_text())["models"]
@@ -240,7 +241,7 @@ def vqa_table(run: str | Path | RunFolder, digits: int = 2):
     def column(v):
         col = {f"accuracy {f}": f"{a:.{digits}f}" + (f" [{c[0]:.{digits}f}, {c[1]:.{digits}f}]" if (
             c := (v.get("ci") or {}).get(f)) else "") for f, a in v["accuracy"].items() if a is not None}
-        for k in ("false_premise_rejection", "yes_ratio"):
+        for k in ("false_premise_rejection", "true_premise_refusal", "premise_balanced_accuracy", "yes_ratio"):
             col[k] = "–" if v.get(k) is None else f"{v[k]:.{digits}f}"
         for ctx, f1 in (v.get("pope_f1_by_context") or {"grounded": v.get("pope_f1")}).items():
             col[f"pope_f1 ({ctx})"] = "–" if f1 is None else f"{f1:.{digits}f}"

@@ -1,6 +1,6 @@
 """The report's "Robot questions" section: accuracy per question family and model (95% intervals over images),
-false-premise rejection and yes-ratio, then questions the two compared models answered differently, each with
-both answers and their verdicts (from eval/<model>.vqa.jsonl, eval/vqa.py)."""
+false-premise rejection beside its control (vqa/control.py) and yes-ratio, then questions the two compared models
+answered differently, each with both answers and their verdicts (from eval/<model>.vqa.jsonl, eval/vqa.py)."""
 
 from __future__ import annotations
 
@@ -28,8 +28,12 @@ def vqa_section(run: RunFolder, models: dict, base: str, after: str | None, n_ex
             cells.append(f"<td>{_pct(v['accuracy'].get(family))}"
                          + (f' <span class="note">[{_pct(ci[0])}, {_pct(ci[1])}]</span>' if ci else "") + "</td>")
         rows.append(f"<tr><td>{'<b>overall</b>' if family == 'overall' else family}</td>{''.join(cells)}</tr>")
-    for key, label in (("false_premise_rejection", "false premise refused"), ("yes_ratio", "yes-ratio (yes/no)"),
-                       ("pope_f1", "POPE F1 (adversarial)")):
+    for key, label in (("false_premise_rejection", "false premise refused"),
+                       ("true_premise_refusal", "the same words about a kind that is there: refused"),
+                       ("premise_balanced_accuracy", "premise checked (balanced accuracy; 50% = by phrasing)"),
+                       ("yes_ratio", "yes-ratio (yes/no)"), ("pope_f1", "POPE F1 (adversarial)")):
+        if key.startswith(("true_premise", "premise_")) and all(models[n]["vqa"].get(key) is None for n in names):
+            continue  # evaluated before the premise control existed, or without it
         rows.append(f"<tr><td>{label}</td>" + "".join(f"<td>{_pct(models[n]['vqa'].get(key))}</td>" for n in names)
                     + "</tr>")
     # The same POPE probes without the context: a model that only echoes "Detected: ..." falls to all-yes here.

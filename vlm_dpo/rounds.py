@@ -26,7 +26,7 @@ from .pairs import stage as pairs_stage
 from .records import settings_path
 from .run import RunFolder
 from .train import stage as train_stage
-from .train.recipe import train_dpo
+from .train.recipe import stage_settings, train_dpo
 
 
 def round_folder(run: RunFolder, r: int) -> RunFolder:
@@ -64,7 +64,7 @@ def dpo_round(cfg, run: RunFolder, model: str, key: str, *, progress: bool = Tru
                                          prompt=cfg.prompt, progress=progress)
     lap("pairs")
     tcfg = train_stage.train_config(cfg, run, model)
-    key = stage_key(key, pair_stats["key"], tcfg)
+    key = stage_key(key, pair_stats["key"], stage_settings(tcfg))
     stage = run.stage(run.dpo, key).reset_if_stale()  # unmarked = interrupted: train_dpo resumes
     if stage.done:
         summary = json.loads(run.dpo_summary.read_text())

@@ -258,6 +258,18 @@ def test_vqa_pairs_join_the_caption_pairs_at_the_configured_ratio(stage_inputs, 
     truth = {(s.image_id, o.label): o.color for s in scenes for o in s.objects}
     asked = {p["pair_id"]: next(k for k in VOCAB.classes if f" {k}" in p["prompt"].split("?")[0]) for p in colour}
     assert colour and all(p["chosen"] == f"{truth[(p['image_id'], asked[p['pair_id']])]}." for p in colour)
+    # pairs.vqa_premise_control: the same draw, plus a true-premise pair for each image with a false premise drawn
+    base = [p for p in load_pairs(tmp_path / "mixed" / "pairs.parquet") if p["task"] == "vqa"]
+    build_pairs(replace(_config(root), vqa_ratio=0.25, vqa_premise_control=True), tmp_path / "control",
+                progress=False)
+    with_control = [p for p in load_pairs(tmp_path / "control" / "pairs.parquet") if p["task"] == "vqa"]
+    control = [p for p in with_control if p["kind"] == "vqa_true_premise"]
+    assert sorted(p["pair_id"] for p in with_control if p["kind"] != "vqa_true_premise") == sorted(
+        p["pair_id"] for p in base)
+    premised = {p["image_id"] for p in base if p["kind"] == "vqa_false_premise"}
+    assert control and {p["image_id"] for p in control} <= premised
+    assert all(p["rejected"].startswith("There is no ") and not p["chosen"].startswith("There is no")
+               for p in control)
     # older pair files (no task column) read as captions
     old = tmp_path / "old.jsonl"
     old.write_text(json.dumps({k: v for k, v in pairs[0].items() if k != "task"}) + "\n")

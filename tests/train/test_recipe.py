@@ -2,10 +2,11 @@
 import pytest
 import torch
 
+from vlm_dpo.keys import key as stage_key
 from vlm_dpo.models import load_model_and_processor
 from vlm_dpo.records import read_jsonl
 from vlm_dpo.train import recipe as recipe_mod
-from vlm_dpo.train.recipe import TrainConfig, train_dpo
+from vlm_dpo.train.recipe import TrainConfig, stage_settings, train_dpo
 
 
 def cfg_for(tiny_policy, pair_root, tmp_path, **kw):
@@ -294,3 +295,14 @@ def test_other_settings_in_the_same_folder_are_refused(tiny_policy, pair_root, t
     # logging / saving cadence is not a different run
     train_dpo(cfg_for(tiny_policy, pair_root, tmp_path, max_steps=2, reference="precomputed", log_every=2),
               progress=False)
+
+
+def test_the_stage_key_ignores_what_does_not_change_the_weights():
+    base = TrainConfig(model="m", pairs="p.parquet", output_dir="runs/x/dpo")
+    assert stage_key(stage_settings(base)) == stage_key(base)  # runs made at the defaults keep their key
+    same = TrainConfig(model="m", pairs="p.parquet", output_dir="runs/x/dpo", selective_recompute=False,
+                       gradient_checkpointing=True, eval_every=7, save_every=3, log_every=5, keep_checkpoints=9)
+    assert stage_key(stage_settings(same)) == stage_key(base)
+    for other in (TrainConfig(model="m", pairs="p.parquet", output_dir="runs/x/dpo", lr=3e-4),
+                  TrainConfig(model="m", pairs="p.parquet", output_dir="runs/y/dpo")):
+        assert stage_key(stage_settings(other)) != stage_key(base)

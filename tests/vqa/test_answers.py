@@ -38,6 +38,11 @@ def q(family, expected, label="cup", other=""):
     ("false_premise", "refusal", "I don't see a cup.", "refusal", "correct"),
     ("false_premise", "refusal", "The cup is red.", "colour", "accepted_false_premise"),
     ("false_premise", "refusal", "On the left.", "claim", "accepted_false_premise"),
+    # premise control (the same phrasings about a kind that is there): any answer but a refusal
+    ("premise_control", "answer", "On the left.", "claim", "correct"),
+    ("premise_control", "answer", "The cup is red.", "colour", "correct"),
+    ("premise_control", "answer", "There is no cup.", "refusal", "refused_wrongly"),
+    ("premise_control", "answer", "", "unknown", "unparsed"),
 ])
 def test_parse_and_judge(family, expected, text, kind, verdict):
     answer = parse_answer(text, q(family, expected), V)

@@ -42,6 +42,9 @@ class EvalConfig:
     pope_both_contexts: bool = True
     vqa: bool = True  # the robot's questions (eval/vqa.py): models.<name>.vqa in metrics.json
     vqa_grounded: bool = True  # with the grounding context after the question
+    # Each false-premise question also asked about a kind that is there (vqa/control.py): is a refusal a check of
+    # the premise, or of the phrasing? vqa.true_premise_refusal and vqa.premise_balanced_accuracy.
+    vqa_premise_control: bool = True
     bootstrap: int = 1000
     seed: int = 0
     # world | coco | detections (the labels in the detection records) | a .json/.yaml/.yml file of class -> list

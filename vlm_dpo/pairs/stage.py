@@ -61,6 +61,9 @@ class PairsConfig:
     # "" = none (a detector gives no colours), "world" = the embedded world's palette, or a .json/.yaml/.yml file of
     # colour name -> [r, g, b].
     vqa_colours: str = ""
+    # Each kept false-premise pair's question also asked about a kind that is there, its answer read off the box
+    # over the refusal (kind vqa_true_premise, vqa/control.py): refusing then has to depend on the kind, not the words.
+    vqa_premise_control: bool = False
     # Judged answers of `vlm-dpo ask` (<out>/vqa/<split>.jsonl, best with ask.n_samples > 0): mined VQA pairs (task
     # "vqa", a correct answer over a wrong one, vlm_dpo/vqa/mine.py) join the dataset. "" = none.
     answers: str = ""
@@ -82,7 +85,7 @@ class PairsConfig:
 
 # Settings added after runs were made, at the value that reproduces those runs: left out of the stage key there, so
 # the runs keep their key (and their DPO stage).
-_LATER_SETTINGS = {"vqa_adversarial": 0.0, "vqa_colours": ""}
+_LATER_SETTINGS = {"vqa_adversarial": 0.0, "vqa_colours": "", "vqa_premise_control": False}
 
 
 def pairs_config(cfg, run: RunFolder) -> PairsConfig:
@@ -119,8 +122,10 @@ def _with_colours(record: dict, image: Path, palette: dict, min_score: float) ->
 
 def _vqa_share(cfg: PairsConfig, caption_recs: list[dict], dets: dict, vocab, cooc: Cooccurrence,
                n_caption: int) -> list[dict]:
-    """vqa_ratio x n_caption synthetic VQA pairs, drawn (seeded) from every image's, in their original order.
-    `cooc`: the caption mining's co-occurrence of confident detections."""
+    """vqa_ratio x n_caption synthetic VQA pairs, drawn (seeded) from every image's, in their original order; with
+    vqa_premise_control, then the true-premise pair of each image with a false-premise pair drawn (the draw is the
+    same as without them). `cooc`: the caption mining's co-occurrence of confident detections."""
+    from ..vqa.control import true_premise_pairs
     from ..vqa.pairs import vqa_pairs
 
     def canon(d):
@@ -130,7 +135,7 @@ def _vqa_share(cfg: PairsConfig, caption_recs: list[dict], dets: dict, vocab, co
                if not r.get("error")}
     palette = load_palette(cfg.vqa_colours) if cfg.vqa_colours else {}
     root = Path(cfg.image_root)
-    candidates = []
+    candidates, controls = [], []
     for rec in caption_recs:
         if rec["image_id"] in records:
             record = records[rec["image_id"]]
@@ -143,9 +148,15 @@ def _vqa_share(cfg: PairsConfig, caption_recs: list[dict], dets: dict, vocab, co
             candidates += vqa_pairs(record, rec["file"], rec.get("grounding"), list(vocab.classes),
                                     cooc.pair, min_score=cfg.judge.min_score, grounded=cfg.vqa_grounded,
                                     seed=cfg.seed, adversarial=cfg.vqa_adversarial, colours=tuple(palette))
+            if cfg.vqa_premise_control:
+                controls += true_premise_pairs(record, rec["file"], rec.get("grounding"), list(vocab.classes),
+                                               cooc.pair, min_score=cfg.judge.min_score, grounded=cfg.vqa_grounded,
+                                               seed=cfg.seed, adversarial=cfg.vqa_adversarial)
     k = min(len(candidates), round(cfg.vqa_ratio * n_caption))
     keep = set(random.Random(f"vqa-share/{cfg.seed}").sample(range(len(candidates)), k))
-    return [p for i, p in enumerate(candidates) if i in keep]
+    kept = [p for i, p in enumerate(candidates) if i in keep]
+    premised = {p["image_id"] for p in kept if p["kind"] == "vqa_false_premise"}
+    return kept + [p for p in controls if p["image_id"] in premised]
 
 
 def _answer_pairs(cfg: PairsConfig, root: Path, dets: dict) -> list[dict]:

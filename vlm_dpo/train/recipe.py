@@ -149,6 +149,14 @@ NOT_IN_RUN_KEY = ("output_dir", "eval_every", "save_every", "keep_checkpoints", 
                   "dist_timeout_s", "gradient_checkpointing", "selective_recompute")
 
 
+def stage_settings(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` as the pipeline's DPO stage key sees it: the settings that do not change the trained weights
+    (NOT_IN_RUN_KEY, but the output folder) at their defaults. Switching recomputation on after running out of
+    memory, or evaluating more often, then keeps a finished stage; a run made at the defaults keeps its key."""
+    defaults = TrainConfig()
+    return replace(cfg, **{k: getattr(defaults, k) for k in NOT_IN_RUN_KEY if k != "output_dir"})
+
+
 def run_settings(cfg: TrainConfig) -> dict:
     """What a checkpoint's trajectory depends on: resuming it under other settings would mix two runs."""
     from dataclasses import asdict

@@ -17,6 +17,8 @@ Judging (`judge_answer`) gives one verdict:
     refused_wrongly         refused although the object is there
     accepted_false_premise  answered (a colour, a place, ...) a question about an absent object
     unparsed                nothing of the asked kind in the answer
+A premise control (vqa/control.py: a false-premise phrasing about a kind that is there) is correct when answered
+with anything but a refusal.
 A list is correct when it names exactly the present kinds; `list_scores` gives its precision and recall.
 """
 
@@ -80,13 +82,13 @@ def parse_answer(text: str, question: dict, vocab: Vocabulary) -> Answer:
             if w in _NUMBERS:
                 return Answer("number", _NUMBERS[w])
         return Answer("unknown")
-    if family in ("colour", "false_premise"):
+    if family in ("colour", "false_premise", "premise_control"):
         for w in words:
             if w in _COLOURS:
                 return Answer("colour", _COLOURS[w])
         if family == "colour":
             return Answer("unknown")
-        # a false premise asked "where" / "how big": any content that is not a refusal accepts the premise
+        # a premise asked "where" / "how big": any content that is not a refusal accepts the premise
         return Answer("claim", text.strip())
     if family == "listing":
         labels = parse_caption(text, vocab).labels()
@@ -103,6 +105,8 @@ def judge_answer(question: dict, answer: Answer) -> str:
         return "refused_wrongly"
     if answer.kind == "unknown":
         return "unparsed"
+    if question["family"] == "premise_control":  # a true premise (vqa/control.py): any answer but a refusal
+        return "correct"
     if question["family"] in ("existence", "spatial"):
         return "correct" if answer.kind == expected else "wrong"
     if question["family"] == "listing":
