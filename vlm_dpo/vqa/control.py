@@ -43,10 +43,10 @@ CONTROL_FAMILY = "premise_control"
 
 def premise_control(question: dict, label: str) -> dict:
     """False-premise `question` in its own words, asked about `label`, a kind that is there."""
-    template = next((t for t in PHRASINGS["false_premise"] if t.format(label=question["label"]) == question["question"]),
-                    None)
+    asked = question["question"]
+    template = next((t for t in PHRASINGS["false_premise"] if t.format(label=question["label"]) == asked), None)
     if template is None:
-        raise ValueError(f"not a false-premise phrasing of vqa/questions.py: {question['question']!r}")
+        raise ValueError(f"not a false-premise phrasing of vqa/questions.py: {asked!r}")
     return {"image_id": question["image_id"], "family": CONTROL_FAMILY, "question": template.format(label=label),
             "label": label, "other": "", "expected": "answer", "answer_text": ""}
 
