@@ -73,7 +73,7 @@ def det(label, box, color=None, score=0.9):
 def test_answers_read_off_the_box(question, d, answer):
     from vlm_dpo.vqa.control import premise_answer
 
-    assert premise_answer(question, "cup", d, 128) == answer
+    assert premise_answer(question, "cup", d, 128, 128) == answer
 
 
 def test_true_premise_pairs_ask_the_false_premise_question_about_a_kind_that_is_there():
@@ -91,7 +91,7 @@ def test_true_premise_pairs_ask_the_false_premise_question_about_a_kind_that_is_
     for i in range(40):
         dets = [det(labels[(i + k) % len(labels)], [40 * k, 10, 40 * k + 20, 30]) for k in range(1 + i % 3)]
         dets.append(det("phone", [0, 0, 5, 5], score=0.2))  # not confident: not a fact
-        record = {"image_id": f"s{i}", "width": 128, "detections": dets}
+        record = {"image_id": f"s{i}", "width": 128, "height": 128, "detections": dets}
         args = (record, f"images/s{i}.png", "Detected: x.", labels, cooc)
         got = true_premise_pairs(*args, min_score=0.5, seed=1)
         fp = [p for p in vqa_pairs(*args, min_score=0.5, seed=1) if p["kind"] == "vqa_false_premise"]

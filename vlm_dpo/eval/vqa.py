@@ -17,14 +17,19 @@ from ..vqa.metrics import vqa_metrics
 from ..vqa.questions import cooccurrence, make_questions
 
 
+def _asked(q: dict, item: dict, cfg) -> dict:
+    """Question `q` about `item`'s image, prompted as the pipeline prompts (the grounding context after it)."""
+    return q | {"path": item["path"], "grounding": item.get("grounding"),
+                "prompt": prompt_text(item.get("grounding"), PromptConfig(q["question"], cfg.vqa_grounded))}
+
+
 def vqa_items(items: list[dict], scenes: list[dict], labels: list[str], cfg) -> list[dict]:
     cooc = cooccurrence([[o["label"] for o in s["objects"]] for s in scenes])
     out = []
     for it, sc in zip(items, scenes):
         width = sc.get("width") or open_image(it["path"]).width
         for q in make_questions(sc["objects"], labels, it["image_id"], width=width, seed=cfg.seed, cooc=cooc):
-            out.append(q | {"path": it["path"], "grounding": it.get("grounding"),
-                            "prompt": prompt_text(it.get("grounding"), PromptConfig(q["question"], cfg.vqa_grounded))})
+            out.append(_asked(q, it, cfg))
     return out
 
 
@@ -32,12 +37,7 @@ def control_items(questions: list[dict], items: list[dict], scenes: list[dict], 
     """The premise controls of `questions` (vqa/control.py), prompted as their false-premise questions are."""
     objects_of = {it["image_id"]: sc["objects"] for it, sc in zip(items, scenes)}
     item_of = {it["image_id"]: it for it in items}
-    out = []
-    for q in premise_controls(questions, objects_of, cfg.seed):
-        it = item_of[q["image_id"]]
-        out.append(q | {"path": it["path"], "grounding": it.get("grounding"),
-                        "prompt": prompt_text(it.get("grounding"), PromptConfig(q["question"], cfg.vqa_grounded))})
-    return out
+    return [_asked(q, item_of[q["image_id"]], cfg) for q in premise_controls(questions, objects_of, cfg.seed)]
 
 
 def vqa_eval(model, processor, items: list[dict], scenes: list[dict], labels: list[str], vocab, cfg, *,

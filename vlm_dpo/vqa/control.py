@@ -22,7 +22,7 @@ question asked about a present kind with one instance, whose box answers it, cho
                                                image's width; "large" otherwise: a coarse reading of the box)
     "What colour is the cup?"                  "The cup is red." (only with the colour read off the image,
                                                pairs.vqa_colours; otherwise no pair)
-Sides are the image's thirds by box centre. Next to the false-premise pair of the same words (the refusal over a
+Sides are the image's thirds by box centre, as the grounding context's positions. Next to the false-premise pair of the same words (the refusal over a
 claim), a model can no longer fit both by the phrasing; it has to check the asked kind.
 
 Its own module, not vqa/questions.py or vqa/pairs.py: those are part of the embedded VLM's cache key (the SFT data
@@ -34,21 +34,20 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from ..ground import PromptConfig, prompt_text
+from ..ground import PromptConfig, grid_position, prompt_text
 from ..pairs.dataset import make_pair
-from .questions import PHRASINGS, make_questions, refusal
+from .questions import make_questions, premise_twin, refusal
 
 CONTROL_FAMILY = "premise_control"
 
 
 def premise_control(question: dict, label: str) -> dict:
     """False-premise `question` in its own words, asked about `label`, a kind that is there."""
-    asked = question["question"]
-    template = next((t for t in PHRASINGS["false_premise"] if t.format(label=question["label"]) == asked), None)
-    if template is None:
-        raise ValueError(f"not a false-premise phrasing of vqa/questions.py: {asked!r}")
-    return {"image_id": question["image_id"], "family": CONTROL_FAMILY, "question": template.format(label=label),
-            "label": label, "other": "", "expected": "answer", "answer_text": ""}
+    try:
+        same_words = premise_twin(question, label)  # finds the phrasing as the colour questions' twins do
+    except StopIteration:
+        raise ValueError(f"not a false-premise phrasing of vqa/questions.py: {question['question']!r}") from None
+    return same_words | {"family": CONTROL_FAMILY, "expected": "answer", "answer_text": ""}
 
 
 def premise_controls(questions: list[dict], objects_of: dict[str, list[dict]], seed: int = 0) -> list[dict]:
@@ -68,16 +67,13 @@ def premise_controls(questions: list[dict], objects_of: dict[str, list[dict]], s
     return out
 
 
-def _side(box, width: float) -> str:
-    centre = (box[0] + box[2]) / 2 / width
-    return "left" if centre < 1 / 3 else "right" if centre > 2 / 3 else "middle"
-
-
-def premise_answer(question: str, label: str, detection: dict, width: float) -> str | None:
+def premise_answer(question: str, label: str, detection: dict, width: float, height: float) -> str | None:
     """The answer to a false-premise phrasing asked about `label`, read off its one `detection` (box, and "color"
-    where the image's colour was read); None where the detection cannot answer it (a colour not read)."""
+    where the image's colour was read); None where the detection cannot answer it (a colour not read). The side is
+    the column of the grounding context's 3x3 position (ground.grid_position), so the two never disagree."""
     box = detection["box"]
-    side = _side(box, width)
+    column = grid_position(box, width, height).split()[-1]  # "top left" -> "left"; "top", "center" -> the middle
+    side = column if column in ("left", "right") else "middle"
     if question.startswith("Where"):
         return f"The {label} is in the middle." if side == "middle" else f"The {label} is on the {side}."
     if question.startswith("Which side"):
@@ -91,7 +87,7 @@ def premise_answer(question: str, label: str, detection: dict, width: float) -> 
 
 def true_premise_pairs(record: dict, image: str, grounding: str | None, labels: list[str], cooc: Counter, *,
                        min_score: float, grounded: bool = True, seed: int = 0, adversarial: float = 0.0) -> list[dict]:
-    """The vqa_true_premise pair of one detections record ({image_id, width, detections}; see the module
+    """The vqa_true_premise pair of one detections record ({image_id, width, height, detections}; see the module
     docstring): its false-premise question (the one vqa/pairs.py makes for it, same arguments) asked about a
     confident single-instance kind that answers it. [] when there is none."""
     from .pairs import FAMILIES as PAIR_FAMILIES
@@ -107,7 +103,7 @@ def true_premise_pairs(record: dict, image: str, grounding: str | None, labels: 
         answerable = []
         for d in sorted((d for d in facts if counts[d["label"]] == 1), key=lambda d: d["label"]):
             control = premise_control(q, d["label"])
-            answer = premise_answer(control["question"], d["label"], d, record["width"])
+            answer = premise_answer(control["question"], d["label"], d, record["width"], record["height"])
             if answer is not None:
                 answerable.append((control, answer))
         if not answerable:
