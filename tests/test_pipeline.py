@@ -64,6 +64,7 @@ def test_metrics_json_is_complete(pipeline_run):
 
     assert all(p["source"] != "context" for p in ds.load_pairs(run.variant("no_context") / "pairs.parquet"))
     assert set(m["timing_s"]) >= {"world", "vlm_sft", "detector", "detect", "describe", "ask", "pairs", "dpo", "eval"}
+    assert m["machine"]["threads"] >= 1 and m["machine"]["matmul_gflops_fp32"] > 0 and m["machine"]["cpu"]
     assert result["metrics"] == str(run.metrics)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from . import detect, report, rft
 from .eval import stage as eval_stage
 from .keys import key as stage_key
+from .machine import machine_info
 from .records import write_text_atomic
 from .rounds import dpo_round, later_rounds
 from .run import RunFolder
@@ -113,6 +114,8 @@ def run_pipeline(cfg, progress: bool = True) -> dict:
         "detector": detector, "vlm": vlm, "pairs": {k: v for k, v in pair_stats.items() if k != "key"},
         "train": train_summary, "rounds": [{k: r[k] for k in ("round", "model", "pairs")} for r in later],
         "timing_s": lap.seconds, "held_out_images": len(items),
+        # the timings are compute-bound: they compare across machines by this matmul rate (vlm_dpo/machine.py)
+        "machine": machine_info(cfg.threads),
         # what a later `vlm-dpo eval` into this folder must match to merge its results (eval/stage.py)
         "eval_settings": eval_stage.eval_settings(cfg, items, scenes),
     }

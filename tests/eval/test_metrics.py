@@ -1,6 +1,6 @@
 import pytest
 
-from vlm_dpo.eval.captions import aggregate, bootstrap_ci, caption_stats
+from vlm_dpo.eval.captions import aggregate, bootstrap_ci, bootstrap_cis, caption_stats
 from vlm_dpo.eval.pope import make_probes, parse_answer, pope_metrics, question
 from vlm_dpo.eval.preference import preference_metrics
 from vlm_dpo.judge import Vocabulary
@@ -42,6 +42,23 @@ def test_bootstrap_interval_brackets_the_estimate():
     lo, hi = bootstrap_ci(groups, "chair_i", n_boot=200, seed=0)
     est = aggregate([s for g in groups for s in g])["chair_i"]
     assert lo <= est <= hi and lo < hi
+
+
+def test_one_pass_bootstrap_gives_each_metrics_own_interval():
+    # one resample stream for all metrics: the intervals of one call per metric, to the last digit
+    from vlm_dpo.eval.bootstrap import percentile_ci, percentile_cis
+
+    caps = ["two cups and a ball.", "a cup and an apple.", "a phone.", "a cup, a ball and a book."]
+    groups = [[caption_stats(caps[i % 4], OBJS, V), caption_stats(caps[(i * 3) % 4], OBJS, V)] for i in range(13)]
+    metrics = ("chair_i", "chair_s", "recall", "mean_words")
+    assert bootstrap_cis(groups, metrics, n_boot=150, seed=3) == {
+        k: bootstrap_ci(groups, k, n_boot=150, seed=3) for k in metrics}
+    # a statistic that sometimes does not exist is left out of its own interval only
+    odd = lambda pick: {"n": len(pick), "first": pick[0] if pick[0] % 2 else None}  # noqa: E731
+    both = percentile_cis(list(range(9)), odd, ("n", "first"), n_boot=100, seed=1)
+    assert both["first"] == percentile_ci(list(range(9)), lambda p: odd(p)["first"], n_boot=100, seed=1)
+    assert both["n"] == (9, 9)
+    assert percentile_cis([2, 4], odd, ("first",), n_boot=20)["first"] is None
 
 
 def test_pope_probes_deterministic_and_balanced():

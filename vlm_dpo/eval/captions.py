@@ -86,7 +86,13 @@ def bootstrap_ci(groups: list[list[CaptionStats]], metric: str, n_boot: int = 10
                  alpha: float = 0.05) -> tuple[float, float]:
     """Percentile bootstrap interval of an `aggregate` metric, resampling images (each group = one image's
     captions), so several samples of one image move together."""
-    from .bootstrap import percentile_ci
+    return bootstrap_cis(groups, (metric,), n_boot, seed, alpha)[metric]
 
-    ci = percentile_ci(groups, lambda pick: aggregate([s for g in pick for s in g])[metric], n_boot, seed, alpha)
-    return ci if ci is not None else (float("nan"), float("nan"))
+
+def bootstrap_cis(groups: list[list[CaptionStats]], metrics: tuple[str, ...], n_boot: int = 1000, seed: int = 0,
+                  alpha: float = 0.05) -> dict[str, tuple[float, float]]:
+    """bootstrap_ci of several `aggregate` metrics from one pass of resamples (the same intervals)."""
+    from .bootstrap import percentile_cis
+
+    cis = percentile_cis(groups, lambda pick: aggregate([s for g in pick for s in g]), metrics, n_boot, seed, alpha)
+    return {k: ci if ci is not None else (float("nan"), float("nan")) for k, ci in cis.items()}

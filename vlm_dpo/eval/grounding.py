@@ -67,10 +67,9 @@ def rates(counts: list[tuple[int, int, int, int]]) -> dict:
 
 
 def bootstrap_rates(counts: list[tuple[int, int, int, int]], n_boot: int = 1000, seed: int = 0) -> dict:
-    from .bootstrap import percentile_ci
+    from .bootstrap import percentile_cis
 
-    return {k: percentile_ci(counts, lambda pick, k=k: rates(pick)[k], n_boot, seed)
-            for k in ("echo_rate", "recovery_rate")}
+    return percentile_cis(counts, rates, ("echo_rate", "recovery_rate"), n_boot, seed)
 
 
 def precision_counts(caption: str, objects: list[dict], vocab: Vocabulary) -> tuple[int, int]:

@@ -21,7 +21,7 @@ from ..judge import Vocabulary, resolve_vocabulary
 from ..records import write_jsonl_atomic, write_text_atomic
 from ..shards import batches, is_main, local_device, processes
 from .bootstrap import percentile_ci
-from .captions import aggregate, bootstrap_ci, caption_stats
+from .captions import aggregate, bootstrap_cis, caption_stats
 from .pope import make_probes, parse_answer, pope_metrics
 
 HEADLINE = ("chair_i", "chair_s", "recall", "pope_f1", "mean_words")
@@ -92,7 +92,7 @@ def caption_metrics(groups: list[list[str]], scenes: list[dict], vocab: Vocabula
                     tokenizer=None) -> dict:
     stats = [[caption_stats(c, sc["objects"], vocab, tokenizer) for c in caps] for caps, sc in zip(groups, scenes)]
     m = aggregate([s for g in stats for s in g])
-    m["ci"] = {k: bootstrap_ci(stats, k, cfg.bootstrap, cfg.seed) for k in ("chair_i", "chair_s", "recall", "mean_words")}
+    m["ci"] = bootstrap_cis(stats, ("chair_i", "chair_s", "recall", "mean_words"), cfg.bootstrap, cfg.seed)
     return m
 
 
