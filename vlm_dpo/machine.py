@@ -1,8 +1,8 @@
 """What machine a run's wall times were measured on, so that they can be compared across machines.
 
 The demo's minutes are compute-bound (SFT, DPO and sampling are matmuls on CPU), so they scale with the
-fp32 matmul rate of the cores it had: the same demo took 10 min on a 2-core machine doing ~300 GFLOP/s and
-would take ~1.6x that on one doing ~185 GFLOP/s. metrics.json keeps this next to `timing_s`.
+fp32 matmul rate of the cores it had; metrics.json keeps that rate next to `timing_s`, so that two runs' minutes
+can be read against their machines.
 """
 
 from __future__ import annotations

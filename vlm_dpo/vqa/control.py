@@ -22,8 +22,9 @@ question asked about a present kind with one instance, whose box answers it, cho
                                                image's width; "large" otherwise: a coarse reading of the box)
     "What colour is the cup?"                  "The cup is red." (only with the colour read off the image,
                                                pairs.vqa_colours; otherwise no pair)
-Sides are the image's thirds by box centre, as the grounding context's positions. Next to the false-premise pair of the same words (the refusal over a
-claim), a model can no longer fit both by the phrasing; it has to check the asked kind.
+Sides are the image's thirds by box centre, as the grounding context's positions. Next to the false-premise pair of
+the same words (the refusal over a claim), a model can no longer fit both by the phrasing; it has to check the asked
+kind.
 
 Its own module, not vqa/questions.py or vqa/pairs.py: those are part of the embedded VLM's cache key (the SFT data
 teaches their questions and wrong answers), and neither the control nor its pairs are SFT data.
