@@ -516,6 +516,32 @@ def test_resolve_defaults_and_actions(data, tmp_path):
                              captions=str(data.captions)))
 
 
+def test_box_slider_starts_at_the_runs_grounding_threshold(data, tmp_path):
+    """The page's box threshold starts where the prompt's context was cut (ground.min_score), not at a fixed 0.5;
+    annotate.min_score sets it, and 0.5 stands when neither is known."""
+    base = dict(out=str(tmp_path / "run"), data=SimpleNamespace(split="train"),
+                pairs=SimpleNamespace(image_root=str(data.root)))
+    run_cfg = SimpleNamespace(**base, ground=SimpleNamespace(min_score=0.4),
+                              annotate=AnnotateConfig(captions=str(data.captions)))
+    assert resolve(run_cfg).min_score == 0.4
+    explicit = SimpleNamespace(**base, ground=SimpleNamespace(min_score=0.4),
+                               annotate=AnnotateConfig(captions=str(data.captions), min_score=0.25))
+    assert resolve(explicit).min_score == 0.25
+    standalone = AnnotateConfig(captions=str(data.captions), image_root=str(data.root))
+    for acfg, want in ((resolve(run_cfg), ("0.4", "0.40")), (standalone, ("0.5", "0.50"))):
+        acfg.db = str(tmp_path / f"{want[0]}.sqlite")
+        app, store, _ = build(acfg, log=lambda *a, **k: None)
+        try:
+            html = TestClient(app, base_url="http://127.0.0.1").get("/").text
+        finally:
+            store.close()
+        assert f'id="threshold" min="0" max="1" step="0.05" value="{want[0]}"' in html
+        assert f'<output id="threshold-value">{want[1]}</output>' in html and "{min_score" not in html
+    with pytest.raises(ValueError, match="min_score"):
+        build(AnnotateConfig(captions=str(data.captions), image_root=str(data.root), db=str(tmp_path / "x.sqlite"),
+                             min_score=1.5), log=lambda *a, **k: None)
+
+
 def test_store_standalone_app(data, tmp_path):
     """create_app over a Store made by hand (library use), with boxes from a pair record and no Host check."""
     store = Store(tmp_path / "s.sqlite", seed=3)

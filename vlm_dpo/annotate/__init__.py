@@ -50,6 +50,9 @@ class AnnotateConfig:
     per_image: int = 1  # candidate pairs drawn per captions record (distinct caption pairs)
     action: str = "serve"  # serve | export (write the JSONL and exit) | agreement (print kappa and exit)
     export: str = ""  # judgement JSONL written by `export` and when the server stops (default next to db)
+    # The box-score slider's first position. Below 0 = the run's ground.min_score (so the boxes first shown are the
+    # detections the prompt's context listed), or 0.5 when run standalone. `?min_score=` in a link overrides it.
+    min_score: float = -1.0
 
 
 def resolve(cfg) -> AnnotateConfig:
@@ -60,6 +63,8 @@ def resolve(cfg) -> AnnotateConfig:
     run = RunFolder(cfg.out)
     acfg.db = acfg.db or str(run.judgements_db)
     acfg.export = acfg.export or str(Path(acfg.db).with_suffix(".jsonl"))
+    if acfg.min_score < 0:
+        acfg.min_score = getattr(getattr(cfg, "ground", None), "min_score", 0.5)
     if acfg.action != "serve":
         return acfg
     split = getattr(getattr(cfg, "data", None), "split", "train")

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import ACTIONS, AnnotateConfig
 from .agreement import agreement_of
 from .items import IMAGE_TYPES, load_detections, load_items, safe_image_path, split_question
-from .page import CSP, NO_TOKEN_PAGE, PAGE
+from .page import CSP, NO_TOKEN_PAGE, page_html
 from .store import TAGS, NotVisible, Store, export_judgements
 
 ANNOTATOR_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
@@ -81,9 +81,10 @@ def _host_only(netloc: str) -> str:
 
 def create_app(store: Store, image_root: str | Path, *, annotators: list[str] | tuple[str, ...] = (),
                token: str = "", detections: dict[str, dict] | None = None,
-               allowed_hosts: list[str] | tuple[str, ...] | None = None) -> FastAPI:
+               allowed_hosts: list[str] | tuple[str, ...] | None = None, min_score: float = 0.5) -> FastAPI:
     """The app over an open Store. `allowed_hosts` None = any Host header (tests); `run` passes the loopback
-    names when bound to loopback."""
+    names when bound to loopback. `min_score`: where the page's box-score slider starts."""
+    html = page_html(min_score)
     root = Path(image_root).resolve()
     annotators = list(annotators)
     open_ = not annotators
@@ -170,7 +171,7 @@ def create_app(store: Store, image_root: str | Path, *, annotators: list[str] | 
 
     @app.get("/", response_class=HTMLResponse)
     def page():
-        return HTMLResponse(PAGE, headers={"Content-Security-Policy": CSP})
+        return HTMLResponse(html, headers={"Content-Security-Policy": CSP})
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon():
@@ -262,6 +263,9 @@ def build(acfg: AnnotateConfig, *, log=print) -> tuple[FastAPI, Store, dict]:
         raise FileNotFoundError(f"{root}: image root not found")
     if not 0.0 <= acfg.overlap <= 1.0:
         raise ValueError(f"annotate.overlap must be within [0, 1], got {acfg.overlap}")
+    if acfg.min_score > 1.0:
+        raise ValueError(f"annotate.min_score must be within [0, 1] (below 0: the run's ground.min_score), got "
+                         f"{acfg.min_score}")
     bad = [a for a in acfg.annotators if not re.fullmatch(ANNOTATOR_PATTERN, a)]
     if bad:
         raise ValueError(f"annotate.annotators: ids must match {ANNOTATOR_PATTERN}, got {bad}")
@@ -285,7 +289,7 @@ def build(acfg: AnnotateConfig, *, log=print) -> tuple[FastAPI, Store, dict]:
     loopback = acfg.host in LOOPBACK or acfg.host.startswith("127.")
     hosts = [*LOOPBACK, acfg.host] if loopback else None
     app = create_app(store, root, annotators=acfg.annotators, token=acfg.token, detections=detections,
-                     allowed_hosts=hosts)
+                     allowed_hosts=hosts, min_score=acfg.min_score if acfg.min_score >= 0 else 0.5)
     summary = {"db": str(acfg.db), "items": counts["items"], "new_items": added, "shared": counts["shared"],
                "judgements": counts["judgements"], "skipped": rejections.to_dict()["skipped"]}
     return app, store, summary

@@ -483,8 +483,8 @@ BODY = """
     <div class="tools hint">
       <label><input type="checkbox" id="show-boxes" checked> detector boxes <span id="box-count"></span>
         <kbd>d</kbd></label>
-      <label>score &ge; <input type="range" id="threshold" min="0" max="1" step="0.05" value="0.5">
-        <output id="threshold-value">0.50</output></label>
+      <label>score &ge; <input type="range" id="threshold" min="0" max="1" step="0.05" value="{min_score}">
+        <output id="threshold-value">{min_score:.2f}</output></label>
       <button id="btn-zoom" type="button">Zoom <kbd>z</kbd></button>
     </div>
   </div>
@@ -526,10 +526,22 @@ BODY = """
   <button id="done-review" type="button">Review my judgements</button></p></section>
 """
 
-PAGE = ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-        "<title>vlm-dpo annotate</title>\n<style>" + STYLE + "</style></head>\n<body>" + BODY
-        + "<script>" + SCRIPT + "</script>\n</body></html>\n")
+
+
+def page_html(min_score: float = 0.5) -> str:
+    """The page, its box-score slider starting at `min_score` (the run's grounding threshold, so the boxes first
+    shown are those the prompt's context listed; `?min_score=` in the link still overrides it)."""
+    if not 0.0 <= min_score <= 1.0:
+        raise ValueError(f"annotate.min_score must be within [0, 1], got {min_score}")
+    # str.replace, not str.format: the CSS and script are full of braces.
+    body = BODY.replace("{min_score}", f"{min_score:g}").replace("{min_score:.2f}", f"{min_score:.2f}")
+    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            "<title>vlm-dpo annotate</title>\n<style>" + STYLE + "</style></head>\n<body>" + body
+            + "<script>" + SCRIPT + "</script>\n</body></html>\n")
+
+
+PAGE = page_html()
 
 
 NO_TOKEN_PAGE = """<!doctype html>
