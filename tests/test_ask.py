@@ -22,12 +22,13 @@ def test_ask_on_the_world_truth(tiny_cfg):
     rows = list(read_jsonl(out["answers"]))
     images = {r["image_id"] for r in rows}
     assert len(images) == tiny_cfg.world.n_test
-    assert {r["family"] for r in rows} <= set(FAMILIES) and "listing" in {r["family"] for r in rows}
+    assert {r["family"] for r in rows} <= {*FAMILIES, "premise_control"} and "listing" in {r["family"] for r in rows}
     assert all(r["verdict"] in VERDICTS and isinstance(r["answer"], str) for r in rows)
     assert all(r["prompt"].startswith(r["question"]) for r in rows)
     assert any(r["grounding"] and r["grounding"] in r["prompt"] for r in rows)  # grounded by default
     metrics = json.loads(open(out["metrics"]).read())
-    assert metrics["questions"] == len(rows) and 0 <= metrics["accuracy"]["overall"] <= 1
+    asked = [r for r in rows if r["family"] != "premise_control"]  # the controls are counted apart (vqa/control.py)
+    assert metrics["questions"] == len(asked) and 0 <= metrics["accuracy"]["overall"] <= 1
     # rerun: the finished file is reused (same content, not regenerated)
     before = open(out["answers"]).read()
     assert ask.run(tiny_cfg, RunFolder.setup(tiny_cfg), "test", progress=False)["answers"] == out["answers"]
@@ -142,3 +143,34 @@ def test_pairs_mine_answers_asks_first(tiny_cache, tmp_path):
     mined = {p["pair_id"] for r in records for p in mine_answers(r, VqaMineConfig())}
     assert sum(n for k, n in stats["by_kind"].items() if k.startswith("vqa_mined_")) == len(mined)
     assert stats["by_task"]["caption"] > 0
+
+
+def test_premise_controls_are_asked_last_and_leave_the_questions_as_they_were(tiny_cfg, tmp_path):
+    """ask.premise_control (default on): each false-premise question asked again in its words about a kind that is
+    there, after every question and in batches of its own, greedy only; the metrics then carry the true-premise
+    refusal rate. The questions' records are those of a run without controls, to the byte."""
+    from vlm_dpo.vqa.control import CONTROL_FAMILY
+
+    tiny_cfg.ask.truth, tiny_cfg.ask.n_samples, tiny_cfg.ask.batch_size, tiny_cfg.ask.limit = "world", 2, 5, 6
+    with_controls = ask.run(tiny_cfg, RunFolder.setup(tiny_cfg), "test", progress=False)
+    rows = list(read_jsonl(with_controls["answers"]))
+    controls = [r for r in rows if r["family"] == CONTROL_FAMILY]
+    false_premises = {r["image_id"]: r for r in rows if r["family"] == "false_premise"}
+    assert controls and {r["image_id"] for r in controls} <= set(false_premises)
+    assert [r["family"] for r in rows[-len(controls):]] == [CONTROL_FAMILY] * len(controls)  # last
+    for c in controls:
+        fp = false_premises[c["image_id"]]
+        assert c["qid"] == f"{c['image_id']}/{CONTROL_FAMILY}" and c["expected"] == "answer" and c["samples"] == []
+        assert c["label"] != fp["label"] and fp["question"].replace(fp["label"], c["label"]) == c["question"]
+        assert c["prompt"].startswith(c["question"]) and c["grounding"] == fp["grounding"]
+    metrics = json.loads(open(with_controls["metrics"]).read())
+    refused = sum(r["answer_kind"] == "refusal" for r in controls)
+    assert refused == sum(r["verdict"] == "refused_wrongly" for r in controls)
+    assert metrics["true_premise_refusal"] == pytest.approx(refused / len(controls))
+    assert with_controls["premise_balanced_accuracy"] == metrics["premise_balanced_accuracy"] is not None
+
+    tiny_cfg.ask.premise_control = False
+    tiny_cfg.out = str(tmp_path / "without")
+    without = list(read_jsonl(ask.run(tiny_cfg, RunFolder.setup(tiny_cfg), "test", progress=False)["answers"]))
+    assert without == rows[: -len(controls)]
+    assert json.loads(open(tmp_path / "without" / "vqa" / "test.metrics.json").read())["true_premise_refusal"] is None

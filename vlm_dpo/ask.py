@@ -9,6 +9,12 @@ What the answers are judged against (`ask.truth`):
                 context states: for a folder of your own images. Colour questions need colours, which a detector
                 does not give: they are asked only against the world's ground truth.
     world       the embedded world's annotations of the split (kinds, colours, boxes): for evaluation.
+With `ask.premise_control` (on by default), each image's false-premise question is asked once more in the same
+words about a kind that is there (vqa/control.py, family "premise_control", qid <image_id>/premise_control), so the
+metrics tell a model that checks the premise from one that refuses the phrasing: true_premise_refusal and
+premise_balanced_accuracy, as the evaluation reports them. The controls come after every question, in batches of
+their own (the questions' answers are what they would be without them), and are answered greedily only: they
+measure, they are not mining candidates.
 One record per question: {qid, image_id, file, family, question, prompt, grounding, label, other, expected,
 answer, answer_kind, verdict, samples}, the greedy answer's reading and verdict at the top and each sampled answer
 judged alike in `samples`: [{answer, answer_kind, verdict}, ...] (empty without ask.n_samples). The samples are
@@ -34,6 +40,7 @@ from .records import ResumableJsonl, read_jsonl, write_text_atomic
 from .run import RunFolder, apply_threads
 from .shards import batches
 from .vqa.answers import judged
+from .vqa.control import CONTROL_FAMILY, premise_controls
 from .vqa.metrics import vqa_metrics
 from .vqa.questions import FAMILIES, cooccurrence, make_questions
 
@@ -52,6 +59,9 @@ class AskConfig:
     batch_size: int = 32  # questions per generate call
     limit: int = 0  # 0 = every image of the split
     seed: int = 0  # which phrasing and which kinds each image is asked about, and the sampled answers
+    # Each false-premise question asked again about a present kind (vqa/control.py): true_premise_refusal and
+    # premise_balanced_accuracy in the metrics. Greedy only; not mined.
+    premise_control: bool = True
 
     def __post_init__(self) -> None:
         at_least(self, 1, "batch_size", "max_new_tokens")
@@ -82,15 +92,23 @@ def question_items(cfg, split: str, detections_path: Path, vocab_labels: list[st
 
     cooc = cooccurrence([[o["label"] for o in facts(r)] for r in records])
     families = tuple(f for f in ask.families if truth is not None or f != "colour")
-    items = []
+    items, controls = [], []
     for rec in records:
         g = grounding_text(rec["detections"], rec["width"], rec["height"], cfg.ground)
-        path = paths.get(rec["image_id"]) or str((root or Path(".")) / rec["file"])
-        for q in make_questions(facts(rec), vocab_labels, rec["image_id"], width=rec["width"], seed=ask.seed,
-                                cooc=cooc, families=families):
-            items.append(q | {"qid": f"{rec['image_id']}/{q['family']}", "file": rec["file"], "path": path,
-                              "grounding": g, "prompt": prompt_text(g, PromptConfig(q["question"], ask.grounded))})
-    return items
+        where = {"file": rec["file"], "path": paths.get(rec["image_id"]) or str((root or Path(".")) / rec["file"]),
+                 "grounding": g}
+        questions = make_questions(facts(rec), vocab_labels, rec["image_id"], width=rec["width"], seed=ask.seed,
+                                   cooc=cooc, families=families)
+        if ask.premise_control:  # judged on the same facts as the questions, so "there" means what it means there
+            questions_controls = premise_controls(questions, {rec["image_id"]: facts(rec)}, ask.seed)
+            controls += [_asked(q, where, ask.grounded) for q in questions_controls]
+        items += [_asked(q, where, ask.grounded) for q in questions]
+    return items + controls  # the controls last: the questions' batches stay what they are without them
+
+
+def _asked(q: dict, where: dict, grounded: bool) -> dict:
+    return q | where | {"qid": f"{q['image_id']}/{q['family']}",
+                        "prompt": prompt_text(where["grounding"], PromptConfig(q["question"], grounded))}
 
 
 def answer(model, processor, items: list[dict], cfg: AskConfig, vocab) -> list[dict]:
@@ -101,9 +119,14 @@ def answer(model, processor, items: list[dict], cfg: AskConfig, vocab) -> list[d
     prompts = [it["prompt"] for it in items]
     greedy = generate_captions(model, processor, images, prompts, max_new_tokens=cfg.max_new_tokens,
                                do_sample=False, n=1)
-    samples = (generate_captions(model, processor, images, prompts, max_new_tokens=cfg.max_new_tokens,
-                                 do_sample=True, n=cfg.n_samples, temperature=cfg.temperature)
-               if cfg.n_samples else [[] for _ in items])
+    to_sample = [i for i, it in enumerate(items) if it["family"] != CONTROL_FAMILY] if cfg.n_samples else []
+    samples = [[] for _ in items]
+    if to_sample:
+        drawn = generate_captions(model, processor, [images[i] for i in to_sample], [prompts[i] for i in to_sample],
+                                  max_new_tokens=cfg.max_new_tokens, do_sample=True, n=cfg.n_samples,
+                                  temperature=cfg.temperature)
+        for i, d in zip(to_sample, drawn):
+            samples[i] = d
     return [{k: it[k] for k in ("qid", "image_id", "file", "family", "question", "prompt", "grounding", "label",
                                 "other", "expected")} | judged(it, text, vocab)
             | {"samples": [judged(it, t, vocab) for t in sampled]}
@@ -126,7 +149,11 @@ def ask_to_jsonl(model, processor, items: list[dict], cfg: AskConfig, vocab, out
     with ResumableJsonl(out_path, key="qid", settings=settings) as w:
         if w.finished:
             return out_path
-        for bi, chunk in tqdm(batches(items, cfg.batch_size), desc="ask", disable=not progress):
+        questions = [it for it in items if it["family"] != CONTROL_FAMILY]
+        controls = [it for it in items if it["family"] == CONTROL_FAMILY]
+        # No batch mixes the two, so the questions' batches (and their seeds) are those of a run without controls.
+        chunks = [c for _, c in [*batches(questions, cfg.batch_size), *batches(controls, cfg.batch_size)]]
+        for bi, chunk in tqdm(enumerate(chunks), total=len(chunks), desc="ask", disable=not progress):
             if all(it["qid"] in w.done for it in chunk):
                 continue
             torch.manual_seed(cfg.seed * 1_000_003 + bi)  # the batch's samples, whatever ran before (describe's rule)
@@ -166,7 +193,8 @@ def run(cfg, run: RunFolder, split: str | None = None, *, progress: bool = True,
     metrics_path = out_path.with_suffix(".metrics.json")
     write_text_atomic(metrics_path, json.dumps(metrics, indent=1))
     return {"answers": str(out_path), "metrics": str(metrics_path), "accuracy": metrics["accuracy"],
-            "false_premise_rejection": metrics["false_premise_rejection"], "yes_ratio": metrics["yes_ratio"]}
+            "false_premise_rejection": metrics["false_premise_rejection"], "yes_ratio": metrics["yes_ratio"],
+            "premise_balanced_accuracy": metrics["premise_balanced_accuracy"]}
 
 
 def answers_to_mine(cfg, folder: RunFolder, split: str, *, progress: bool = True,
@@ -181,4 +209,5 @@ def answers_to_mine(cfg, folder: RunFolder, split: str, *, progress: bool = True
         return None
     mining = copy.deepcopy(cfg)
     mining.ask.truth = "detections"
+    mining.ask.premise_control = False  # a measurement, not mined: no need to ask it
     return Path(run(mining, folder, split, progress=progress, model_path=model_path)["answers"])
