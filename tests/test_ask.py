@@ -16,7 +16,7 @@ from vlm_dpo.vqa.answers import VERDICTS, judged
 from vlm_dpo.vqa.questions import FAMILIES
 
 
-def test_ask_on_the_world_truth(tiny_cfg):
+def test_ask_on_the_world_truth(tiny_cfg, monkeypatch):
     tiny_cfg.ask.truth = "world"
     out = ask.run(tiny_cfg, RunFolder.setup(tiny_cfg), "test", progress=False)
     rows = list(read_jsonl(out["answers"]))
@@ -29,8 +29,13 @@ def test_ask_on_the_world_truth(tiny_cfg):
     metrics = json.loads(open(out["metrics"]).read())
     asked = [r for r in rows if r["family"] != "premise_control"]  # the controls are counted apart (vqa/control.py)
     assert metrics["questions"] == len(asked) and 0 <= metrics["accuracy"]["overall"] <= 1
-    # rerun: the finished file is reused (same content, not regenerated)
+    # rerun: the finished file is reused (same content, not regenerated, the model not even loaded)
     before = open(out["answers"]).read()
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a finished answers file needs no model")
+
+    monkeypatch.setattr("vlm_dpo.models.load_model_and_processor", no_loading)
     assert ask.run(tiny_cfg, RunFolder.setup(tiny_cfg), "test", progress=False)["answers"] == out["answers"]
     assert open(out["answers"]).read() == before
 

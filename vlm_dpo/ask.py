@@ -142,13 +142,16 @@ def ask_settings(model_id: str, items: list[dict], cfg: AskConfig) -> dict:
             "images": images_fingerprint(list({it["image_id"]: it for it in items}.values()))}
 
 
-def ask_to_jsonl(model, processor, items: list[dict], cfg: AskConfig, vocab, out_path: Path, settings: dict,
+def ask_to_jsonl(load_model, items: list[dict], cfg: AskConfig, vocab, out_path: Path, settings: dict,
                  progress: bool = True) -> Path:
+    """Answers of `items` into a resumable JSONL. `load_model()` -> (model, processor) is called only when something
+    is left to answer: a finished file made under the same settings is reused without loading the model."""
     import torch
 
     with ResumableJsonl(out_path, key="qid", settings=settings) as w:
         if w.finished:
             return out_path
+        model, processor = load_model()
         questions = [it for it in items if it["family"] != CONTROL_FAMILY]
         controls = [it for it in items if it["family"] == CONTROL_FAMILY]
         # No batch mixes the two, so the questions' batches (and their seeds) are those of a run without controls.
@@ -185,9 +188,12 @@ def run(cfg, run: RunFolder, split: str | None = None, *, progress: bool = True,
         raise DataError(f"{det_path}: no usable images to ask about")
     model_path = model_path or ensure_vlm(cfg, progress)["model"]
     out_path = run.vqa_answers(split)
-    model, processor = load_model_and_processor(model_path, dtype=cfg.vlm.dtype, device=cfg.vlm.device)
-    model.eval()
-    ask_to_jsonl(model, processor, items, cfg.ask, vocab, out_path, ask_settings(model_path, items, cfg.ask),
+
+    def load_model():
+        model, processor = load_model_and_processor(model_path, dtype=cfg.vlm.dtype, device=cfg.vlm.device)
+        return model.eval(), processor
+
+    ask_to_jsonl(load_model, items, cfg.ask, vocab, out_path, ask_settings(model_path, items, cfg.ask),
                  progress=progress)
     metrics = vqa_metrics(list(read_jsonl(out_path)), seed=cfg.ask.seed)
     metrics_path = out_path.with_suffix(".metrics.json")
