@@ -100,8 +100,8 @@ def question_items(cfg, split: str, detections_path: Path, vocab_labels: list[st
         questions = make_questions(facts(rec), vocab_labels, rec["image_id"], width=rec["width"], seed=ask.seed,
                                    cooc=cooc, families=families)
         if ask.premise_control:  # judged on the same facts as the questions, so "there" means what it means there
-            questions_controls = premise_controls(questions, {rec["image_id"]: facts(rec)}, ask.seed)
-            controls += [_asked(q, where, ask.grounded) for q in questions_controls]
+            controls += [_asked(q, where, ask.grounded)
+                         for q in premise_controls(questions, {rec["image_id"]: facts(rec)}, ask.seed)]
         items += [_asked(q, where, ask.grounded) for q in questions]
     return items + controls  # the controls last: the questions' batches stay what they are without them
 

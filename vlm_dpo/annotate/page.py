@@ -527,7 +527,6 @@ BODY = """
 """
 
 
-
 def page_html(min_score: float = 0.5) -> str:
     """The page, its box-score slider starting at `min_score` (the run's grounding threshold, so the boxes first
     shown are those the prompt's context listed; `?min_score=` in the link still overrides it)."""
