@@ -1,8 +1,8 @@
 """What machine a run's wall times were measured on, so that they can be compared across machines.
 
-The demo's minutes are compute-bound (SFT, DPO and sampling are matmuls on CPU), so they scale with the
-fp32 matmul rate of the cores it had; metrics.json keeps that rate next to `timing_s`, so that two runs' minutes
-can be read against their machines.
+metrics.json keeps the CPU, its thread count and a fp32 matmul rate next to `timing_s`. The rate is a label, not a
+yardstick: on 2026-12-03 the demo took 16 min 20 s on a machine reading 294 GFLOP/s and 14 min 41 s on one reading
+185 (README), since this tiny model's stages are small matmuls, elementwise ops and per-step overhead.
 """
 
 from __future__ import annotations
