@@ -27,7 +27,7 @@ images and settings are unchanged).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -97,11 +97,12 @@ def question_items(cfg, split: str, detections_path: Path, vocab_labels: list[st
         g = grounding_text(rec["detections"], rec["width"], rec["height"], cfg.ground)
         where = {"file": rec["file"], "path": paths.get(rec["image_id"]) or str((root or Path(".")) / rec["file"]),
                  "grounding": g}
-        questions = make_questions(facts(rec), vocab_labels, rec["image_id"], width=rec["width"], seed=ask.seed,
+        present = facts(rec)
+        questions = make_questions(present, vocab_labels, rec["image_id"], width=rec["width"], seed=ask.seed,
                                    cooc=cooc, families=families)
         if ask.premise_control:  # judged on the same facts as the questions, so "there" means what it means there
             controls += [_asked(q, where, ask.grounded)
-                         for q in premise_controls(questions, {rec["image_id"]: facts(rec)}, ask.seed)]
+                         for q in premise_controls(questions, {rec["image_id"]: present}, ask.seed)]
         items += [_asked(q, where, ask.grounded) for q in questions]
     return items + controls  # the controls last: the questions' batches stay what they are without them
 
@@ -119,14 +120,9 @@ def answer(model, processor, items: list[dict], cfg: AskConfig, vocab) -> list[d
     prompts = [it["prompt"] for it in items]
     greedy = generate_captions(model, processor, images, prompts, max_new_tokens=cfg.max_new_tokens,
                                do_sample=False, n=1)
-    to_sample = [i for i, it in enumerate(items) if it["family"] != CONTROL_FAMILY] if cfg.n_samples else []
-    samples = [[] for _ in items]
-    if to_sample:
-        drawn = generate_captions(model, processor, [images[i] for i in to_sample], [prompts[i] for i in to_sample],
-                                  max_new_tokens=cfg.max_new_tokens, do_sample=True, n=cfg.n_samples,
-                                  temperature=cfg.temperature)
-        for i, d in zip(to_sample, drawn):
-            samples[i] = d
+    samples = (generate_captions(model, processor, images, prompts, max_new_tokens=cfg.max_new_tokens,
+                                 do_sample=True, n=cfg.n_samples, temperature=cfg.temperature)
+               if cfg.n_samples else [[] for _ in items])
     return [{k: it[k] for k in ("qid", "image_id", "file", "family", "question", "prompt", "grounding", "label",
                                 "other", "expected")} | judged(it, text, vocab)
             | {"samples": [judged(it, t, vocab) for t in sampled]}
@@ -154,13 +150,15 @@ def ask_to_jsonl(load_model, items: list[dict], cfg: AskConfig, vocab, out_path:
         model, processor = load_model()
         questions = [it for it in items if it["family"] != CONTROL_FAMILY]
         controls = [it for it in items if it["family"] == CONTROL_FAMILY]
-        # No batch mixes the two, so the questions' batches (and their seeds) are those of a run without controls.
-        chunks = [c for _, c in [*batches(questions, cfg.batch_size), *batches(controls, cfg.batch_size)]]
-        for bi, chunk in tqdm(enumerate(chunks), total=len(chunks), desc="ask", disable=not progress):
+        # No batch mixes the two, so the questions' batches (and their seeds) are those of a run without controls,
+        # and the controls' batches are answered greedily only.
+        chunks = [(c, cfg) for _, c in batches(questions, cfg.batch_size)]
+        chunks += [(c, replace(cfg, n_samples=0)) for _, c in batches(controls, cfg.batch_size)]
+        for bi, (chunk, chunk_cfg) in tqdm(enumerate(chunks), total=len(chunks), desc="ask", disable=not progress):
             if all(it["qid"] in w.done for it in chunk):
                 continue
             torch.manual_seed(cfg.seed * 1_000_003 + bi)  # the batch's samples, whatever ran before (describe's rule)
-            w.write_many(answer(model, processor, chunk, cfg, vocab))
+            w.write_many(answer(model, processor, chunk, chunk_cfg, vocab))
     return out_path
 
 

@@ -114,7 +114,8 @@ def run_pipeline(cfg, progress: bool = True) -> dict:
         "detector": detector, "vlm": vlm, "pairs": {k: v for k, v in pair_stats.items() if k != "key"},
         "train": train_summary, "rounds": [{k: r[k] for k in ("round", "model", "pairs")} for r in later],
         "timing_s": lap.seconds, "held_out_images": len(items),
-        # the timings are compute-bound: they compare across machines by this matmul rate (vlm_dpo/machine.py)
+        # where the timings were measured (vlm_dpo/machine.py: its matmul rate labels the machine, it does not
+        # predict the stages' seconds)
         "machine": machine_info(cfg.threads),
         # what a later `vlm-dpo eval` into this folder must match to merge its results (eval/stage.py)
         "eval_settings": eval_stage.eval_settings(cfg, items, scenes),
