@@ -21,6 +21,8 @@ def test_defaults_yaml_and_overrides(tmp_path):
     ("nope.x=1", "unknown config key"),
     ("describe.n_samples=lots", "invalid value for describe.n_samples"),
     ("justaword", "key=value"),
+    ("ground.fallback_score=0.6", "ground.fallback_score must not exceed min_score"),
+    ("ground.fallback_score=-0.1", r"ground.fallback_score must lie in \[0, 1\]"),
 ])
 def test_bad_overrides_are_rejected(override, match):
     with pytest.raises(ConfigError, match=match):

@@ -1,4 +1,5 @@
-from vlm_dpo.ground import GroundingConfig, PromptConfig, grounding_text, plural, prompt_text, render_prompt
+from vlm_dpo.ground import (GroundingConfig, PromptConfig, context_detections, grounding_text, plural, prompt_text,
+                            render_prompt)
 
 DETS = [
     {"label": "cup", "score": 0.9, "box": [80, 5, 95, 20]},  # top right
@@ -21,6 +22,22 @@ def test_grounding_boxes_and_empty():
     assert grounding_text(DETS[1:2], 100, 100, cfg) == "Detected: 1 ball ([40,40,50,50])."
     assert grounding_text([], 90, 90) == "Detected: nothing."
     assert grounding_text(DETS[3:], 90, 90) == "Detected: nothing."
+
+
+def test_fallback_lists_the_best_guess_only_when_nothing_clears_the_threshold():
+    guesses = [{"label": "cup", "score": 0.35, "box": [0, 0, 10, 10]},
+               {"label": "ball", "score": 0.45, "box": [40, 40, 50, 50]},
+               {"label": "book", "score": 0.2, "box": [0, 80, 10, 90]}]
+    cfg = GroundingConfig(min_score=0.5, positions=False, fallback_score=0.3)
+    # nothing reaches 0.5: the one best detection at or above 0.3, not every one
+    assert context_detections(guesses, cfg) == [guesses[1]]
+    assert grounding_text(guesses, 90, 90, cfg) == "Detected: 1 ball."
+    # one confident detection: the guesses below the threshold stay out
+    confident = guesses + [{"label": "apple", "score": 0.9, "box": [80, 5, 95, 20]}]
+    assert grounding_text(confident, 90, 90, cfg) == "Detected: 1 apple."
+    # nothing at or above the fallback either, or no fallback set: the empty context as before
+    assert grounding_text(guesses[2:], 90, 90, cfg) == "Detected: nothing."
+    assert grounding_text(guesses, 90, 90, GroundingConfig(min_score=0.5)) == "Detected: nothing."
 
 
 def test_plural():

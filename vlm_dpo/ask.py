@@ -5,8 +5,8 @@
           -> <out>/vqa/<split>.jsonl + .metrics.json
 
 What the answers are judged against (`ask.truth`):
-    detections  the detector's confident detections (score >= ground.min_score), the same facts the grounding
-                context states: for a folder of your own images. Colour questions need colours, which a detector
+    detections  the detections the grounding context states (score >= ground.min_score, or the one best guess of
+                ground.fallback_score on an image with none): for a folder of your own images. Colour questions need colours, which a detector
                 does not give: they are asked only against the world's ground truth.
     world       the embedded world's annotations of the split (kinds, colours, boxes): for evaluation.
 With `ask.premise_control` (on by default), each image's false-premise question is asked once more in the same
@@ -33,7 +33,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .checks import FieldValueError, at_least, positive
-from .ground import PromptConfig, grounding_text, prompt_text
+from .ground import PromptConfig, context_detections, grounding_text, prompt_text
 from .images import DataError, image_items, open_image
 from .keys import images_fingerprint, key, model_fingerprint
 from .records import ResumableJsonl, read_jsonl, write_text_atomic
@@ -88,7 +88,7 @@ def question_items(cfg, split: str, detections_path: Path, vocab_labels: list[st
     def facts(rec: dict) -> list[dict]:
         if truth is not None:
             return truth[rec["image_id"]]["objects"]
-        return [d for d in rec["detections"] if d["score"] >= cfg.ground.min_score]
+        return context_detections(rec["detections"], cfg.ground)
 
     cooc = cooccurrence([[o["label"] for o in facts(r)] for r in records])
     families = tuple(f for f in ask.families if truth is not None or f != "colour")

@@ -181,6 +181,11 @@ def _check_world(c) -> None:
 def _check_ground(c) -> None:
     fraction(c, "min_score")
     at_least(c, 1, "max_classes")
+    if c.fallback_score is not None:
+        fraction(c, "fallback_score")
+        if c.fallback_score > c.min_score:
+            raise FieldValueError("fallback_score", f"must not exceed min_score ({c.min_score}), got "
+                                                    f"{c.fallback_score!r}")
 
 
 def _check_vision_pretrain(c) -> None:

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checks import FieldValueError, at_least, fraction, positive
-from .ground import PromptConfig, grounding_text, prompt_text, render_prompt
+from .ground import PromptConfig, context_detections, grounding_text, prompt_text, render_prompt
 from .images import DataError, image_items, open_image
 from .keys import images_fingerprint, key, model_fingerprint
 from .records import ResumableJsonl, read_jsonl, write_text_atomic
@@ -169,7 +169,7 @@ def describe_items(cfg, split: str, detections_path: Path, grounded: bool | None
         if rec.get("error"):
             counts["skipped_bad_image"] += 1
             continue
-        if not [d for d in rec["detections"] if d["score"] >= cfg.ground.min_score]:
+        if not context_detections(rec["detections"], cfg.ground):
             counts["no_detections"] += 1  # documented: described with the "nothing detected" context
         g = grounding_text(rec["detections"], rec["width"], rec["height"], cfg.ground)
         path = paths.get(rec["image_id"]) or str((root or Path(".")) / rec["file"])

@@ -244,8 +244,8 @@ def heldout_quality(cfg, model_path: str, n: int = 100) -> dict:
 
 def vlm_key(cfg) -> str:
     vision = asdict(cfg.vlm.vision_pretrain) if cfg.vlm.pretrain_vision else None
-    # The SFT contexts come from ground truth (score 1.0), so the detector threshold does not shape the VLM.
-    ground = {k: v for k, v in asdict(cfg.ground).items() if k != "min_score"}
+    # The SFT contexts come from ground truth (score 1.0), so the detector thresholds do not shape the VLM.
+    ground = {k: v for k, v in asdict(cfg.ground).items() if k not in ("min_score", "fallback_score")}
     vqa = cfg.vlm.sft.vqa_share > 0
     return cache_key(cfg.world, cfg.vlm.spec, cfg.vlm.sft, cfg.vlm.hallucination, ground, cfg.prompt.instruction,
                      vision, cfg.vlm.vqa_bias if vqa else None,

@@ -4,6 +4,12 @@ The context is deliberately short and regular so a small model can use it and a 
     "Detected: 2 cups (left, top right), 1 ball (center)."
 Counts per class, coarse 3x3 positions, a confidence filter, deterministic order (by first appearance left to
 right, then label), and optional boxes normalised to 0-100 for models that can read coordinates.
+
+With `fallback_score` set, an image on which no detection reaches `min_score` still gets its single best
+detection at or above `fallback_score` in the context. A VLM handed "Detected: nothing." falls back on its prior
+and names what it usually sees (measured on the embedded world, test seed 0: 16 of the DPO model's 28
+hallucinated kinds came from the 22 empty contexts, mostly "a yellow apple"); the detector's best guess below the
+threshold is right far more often than that prior.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ def grid_position(box: list[float], width: int, height: int) -> str:
 @dataclass
 class GroundingConfig:
     min_score: float = 0.3  # detections below this confidence are left out of the context
+    # When nothing reaches min_score: list the one best detection at or above this score (None: the empty context).
+    fallback_score: float | None = None
     positions: bool = True  # add coarse 3x3 position words
     boxes: bool = False  # add boxes as [x1,y1,x2,y2] in 0-100 image coordinates
     max_classes: int = 10  # keep the context short on cluttered images
@@ -35,10 +43,21 @@ class GroundingConfig:
     empty: str = "Detected: nothing."
 
 
-def grounding_text(detections: list[dict], width: int, height: int, cfg: GroundingConfig | None = None) -> str:
-    """Render detections ({label, score, box}) as one short sentence."""
+def context_detections(detections: list[dict], cfg: GroundingConfig | None = None) -> list[dict]:
+    """The detections the context states: those scoring at least min_score; when there are none, the single
+    best one scoring at least fallback_score (if set; the first of equal scores)."""
     cfg = cfg or GroundingConfig()
     kept = [d for d in detections if d.get("score", 1.0) >= cfg.min_score]
+    if kept or cfg.fallback_score is None:
+        return kept
+    guesses = [d for d in detections if d.get("score", 1.0) >= cfg.fallback_score]
+    return [max(guesses, key=lambda d: d.get("score", 1.0))] if guesses else []
+
+
+def grounding_text(detections: list[dict], width: int, height: int, cfg: GroundingConfig | None = None) -> str:
+    """Render detections ({label, score, box}) as one short sentence: those `context_detections` keeps."""
+    cfg = cfg or GroundingConfig()
+    kept = context_detections(detections, cfg)
     if not kept:
         return cfg.empty
     groups: dict[str, list[dict]] = {}

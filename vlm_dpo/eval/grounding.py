@@ -43,9 +43,10 @@ def noisy_contexts(scenes: list[dict], labels: list[str], drop: float = 0.1, add
     return out
 
 
-def context_errors(detections: list[dict], objects: list[dict], min_score: float = 0.3) -> dict:
-    """A real detector's label-level errors against the truth: {"injected": false labels, "dropped": missed}."""
-    ctx = {d["label"] for d in detections if d.get("score", 1.0) >= min_score}
+def context_errors(context: list[dict], objects: list[dict]) -> dict:
+    """A real detector's label-level errors against the truth: {"injected": false labels, "dropped": missed},
+    `context` being the detections the grounding context states (ground.context_detections)."""
+    ctx = {d["label"] for d in context}
     truth = {o["label"] for o in objects}
     return {"injected": sorted(ctx - truth), "dropped": sorted(truth - ctx)}
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..ground import PromptConfig, grounding_text, prompt_text
+from ..ground import PromptConfig, context_detections, grounding_text, prompt_text
 from ..images import DataError
 from ..judge import resolve_vocabulary
 from ..judge.vocabulary import VOCABULARY_FILE_SUFFIXES
@@ -65,7 +65,7 @@ def robustness_inputs(cfg, run: RunFolder, items: list[dict], scenes: list[dict]
     return {
         "noisy_items": noisy_items,
         "noisy_errors": [{"injected": n["injected"], "dropped": n["dropped"]} for n in noisy],
-        "natural_errors": [context_errors(dets.get(it["image_id"], []), sc["objects"], cfg.ground.min_score)
+        "natural_errors": [context_errors(context_detections(dets.get(it["image_id"], []), cfg.ground), sc["objects"])
                            for it, sc in zip(items, scenes)],
         "ungrounded_items": [it | {"prompt": prompt_text(None, PromptConfig(cfg.prompt.instruction, grounded=False))}
                              for it in items],
