@@ -179,3 +179,31 @@ def test_premise_controls_are_asked_last_and_leave_the_questions_as_they_were(ti
     without = list(read_jsonl(ask.run(tiny_cfg, RunFolder.setup(tiny_cfg), "test", progress=False)["answers"]))
     assert without == rows[: -len(controls)]
     assert json.loads(open(tmp_path / "without" / "vqa" / "test.metrics.json").read())["true_premise_refusal"] is None
+
+
+def test_questions_against_detections_take_the_context_fallback_guess_as_a_fact(tmp_path):
+    """With ground.fallback_score the context may state one guess below min_score: the questions asked against the
+    detections count it as there, so no question contradicts the context it is asked with."""
+    import json
+
+    from PIL import Image
+
+    from vlm_dpo.ask import question_items
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (32, 32)).save(images / "a.png")
+    dets = tmp_path / "val.jsonl"
+    dets.write_text(json.dumps({"image_id": "a", "file": "a.png", "width": 32, "height": 32,
+                                "detections": [{"label": "cup", "score": 0.4, "box": [0, 0, 8, 8]}]}) + "\n")
+    base = [f"data.images={images}", "ground.min_score=0.5", "ground.positions=false", "ask.truth=detections"]
+    labels = ["cup", "ball", "book"]
+    plain = question_items(load_config(None, base), "val", dets, labels)
+    guess = question_items(load_config(None, base + ["ground.fallback_score=0.3"]), "val", dets, labels)
+    assert {q["grounding"] for q in plain} == {"Detected: nothing."}
+    assert {q["grounding"] for q in guess} == {"Detected: 1 cup."}
+    listing = lambda items: [q["expected"] for q in items if q["family"] == "listing"]  # noqa: E731
+    assert listing(plain) == [] and listing(guess) == [["cup"]]  # nothing there: no listing question
+    assert [(q["label"], q["expected"]) for q in guess if q["family"] == "counting"] == [("cup", 1)]
+    premise = [q for q in guess if q["family"] == "false_premise"]
+    assert premise and all(q["label"] != "cup" for q in premise)

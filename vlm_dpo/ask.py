@@ -5,9 +5,10 @@
           -> <out>/vqa/<split>.jsonl + .metrics.json
 
 What the answers are judged against (`ask.truth`):
-    detections  the detections the grounding context states (score >= ground.min_score, or the one best guess of
-                ground.fallback_score on an image with none): for a folder of your own images. Colour questions need colours, which a detector
-                does not give: they are asked only against the world's ground truth.
+    detections  the detections the grounding context states (score >= ground.min_score, or the one best guess
+                above ground.fallback_score on an image with none): for a folder of your own images. Colour
+                questions need colours, which a detector does not give: they are asked only against the world's
+                ground truth.
     world       the embedded world's annotations of the split (kinds, colours, boxes): for evaluation.
 With `ask.premise_control` (on by default), each image's false-premise question is asked once more in the same
 words about a kind that is there (vqa/control.py, family "premise_control", qid <image_id>/premise_control), so the

@@ -165,3 +165,18 @@ def test_pope_with_and_without_the_context(monkeypatch):
     assert bare["adversarial"]["yes_ratio"] == 1.0 and bare["adversarial"]["precision"] == 0.5
     assert {r["context"] for r in rows_g} == {"grounded"} and {r["context"] for r in rows_b} == {"no_context"}
     assert any("Detected:" in p for p in asked) and any("Detected:" not in p for p in asked)
+
+
+def test_natural_context_errors_are_those_of_the_context_stated():
+    from vlm_dpo.eval.grounding import context_errors
+    from vlm_dpo.ground import GroundingConfig, context_detections
+
+    objects = [{"label": "cup", "box": [0, 0, 8, 8]}, {"label": "ball", "box": [10, 10, 18, 18]}]
+    dets = [{"label": "cup", "score": 0.45, "box": [0, 0, 8, 8]}, {"label": "book", "score": 0.4, "box": [9, 9, 20, 20]}]
+    plain = GroundingConfig(min_score=0.5)
+    assert context_errors(context_detections(dets, plain), objects) == {"injected": [], "dropped": ["ball", "cup"]}
+    # the fallback states the best guess (the cup at 0.45): one kind less dropped, and nothing injected
+    guess = GroundingConfig(min_score=0.5, fallback_score=0.3)
+    assert context_errors(context_detections(dets, guess), objects) == {"injected": [], "dropped": ["ball"]}
+    assert context_errors(context_detections(dets[1:], guess), objects) == {"injected": ["book"],
+                                                                            "dropped": ["ball", "cup"]}
