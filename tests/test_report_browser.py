@@ -91,7 +91,7 @@ def test_headline_numbers_are_the_eval_stage_numbers(pipeline_run):
     assert ci is not None and ci[0] <= point <= ci[1]
 
 
-def _crafted(tmp_path, names=("sft", "dpo")):
+def _crafted(tmp_path, names=("sft", "dpo"), ground=None, extra_detections=None):
     """A report over four real world scenes with chosen captions: sft wrong in colour / count / kind / side on
     some, dpo right on those and wrong on one where sft was right."""
     from vlm_dpo.world.captions import reference_caption
@@ -117,10 +117,36 @@ def _crafted(tmp_path, names=("sft", "dpo")):
                               "mean_words": 6.0, "pope": pope, "ci": {"pope_f1": [0.667, 0.667]}} for n in names}}
     dets = {ids[0]: [{"label": "bowl", "score": 0.9, "box": scenes[0]["objects"][2]["box"]},
                      {"label": "cup", "score": 0.05, "box": [1, 1, 5, 5]}]}
+    for i, image_dets in (extra_detections or {}).items():
+        dets[ids[i]] = image_dets
     out = tmp_path / "run"
     path = report.write_report(out, metrics, scenes=scenes, captions={n: captions[n] for n in names}, items=items,
-                               pair_stats=None, curves=None, detections=dets, n_boot=100)
+                               pair_stats=None, curves=None, detections=dets, n_boot=100, ground=ground)
     return path, ids
+
+
+def test_gallery_draws_the_boxes_the_context_states(tmp_path, monkeypatch):
+    """No browser: the boxes drawn on each gallery image are those its prompt's context stated, the fallback guess
+    included, and the legend says which."""
+    from vlm_dpo.ground import GroundingConfig
+
+    drawn, draw = {}, report.draw_boxes
+
+    def spy(image_path, objects, out_png, detections=None):
+        drawn[out_png.stem] = [(d["label"], d["score"]) for d in detections or []]
+        return draw(image_path, objects, out_png, detections=detections)
+
+    monkeypatch.setattr(report, "draw_boxes", spy)
+    guesses = {1: [{"label": "cup", "score": 0.35, "box": [1, 1, 9, 9]}, {"label": "ball", "score": 0.4,
+                                                                              "box": [20, 20, 30, 30]}]}
+    path, ids = _crafted(tmp_path, ground=GroundingConfig(min_score=0.5, fallback_score=0.3),
+                         extra_detections=guesses)
+    assert drawn[ids[0]] == [("bowl", 0.9)]  # the confident box only: the 0.05 cup stays out
+    assert drawn[ids[1]] == [("ball", 0.4)]  # nothing confident: the one best guess, as the context stated it
+    assert "≥ 0.5, or the best one ≥ 0.3 when none is" in path.read_text()
+    (tmp_path / "plain").mkdir()
+    path, ids = _crafted(tmp_path / "plain", extra_detections=guesses)
+    assert drawn[ids[1]] == [] and "or the best one" not in path.read_text()
 
 
 def test_gallery_marks_errors_by_kind_and_picks_where_models_differ(tmp_path):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .ground import GroundingConfig, context_detections
 from .records import read_jsonl
 from .run import RunFolder
 
@@ -102,7 +103,8 @@ GT_COLOUR, DET_COLOUR = "#28c846", "#ff9600"
 
 def pair_boxes(run: str | Path | RunFolder) -> dict:
     """{"truth": image_id -> objects (the world's annotations, when the images are the world's),
-    "detections": image_id -> detections (every split the run detected), "min_score": the context threshold}."""
+    "detections": image_id -> detections (every split the run detected), "min_score" and "fallback_score": the
+    context's thresholds (ground.context_detections: the boxes drawn are those the context states)}."""
     from .config import load_config
 
     run = open_run(run)
@@ -115,19 +117,20 @@ def pair_boxes(run: str | Path | RunFolder) -> dict:
         from .world.export import load_annotations
 
         truth = {s["image_id"]: s["objects"] for s in load_annotations(image_root_of(run))}
-    return {"truth": truth, "detections": dets, "min_score": cfg.ground.min_score}
+    return {"truth": truth, "detections": dets, "min_score": cfg.ground.min_score,
+            "fallback_score": cfg.ground.fallback_score}
 
 
 def _draw_image_and_boxes(ax, row, root: str | Path, boxes: dict) -> None:
-    """The row's image on `ax` with ground truth (green) and the detections at or above the context's threshold
-    (orange, dashed), labelled, and their legend."""
+    """The row's image on `ax` with ground truth (green) and the detections the context states (orange, dashed),
+    labelled, and their legend."""
     from matplotlib.patches import Patch, Rectangle
     from PIL import Image
 
     with Image.open(Path(root) / row["image"]) as im:
         ax.imshow(im.convert("RGB"))
-    thr = boxes.get("min_score", 0.5)
-    dets = [d for d in (boxes.get("detections") or {}).get(row["image_id"], []) if (d.get("score") or 0) >= thr]
+    ground = GroundingConfig(min_score=boxes.get("min_score", 0.5), fallback_score=boxes.get("fallback_score"))
+    dets = context_detections((boxes.get("detections") or {}).get(row["image_id"], []), ground)
     if not dets and not boxes and row.get("boxes") is not None and len(row["boxes"]):
         dets = [{"label": "", "score": None, "box": b} for b in row["boxes"]]
     truth = (boxes.get("truth") or {}).get(row["image_id"], [])
@@ -141,8 +144,10 @@ def _draw_image_and_boxes(ax, row, root: str | Path, boxes: dict) -> None:
         ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, color=DET_COLOUR, lw=1.5, ls="--"))
         ax.text(b[0] + 1, b[3] - 1, f"det {d['label']} {d['score']:.2f}" if d.get("score") is not None else "det",
                 fontsize=7, va="bottom", color="black", bbox={"facecolor": DET_COLOUR, "pad": 1, "lw": 0})
+    guess = "" if ground.fallback_score is None else f", or the best >= {ground.fallback_score:g} if none"
     ax.legend(handles=[Patch(edgecolor=GT_COLOUR, fill=False, label="ground truth"),
-                       Patch(edgecolor=DET_COLOUR, fill=False, ls="--", label=f"detector (score >= {thr:g})")],
+                       Patch(edgecolor=DET_COLOUR, fill=False, ls="--",
+                             label=f"detector (score >= {ground.min_score:g}{guess})")],
               loc="upper center", bbox_to_anchor=(0.5, -0.01), fontsize=7, ncol=2, frameon=False)
     ax.axis("off")
 

@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
+from .ground import GroundingConfig, context_detections
 from .judge import JudgeConfig, Vocabulary, parse_caption, resolve_vocabulary, score_caption
 from .records import read_jsonl, write_text_atomic
 from .report_figures import DET_COLOUR, GT_COLOUR, draw_boxes, plot_curves, plot_metrics, plot_pairs
@@ -344,7 +345,7 @@ def choose_gallery(errors: dict[str, list[int]], captions_same: list[bool], base
 
 def _pairs_section(rep: Path, pairs: list[dict], pair_stats: dict | None, image_root: Path | None,
                    vocab: Vocabulary, n_examples: int = 4, detections: dict | None = None,
-                   min_score: float = 0.5) -> str:
+                   ground: GroundingConfig | None = None) -> str:
     if not pairs and not pair_stats:
         return ""
     parts = ['<h2 id="pairs">Preference pairs</h2>']
@@ -383,8 +384,7 @@ def _pairs_section(rep: Path, pairs: list[dict], pair_stats: dict | None, image_
             seen.add(p.get("kind"))
             shown += 1
             png = draw_boxes(str(path), [], rep / "pairs" / f"{p.get('pair_id', shown)}.png",
-                             detections=[d for d in (detections or {}).get(p.get("image_id"), [])
-                                         if (d.get("score") or 0) >= min_score])
+                             detections=context_detections((detections or {}).get(p.get("image_id"), []), ground))
             sc = p.get("scores") or {}
             halluc = set((sc.get("rejected") or {}).get("hallucinated") or [])
             truth = {m.label for m in parse_caption(p["chosen"], vocab).mentions if not m.negated} - halluc
@@ -403,11 +403,12 @@ def _pairs_section(rep: Path, pairs: list[dict], pair_stats: dict | None, image_
 def write_report(out: Path, metrics: dict, *, scenes: list[dict], captions: dict[str, dict[str, str]],
                  items: list[dict], pair_stats: dict | None, curves: Path | None, n_gallery: int = 12,
                  vocab: Vocabulary | None = None, detections: dict[str, list[dict]] | None = None,
-                 min_score: float = 0.5, pairs: list[dict] | None = None, image_root: Path | None = None,
-                 n_boot: int = 1000, seed: int = 0) -> Path:
+                 ground: GroundingConfig | None = None, pairs: list[dict] | None = None,
+                 image_root: Path | None = None, n_boot: int = 1000, seed: int = 0) -> Path:
     """Write <out>/report/index.html. captions: model name -> image_id -> greedy caption; detections: image_id ->
-    the detector's boxes (those >= min_score are drawn, as the prompts' context used them)."""
+    the detector's boxes (those the prompts' context states under `ground` are drawn: ground.context_detections)."""
     vocab = vocab or Vocabulary.world()
+    ground = ground or GroundingConfig(min_score=0.5)
     run = RunFolder(out)
     rep = run.report
     rep.mkdir(parents=True, exist_ok=True)
@@ -438,7 +439,7 @@ def write_report(out: Path, metrics: dict, *, scenes: list[dict], captions: dict
         gallery.append(f"<h3>{html.escape(title)}</h3>")
         for i in idx:
             it, sc = items[i], scenes[i]
-            shown = [d for d in dets.get(it["image_id"], []) if (d.get("score") or 0) >= min_score]
+            shown = context_detections(dets.get(it["image_id"], []), ground)
             png = draw_boxes(it["path"], sc["objects"], rep / "gallery" / f"{it['image_id']}.png", detections=shown)
             caps = "".join(
                 f'<div data-model="{html.escape(n)}"><span class="tag">{html.escape(n)}</span> '
@@ -458,10 +459,11 @@ def write_report(out: Path, metrics: dict, *, scenes: list[dict], captions: dict
     cav_html = "".join(f'<div class="caveat" data-metric="{k}">⚠ {html.escape("; ".join(cs))}</div>'
                        for k, cs in cav.items())
     extra = {k: v for k, v in metrics.items() if k not in ("models", "pairs")}
+    fallback = "" if ground.fallback_score is None else f", or the best one ≥ {ground.fallback_score:g} when none is"
     legend = (f'<p class="legend"><span><span class="sw" style="background:rgb{GT_COLOUR}"></span>ground-truth box '
               f'(annotation), "GT colour label"</span><span><span class="sw" style="background:rgb{DET_COLOUR}">'
-              f'</span>detector box, "det label score" (score ≥ {min_score:g}: what the prompt\'s context '
-              f'used)</span></p><p class="legend"><mark class="ok">in the image</mark> <mark class="bad">'
+              f'</span>detector box, "det label score" (score ≥ {ground.min_score:g}{fallback}: what the prompt\'s '
+              f'context used)</span></p><p class="legend"><mark class="ok">in the image</mark> <mark class="bad">'
               '<span>hallucinated (kind)</span></mark> <mark class="count">wrong count</mark> <mark class="colour">'
               'wrong colour</mark> <mark class="side">wrong side</mark> <mark class="neg">negated</mark></p>')
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vlm_dpo report</title>
@@ -483,7 +485,7 @@ direction).</p>
 {legend}
 {''.join(gallery)}
 {vqa_section(run, models, base, after)}
-{_pairs_section(rep, pairs or [], pair_stats, image_root, vocab, detections=dets, min_score=min_score)}
+{_pairs_section(rep, pairs or [], pair_stats, image_root, vocab, detections=dets, ground=ground)}
 <details><summary>run details</summary><pre>{html.escape(json.dumps(extra, indent=1, default=str))}</pre></details>
 </body></html>"""
     return write_text_atomic(rep / "index.html", page)
@@ -510,5 +512,5 @@ def run(cfg, run: RunFolder, summary: dict, *, items: list[dict], scenes: list[d
             image_root = None
     return write_report(run.root, summary, scenes=scenes, captions=captions, items=items, pair_stats=pair_stats,
                         curves=curves, vocab=resolve_vocabulary(cfg.eval.vocabulary), detections=dets,
-                        min_score=cfg.ground.min_score, pairs=pairs, image_root=image_root,
+                        ground=cfg.ground, pairs=pairs, image_root=image_root,
                         n_boot=cfg.eval.bootstrap, seed=cfg.eval.seed)
