@@ -172,7 +172,8 @@ def test_natural_context_errors_are_those_of_the_context_stated():
     from vlm_dpo.ground import GroundingConfig, context_detections
 
     objects = [{"label": "cup", "box": [0, 0, 8, 8]}, {"label": "ball", "box": [10, 10, 18, 18]}]
-    dets = [{"label": "cup", "score": 0.45, "box": [0, 0, 8, 8]}, {"label": "book", "score": 0.4, "box": [9, 9, 20, 20]}]
+    dets = [{"label": "cup", "score": 0.45, "box": [0, 0, 8, 8]},
+            {"label": "book", "score": 0.4, "box": [9, 9, 20, 20]}]
     plain = GroundingConfig(min_score=0.5)
     assert context_errors(context_detections(dets, plain), objects) == {"injected": [], "dropped": ["ball", "cup"]}
     # the fallback states the best guess (the cup at 0.45): one kind less dropped, and nothing injected
