@@ -37,6 +37,9 @@ def test_metrics_json_is_complete(pipeline_run):
     assert kept + m["pairs"]["merged"].get("synthetic_over_mined", 0) == len(mined)
     for name, mm in m["models"].items():  # see-don't-copy metrics for every model
         assert "precision_ungrounded" in mm and "echo_rate" in mm and "recovery_rate" in mm, name
+        # CHAIR_i of the same greedy captions, split by whether the context listed the hallucinated kind
+        split = mm["chair_i_by_context"]
+        assert split["in_context"] + split["outside_context"] == pytest.approx(mm["chair_i"]), name
     for name, mm in m["models"].items():  # the robot's questions, per family, judged (eval/vqa.py)
         vqa = mm["vqa"]
         assert set(vqa) >= {"accuracy", "pope_f1", "false_premise_rejection", "yes_ratio"}, name

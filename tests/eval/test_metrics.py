@@ -181,3 +181,18 @@ def test_natural_context_errors_are_those_of_the_context_stated():
     assert context_errors(context_detections(dets, guess), objects) == {"injected": [], "dropped": ["ball"]}
     assert context_errors(context_detections(dets[1:], guess), objects) == {"injected": ["book"],
                                                                             "dropped": ["ball", "cup"]}
+
+
+def test_chair_splits_into_hallucinations_the_context_listed_and_the_rest():
+    from vlm_dpo.eval.grounding import chair_by_context, hallucination_counts
+    from vlm_dpo.judge import Vocabulary
+
+    vocab = Vocabulary.world()
+    objects = [{"label": "cup", "box": [0, 0, 8, 8]}]
+    errors = {"injected": ["ball"], "dropped": []}  # the context: "1 cup, 1 ball"; no ball is there
+    # cup is there, ball was listed (an echo), apple was not (invented): 3 named, one of each kind
+    assert hallucination_counts("a cup, a ball and an apple.", errors, objects, vocab) == (1, 1, 3)
+    assert hallucination_counts("a cup.", errors, objects, vocab) == (0, 0, 1)
+    counts = [(1, 1, 3), (0, 0, 1), (0, 2, 4)]  # 1 listed + 3 invented of 8 named
+    assert chair_by_context(counts) == {"in_context": 1 / 8, "outside_context": 3 / 8}
+    assert chair_by_context([]) == {"in_context": 0.0, "outside_context": 0.0}

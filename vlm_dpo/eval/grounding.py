@@ -9,7 +9,15 @@ with the truth (`context_errors`). Per caption, at label level:
     recovery_rate = true labels missing from the context that the caption names / true labels missing
     precision_ungrounded = named true labels / named labels, for captions of prompts without any context
 
-Lower echo and higher recovery mean the model trusts the image over a wrong context.
+Lower echo and higher recovery mean the model trusts the image over a wrong context. CHAIR_i of the captions of
+the detector's own contexts splits by where each hallucinated label came from (ratios of sums over captions):
+
+    chair_i_by_context.in_context      = named absent labels the context listed     / named labels
+    chair_i_by_context.outside_context = named absent labels the context did not list / named labels
+
+They add up to CHAIR_i. The first is the detector's false detections echoed; the second is the model's own
+invention (its prior, e.g. what it names when the context is empty), which DPO on the detector's judgements can
+reach and a better detector cannot.
 """
 
 from __future__ import annotations
@@ -71,6 +79,20 @@ def bootstrap_rates(counts: list[tuple[int, int, int, int]], n_boot: int = 1000,
     from .bootstrap import percentile_cis
 
     return percentile_cis(counts, rates, ("echo_rate", "recovery_rate"), n_boot, seed)
+
+
+def hallucination_counts(caption: str, errors: dict, objects: list[dict], vocab: Vocabulary) -> tuple[int, int, int]:
+    """(absent labels named that the context listed, absent labels named that it did not, labels named) of one
+    caption; `errors` are its context's (`context_errors`)."""
+    named = named_labels(caption, vocab)
+    absent = named - {vocab.canonical(o["label"]) for o in objects}
+    listed = {vocab.canonical(lab) or lab for lab in errors["injected"]}
+    return len(absent & listed), len(absent - listed), len(named)
+
+
+def chair_by_context(counts: list[tuple[int, int, int]]) -> dict:
+    listed, unlisted, named = (sum(c[k] for c in counts) for k in range(3))
+    return {"in_context": listed / named if named else 0.0, "outside_context": unlisted / named if named else 0.0}
 
 
 def precision_counts(caption: str, objects: list[dict], vocab: Vocabulary) -> tuple[int, int]:

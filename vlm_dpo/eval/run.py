@@ -140,7 +140,8 @@ def robustness_metrics(model, processor, items, scenes, greedy, rob: dict, vocab
 
     rob = {"noisy_items": [...], "noisy_errors": [...], "natural_errors": [...], "ungrounded_items": [...]}
     """
-    from .grounding import bootstrap_rates, echo_recovery_counts, precision_counts, rates
+    from .grounding import (bootstrap_rates, chair_by_context, echo_recovery_counts, hallucination_counts,
+                            precision_counts, rates)
 
     noisy = generate_all(model, processor, rob["noisy_items"], cfg, do_sample=False, n=1, desc=f"{name} noisy",
                          progress=progress)
@@ -154,6 +155,8 @@ def robustness_metrics(model, processor, items, scenes, greedy, rob: dict, vocab
         out[f"{tag}context_errors"] = {"injected": r["injected"], "dropped": r["dropped"]}
         for k, v in bootstrap_rates(counts, cfg.bootstrap, cfg.seed).items():
             ci[f"{tag}{k}"] = v
+    out["chair_i_by_context"] = chair_by_context([hallucination_counts(c[0], e, sc["objects"], vocab)
+                                                  for c, e, sc in zip(greedy, rob["natural_errors"], scenes)])
     pc = [precision_counts(c[0], sc["objects"], vocab) for c, sc in zip(ungrounded, scenes)]
 
     def precision(pick):
