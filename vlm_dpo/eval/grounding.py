@@ -15,9 +15,8 @@ the detector's own contexts splits by where each hallucinated label came from (r
     chair_i_by_context.in_context      = named absent labels the context listed     / named labels
     chair_i_by_context.outside_context = named absent labels the context did not list / named labels
 
-They add up to CHAIR_i. The first is the detector's false detections echoed; the second is the model's own
-invention (its prior, e.g. what it names when the context is empty), which DPO on the detector's judgements can
-reach and a better detector cannot.
+They add up to CHAIR_i. The first is the detector's false detections echoed; the second is what the model adds on
+its own (its prior, e.g. what it names when the context is empty).
 """
 
 from __future__ import annotations
