@@ -91,14 +91,14 @@ def question_items(cfg, split: str, detections_path: Path, vocab_labels: list[st
             return truth[rec["image_id"]]["objects"]
         return context_detections(rec["detections"], cfg.ground)
 
-    cooc = cooccurrence([[o["label"] for o in facts(r)] for r in records])
+    facts_of = [facts(r) for r in records]  # once per image: the co-occurrence counts and the questions share them
+    cooc = cooccurrence([[o["label"] for o in present] for present in facts_of])
     families = tuple(f for f in ask.families if truth is not None or f != "colour")
     items, controls = [], []
-    for rec in records:
+    for rec, present in zip(records, facts_of):
         g = grounding_text(rec["detections"], rec["width"], rec["height"], cfg.ground)
         where = {"file": rec["file"], "path": paths.get(rec["image_id"]) or str((root or Path(".")) / rec["file"]),
                  "grounding": g}
-        present = facts(rec)
         questions = make_questions(present, vocab_labels, rec["image_id"], width=rec["width"], seed=ask.seed,
                                    cooc=cooc, families=families)
         if ask.premise_control:  # judged on the same facts as the questions, so "there" means what it means there
