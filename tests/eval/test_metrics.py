@@ -183,6 +183,27 @@ def test_natural_context_errors_are_those_of_the_context_stated():
                                                                             "dropped": ["ball", "cup"]}
 
 
+def test_context_errors_and_echoes_compare_the_vocabularys_classes():
+    from vlm_dpo.eval.grounding import context_errors, echo_recovery_counts
+    from vlm_dpo.judge import Vocabulary, resolve_vocabulary
+
+    world, coco = Vocabulary.world(), resolve_vocabulary("coco")
+    objects = [{"label": "cup", "box": [0, 0, 8, 8]}, {"label": "ball", "box": [10, 10, 18, 18]}]
+    # a detector that says "mugs" for cups: the same kind, neither a false nor a missed one
+    context = [{"label": "mugs", "score": 0.9, "box": [0, 0, 8, 8]},
+               {"label": "phone", "score": 0.9, "box": [9, 9, 20, 20]}]
+    assert context_errors(context, objects) == {"injected": ["mugs", "phone"], "dropped": ["ball", "cup"]}  # raw
+    assert context_errors(context, objects, world) == {"injected": ["phone"], "dropped": ["ball"]}
+    # COCO calls the phone "cell phone": the caption's "cell phone" echoes the context's "phone"
+    errors = context_errors([{"label": "cup", "score": 0.9, "box": [0, 0, 8, 8]}, context[1]], objects, coco)
+    assert errors == {"injected": ["cell phone"], "dropped": ["sports ball"]}
+    assert echo_recovery_counts("a cup and a cell phone.", errors, coco) == (1, 1, 0, 1)
+    # errors written with the world's names (the noisy contexts) count the same under COCO
+    world_names = {"injected": ["phone"], "dropped": ["ball"]}
+    assert echo_recovery_counts("a cup and a cell phone.", world_names, coco) == (1, 1, 0, 1)
+    assert echo_recovery_counts("a cup, a cell phone and a ball.", world_names, coco) == (1, 1, 1, 1)
+
+
 def test_chair_splits_into_hallucinations_the_context_listed_and_the_rest():
     from vlm_dpo.eval.grounding import chair_by_context, hallucination_counts
     from vlm_dpo.judge import Vocabulary

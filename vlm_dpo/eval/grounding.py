@@ -50,11 +50,18 @@ def noisy_contexts(scenes: list[dict], labels: list[str], drop: float = 0.1, add
     return out
 
 
-def context_errors(context: list[dict], objects: list[dict]) -> dict:
+def _canonical(labels, vocab: Vocabulary | None) -> set[str]:
+    """Labels as the vocabulary's classes (a synonym or plural is its class; a label outside it stays as is), so
+    that a detector's "mug" and the truth's "cup" are one kind, and a context's "phone" is COCO's "cell phone"."""
+    return {(vocab.canonical(lab) or lab) if vocab is not None else lab for lab in labels}
+
+
+def context_errors(context: list[dict], objects: list[dict], vocab: Vocabulary | None = None) -> dict:
     """A real detector's label-level errors against the truth: {"injected": false labels, "dropped": missed},
-    `context` being the detections the grounding context states (ground.context_detections)."""
-    ctx = {d["label"] for d in context}
-    truth = {o["label"] for o in objects}
+    `context` being the detections the grounding context states (ground.context_detections); labels compared as
+    `vocab`'s classes when given."""
+    ctx = _canonical((d["label"] for d in context), vocab)
+    truth = _canonical((o["label"] for o in objects), vocab)
     return {"injected": sorted(ctx - truth), "dropped": sorted(truth - ctx)}
 
 
@@ -64,8 +71,8 @@ def named_labels(caption: str, vocab: Vocabulary) -> set[str]:
 
 def echo_recovery_counts(caption: str, errors: dict, vocab: Vocabulary) -> tuple[int, int, int, int]:
     """(echoed, injected, recovered, dropped) counts of one caption."""
-    named = named_labels(caption, vocab)
-    inj, drp = set(errors["injected"]), set(errors["dropped"])
+    named = named_labels(caption, vocab)  # the vocabulary's classes, so the errors are compared as classes too
+    inj, drp = _canonical(errors["injected"], vocab), _canonical(errors["dropped"], vocab)
     return len(named & inj), len(inj), len(named & drp), len(drp)
 
 
@@ -84,8 +91,8 @@ def hallucination_counts(caption: str, errors: dict, objects: list[dict], vocab:
     """(absent labels named that the context listed, absent labels named that it did not, labels named) of one
     caption; `errors` are its context's (`context_errors`)."""
     named = named_labels(caption, vocab)
-    absent = named - {vocab.canonical(o["label"]) for o in objects}
-    listed = {vocab.canonical(lab) or lab for lab in errors["injected"]}
+    absent = named - _canonical((o["label"] for o in objects), vocab)
+    listed = _canonical(errors["injected"], vocab)
     return len(absent & listed), len(absent - listed), len(named)
 
 

@@ -65,8 +65,8 @@ def robustness_inputs(cfg, run: RunFolder, items: list[dict], scenes: list[dict]
     return {
         "noisy_items": noisy_items,
         "noisy_errors": [{"injected": n["injected"], "dropped": n["dropped"]} for n in noisy],
-        "natural_errors": [context_errors(context_detections(dets.get(it["image_id"], []), cfg.ground), sc["objects"])
-                           for it, sc in zip(items, scenes)],
+        "natural_errors": [context_errors(context_detections(dets.get(it["image_id"], []), cfg.ground),
+                                          sc["objects"], vocab) for it, sc in zip(items, scenes)],
         "ungrounded_items": [it | {"prompt": prompt_text(None, PromptConfig(cfg.prompt.instruction, grounded=False))}
                              for it in items],
     }
