@@ -222,3 +222,14 @@ def test_report_with_only_the_sft_model(pipeline_run, tmp_path):
     assert all(w > 0 for _, w in seen["images"])
     assert "Only sft was evaluated" in seen["headline"]
     assert seen["headers"][1:] == ["sft"] and seen["best"] == 0 and seen["changes"] == 0
+
+
+def test_metric_table_has_a_row_per_part_of_the_chair_split():
+    models = {"sft": {"chair_i": 0.2, "chair_i_by_context": {"in_context": 0.05, "outside_context": 0.15}},
+              "dpo": {"chair_i": 0.1, "chair_i_by_context": {"in_context": 0.07, "outside_context": 0.03}}}
+    table = report._metric_table(models, {})
+    outside = table.split('data-metric="chair_i_outside_context"')[1].split("</tr>")[0]
+    assert "kinds it did not list" in outside and "0.150" in outside and '<td class="best"' in outside
+    assert "0.030" in outside.split('class="best"')[1]  # dpo's 0.030 is the better one
+    assert 'data-metric="chair_i_in_context"' in table
+    assert 'data-metric="echo_rate"' not in table  # no model has it: no row

@@ -49,6 +49,20 @@ def test_summary_mean_and_range_by_hand():
     md = S.markdown(rows, s)
     assert "| dpo | chair_i | 0.100 | 0.060 | 0.100 | 0.087 [0.060, 0.100] |" in md
     assert "| dpo vs sft | chair_i_relative | -50.0% | -80.0% | -60.0% |" in md
+    assert "chair_i_in_context" not in md  # runs without the split leave its rows out
+
+
+def test_the_chair_split_gets_its_own_rows():
+    rows = {0: _metrics(0.2, 0.1, 0.5, 0.5), 1: _metrics(0.3, 0.06, 0.6, 0.57)}
+    for r, split in zip(rows.values(), ({"in_context": 0.04, "outside_context": 0.06},
+                                        {"in_context": 0.05, "outside_context": 0.01})):
+        r["models"]["dpo"]["chair_i_by_context"] = split
+    s = S.summarize(rows)
+    assert s["models"]["dpo"]["chair_i_outside_context"] == pytest.approx({"mean": 0.035, "min": 0.01, "max": 0.06,
+                                                                           "n": 2})
+    assert "chair_i_in_context" not in s["models"]["sft"]  # a model without the split on some seed: no row
+    md = S.markdown(rows, s)
+    assert "| dpo | chair_i_in_context | 0.040 | 0.050 | 0.045 [0.040, 0.050] |" in md
 
 
 def test_run_seeds_runs_the_pipeline_per_seed_and_writes_the_tables(tmp_path, monkeypatch):

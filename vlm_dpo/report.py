@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
+from .eval.grounding import model_metric
 from .ground import GroundingConfig, context_detections
 from .judge import JudgeConfig, Vocabulary, parse_caption, resolve_vocabulary, score_caption
 from .records import read_jsonl, write_text_atomic
@@ -39,7 +40,10 @@ TABLE = [("chair_i", "CHAIR_i ↓", -1), ("chair_s", "CHAIR_s ↓", -1), ("recal
          ("clip_score", "CLIPScore ↑", 1), ("precision_ungrounded", "precision, no grounding ↑", 1),
          ("echo_rate", "echo rate, noisy context ↓", -1), ("recovery_rate", "recovery rate, noisy context ↑", 1),
          ("natural_echo_rate", "echo rate, detector context ↓", -1),
-         ("natural_recovery_rate", "recovery rate, detector context ↑", 1)]
+         ("natural_recovery_rate", "recovery rate, detector context ↑", 1),
+         # CHAIR_i = the two below: absent kinds named that the detector's context listed (echoes), and the rest
+         ("chair_i_in_context", "CHAIR_i, kinds the context listed ↓", -1),
+         ("chair_i_outside_context", "CHAIR_i, kinds it did not list ↓", -1)]
 # per-image (numerator, denominator) fields whose ratio of sums over images is the metric
 RATIOS = {"chair_i": ("hallucinated", "mentioned"), "chair_s": ("any_hallucinated", "one"),
           "recall": ("covered", "truth"), "mean_words": ("words", "one"), "pope_f1": ("pope_2tp", "pope_f1_den")}
@@ -257,12 +261,12 @@ def _metric_table(models: dict, cav: dict) -> str:
     names = list(models)
     rows = []
     for k, title, direction in TABLE:
-        if not any(k in models[n] for n in names):
+        if all(model_metric(models[n], k) is None for n in names):
             continue
-        best = _best({n: models[n].get(k) for n in names}, direction)
+        best = _best({n: model_metric(models[n], k) for n in names}, direction)
         cells = []
         for n in names:
-            v = models[n].get(k)
+            v = model_metric(models[n], k)
             ci = models[n].get("ci", {}).get(k) or models[n].get("robustness_ci", {}).get(k)
             cls = ' class="best" title="best of the models on this metric"' if n in best else ""
             cells.append(f"<td{cls}>{_fmt(v)}" + (f' <span class="ci">[{_fmt(ci[0])}, {_fmt(ci[1])}]</span>'

@@ -19,12 +19,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from .eval.grounding import model_metric
 from .records import write_text_atomic
 
 # The config fields one seed sets (section, field).
 SEEDED = (("world", "seed"), ("vlm.sft", "seed"), ("describe", "seed"), ("pairs", "seed"), ("pairs.mine", "seed"),
           ("train", "seed"))
-METRICS = ("chair_i", "chair_s", "recall", "pope_f1", "mean_words")
+METRICS = ("chair_i", "chair_s", "recall", "pope_f1", "mean_words", "chair_i_in_context", "chair_i_outside_context")
 CHANGES = ("chair_i_relative", "recall_relative", "mean_words_relative")
 
 
@@ -52,8 +53,8 @@ def summarize(rows: dict[int, dict]) -> dict:
     models = sorted(set.intersection(*(set(r["models"]) for r in rows.values())))
     out = {"models": {}, "change_dpo_vs_sft": {}}
     for m in models:
-        out["models"][m] = {k: stats([r["models"][m][k] for r in rows.values()]) for k in METRICS
-                            if all(r["models"][m].get(k) is not None for r in rows.values())}
+        out["models"][m] = {k: stats([model_metric(r["models"][m], k) for r in rows.values()]) for k in METRICS
+                            if all(model_metric(r["models"][m], k) is not None for r in rows.values())}
     for k in CHANGES:
         values = [r["change_dpo_vs_sft"][k] for r in rows.values() if r.get("change_dpo_vs_sft", {}).get(k) is not None]
         if len(values) == len(rows):
@@ -81,7 +82,7 @@ def markdown(rows: dict[int, dict], summary: dict) -> str:
              "| --- | --- |" + " --- |" * (len(rows) + 1)]
     for m, metrics in summary["models"].items():
         for k, st in metrics.items():
-            per = " | ".join(f"{r['models'][m][k]:.3f}" for r in rows.values())
+            per = " | ".join(f"{model_metric(r['models'][m], k):.3f}" for r in rows.values())
             lines.append(f"| {m} | {k} | {per} | {st['mean']:.3f} [{st['min']:.3f}, {st['max']:.3f}] |")
     for k, st in summary["change_dpo_vs_sft"].items():
         per = " | ".join(f"{r['change_dpo_vs_sft'][k]:+.1%}" for r in rows.values())
@@ -111,7 +112,7 @@ def write_tables(out: Path, seeds: list[int], rows: dict[int, dict], wall: dict[
     """seeds.json and seeds.md of the seeds done so far (`done` lists them)."""
     summary = summarize(rows)
     doc = {"seeds": seeds, "done": list(rows), "summary": summary, "targets": targets(rows), "wall_s": wall,
-           "rows": {s: {"models": {m: {k: r["models"][m].get(k) for k in METRICS} for m in r["models"]},
+           "rows": {s: {"models": {m: {k: model_metric(r["models"][m], k) for k in METRICS} for m in r["models"]},
                         "change_dpo_vs_sft": r["change_dpo_vs_sft"]} for s, r in rows.items()}}
     write_text_atomic(out / "seeds.json", json.dumps(doc, indent=1, default=str))
     write_text_atomic(out / "seeds.md", markdown(rows, summary))

@@ -101,6 +101,19 @@ def chair_by_context(counts: list[tuple[int, int, int]]) -> dict:
     return {"in_context": listed / named if named else 0.0, "outside_context": unlisted / named if named else 0.0}
 
 
+# The split as flat metric names, for tables with one row per figure (seeds.md, the report's metric table).
+SPLIT_KEYS = {"chair_i_in_context": ("chair_i_by_context", "in_context"),
+              "chair_i_outside_context": ("chair_i_by_context", "outside_context")}
+
+
+def model_metric(model_metrics: dict, key: str) -> float | None:
+    """A figure of one model's metrics.json entry by flat name (SPLIT_KEYS for the split); None when absent."""
+    if key in SPLIT_KEYS:
+        outer, inner = SPLIT_KEYS[key]
+        return (model_metrics.get(outer) or {}).get(inner)
+    return model_metrics.get(key)
+
+
 def precision_counts(caption: str, objects: list[dict], vocab: Vocabulary) -> tuple[int, int]:
     """(named true labels, named labels) of one caption."""
     named = named_labels(caption, vocab)
