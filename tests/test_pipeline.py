@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -120,9 +121,15 @@ def test_detector_side_job_trains_in_a_worker_process(tmp_path):
     from vlm_dpo.parallel import Background
     from vlm_dpo.pipeline import _detector_then_clip
 
+    from vlm_dpo.pipeline import builds_side_by_side
+
     cfg = load_config(None, TINY_OVERRIDES + [f"cache_dir={tmp_path / 'cache'}", f"out={tmp_path / 'run'}"])
     world = ensure_world(cfg, progress=False)
     assert detector_needs_training(cfg, world)
+    # side by side when both are to be built, the run may use two cores and the config allows it
+    assert builds_side_by_side(replace(cfg, concurrent_stages=True), world)
+    assert not builds_side_by_side(replace(cfg, concurrent_stages=True, threads=1), world)
+    assert not builds_side_by_side(replace(cfg, concurrent_stages=False), world)
     with Background(_detector_then_clip, (cfg, world, True), threads=1) as job:
         pass
     det = job.result()

@@ -117,9 +117,11 @@ class VLMConfig:
 class Config:
     out: str = "runs/demo"
     cache_dir: str = field(default_factory=default_cache_dir)
-    threads: int = 0  # torch threads; 0 = leave torch's default
+    # torch threads of the main process (0 = leave torch's default); when set, also the CPU cores the automatic
+    # worker pools use (describe.workers / eval.workers = 0): threads=1 runs on one core, no pool, no side job.
+    threads: int = 0
     # Pipeline: train the embedded detector (then the tiny CLIP) in a 1-thread process beside the VLM build
-    # (neither uses a second core well: YOLO's step is Python-bound, the tiny VLM's ops are small).
+    # (neither uses a second core well: YOLO's step is Python-bound, the tiny VLM's ops are small). Not at threads=1.
     concurrent_stages: bool = True
     data: DataConfig = field(default_factory=DataConfig)
     world: WorldSpec = field(default_factory=WorldSpec)

@@ -210,7 +210,7 @@ def run(cfg, run: RunFolder, split: str | None = None, *, progress: bool = True,
         with main_first():  # the main process builds (or finds) the embedded VLM, the others then reuse it
             model_path = ensure_vlm(cfg, progress)["model"]
         # Under a launcher its processes are the workers; otherwise a pool of `workers` 1-thread processes.
-        workers = 1 if launched() else auto_workers(cfg.describe.workers, cfg.vlm.device)
+        workers = 1 if launched() else auto_workers(cfg.describe.workers, cfg.vlm.device, cores=cfg.threads)
         path = describe_parallel(model_path, items, cfg.describe, out_path, workers=workers, dtype=cfg.vlm.dtype,
                                  device=cfg.vlm.device, progress=progress)
     else:

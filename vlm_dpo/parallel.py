@@ -40,16 +40,22 @@ def _died(fn) -> WorkerDiedError:
                            "kept: rerun to resume")
 
 
-def auto_workers(requested: int, device: str = "cpu", jobs: int | None = None) -> int:
+def auto_workers(requested: int, device: str = "cpu", jobs: int | None = None, cores: int = 0) -> int:
     """`requested` if > 0; else 1 on an accelerator (one model copy per device is enough); on CPU one 1-thread
     process per core, at most 4 (more only adds model copies in memory). Given a number of unequal `jobs`
     (e.g. models to evaluate), up to two processes per core run them all at once, so that no core idles while
-    the last job runs alone (3 jobs on 2 cores: 1.5 job-times instead of 2)."""
+    the last job runs alone (3 jobs on 2 cores: 1.5 job-times instead of 2).
+
+    `cores` > 0 is the run's CPU budget (the config's `threads`), at most the machine's: with 1, everything runs
+    in this process, so two runs side by side at threads=1 use a core each."""
     if requested > 0:
         return requested if jobs is None else min(requested, jobs)
     if not str(device).startswith("cpu"):
         return 1
-    cores = os.cpu_count() or 1
+    machine = os.cpu_count() or 1
+    cores = min(cores, machine) if cores > 0 else machine
+    if cores == 1:
+        return 1
     if jobs is None:
         return max(1, min(4, cores))
     return max(1, min(jobs, 2 * cores, 6))

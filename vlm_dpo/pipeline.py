@@ -48,9 +48,18 @@ class Laps:
         self.t = time.time()
 
 
+def builds_side_by_side(cfg, world_root) -> bool:
+    """Does the detector (then the CLIPScore model) train in its own 1-thread process while this one builds the
+    VLM? When both are to be built and the run may use more than one core; otherwise each runs here when needed."""
+    from .embedded import detector_needs_training, vlm_is_cached
+
+    return (cfg.concurrent_stages and cfg.threads != 1 and detector_needs_training(cfg, world_root)
+            and not vlm_is_cached(cfg))
+
+
 def run_pipeline(cfg, progress: bool = True) -> dict:
     """world -> detector -> detect -> VLM SFT -> describe -> pairs -> DPO (+ RFT baseline) -> eval -> report."""
-    from .embedded import detector_needs_training, ensure_vlm, ensure_world, vlm_is_cached
+    from .embedded import ensure_vlm, ensure_world
     from .pairs.dataset import load_pairs
     from .parallel import Background
 
@@ -58,9 +67,7 @@ def run_pipeline(cfg, progress: bool = True) -> dict:
     lap = Laps()
     world_root = ensure_world(cfg, progress)
     lap("world")
-    # The detector (then the CLIPScore model) trains in its own 1-thread process while this one builds the VLM,
-    # when both are to be built; otherwise each runs here when needed.
-    both = cfg.concurrent_stages and detector_needs_training(cfg, world_root) and not vlm_is_cached(cfg)
+    both = builds_side_by_side(cfg, world_root)
     # Each builds with one thread either way (embedded.BUILD_THREADS), so the results do not depend on this.
     with Background(_detector_then_clip, (cfg, world_root, both), threads=1, enabled=both) as det_job:
         vlm = ensure_vlm(cfg, progress)

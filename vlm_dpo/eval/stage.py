@@ -118,7 +118,8 @@ def evaluate_models(cfg, run: RunFolder, models: dict[str, str], items: list[dic
     wait_for_everyone()
     # Under a launcher the launched processes share each model's generation (eval.run.generate_all), one model
     # after the other; otherwise models side by side in a pool of 1-thread processes.
-    workers = 1 if launched() else auto_workers(cfg.eval.workers, cfg.vlm.device, jobs=len(models))
+    workers = 1 if launched() else auto_workers(cfg.eval.workers, cfg.vlm.device, jobs=len(models),
+                                                 cores=cfg.threads)
     if workers > 1:
         clip_model_name(cfg, progress)  # trained once here (cached) before the workers load it
         jobs = [(cfg, path, name, items, scenes, out_dir, rob) for name, path in models.items()]
