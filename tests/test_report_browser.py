@@ -55,7 +55,8 @@ def test_report_loads_in_headless_chromium(pipeline_run):
                 "pair_tables": page.locator("#pair-kinds").is_visible() and page.locator("#pair-stats").is_visible(),
                 "pair_examples": page.locator(".pair-example").count(),
                 "legend": page.locator(".legend").first.inner_text(),
-                "pre": page.locator("details pre").inner_text()}
+                "pre": page.locator("details pre").inner_text(),
+                "protocol": page.locator("#protocol").inner_text()}
 
     seen, errors = open_page(RunFolder(out).report_index, look)
     assert not errors
@@ -69,6 +70,7 @@ def test_report_loads_in_headless_chromium(pipeline_run):
     assert seen["pair_tables"] and seen["pair_examples"] >= 1
     assert '"by_kind"' not in seen["pre"]  # the pair statistics are tables now, not a JSON dump
     assert "ground-truth box" in seen["legend"] and "detector box" in seen["legend"]
+    assert seen["protocol"].startswith("Evaluated on the world's test split.")
     if all(m["pope"]["adversarial"]["yes_ratio"] == 1.0 for m in metrics.values()):
         assert any("to every probe" in c for c in seen["caveats"]), seen["caveats"]
 
@@ -233,3 +235,16 @@ def test_metric_table_has_a_row_per_part_of_the_chair_split():
     assert "0.030" in outside.split('class="best"')[1]  # dpo's 0.030 is the better one
     assert 'data-metric="chair_i_in_context"' in table
     assert 'data-metric="echo_rate"' not in table  # no model has it: no row
+
+
+def test_the_report_says_which_images_and_the_selection_protocol(tmp_path):
+    def said(ev, **extra):
+        return report.evaluated_on({"eval_settings": {"eval": ev}, **extra})
+
+    assert "<b>test</b> split" in said({"split": "test"}) and "read test once" in said({"split": "test"})
+    assert "<b>val</b> split, where settings are chosen" in said({"split": "val"})
+    assert said({"split": "test", "annotations": "/data/truth.jsonl"}, held_out_images=7) == (
+        "Evaluated on your annotated images (<code>/data/truth.jsonl</code>), 7 images.")
+    assert report.evaluated_on({}) == ""
+    path, _ = _crafted(tmp_path)
+    assert '<p id="protocol"></p>' in path.read_text()  # crafted metrics carry no settings: nothing claimed

@@ -404,6 +404,23 @@ def _pairs_section(rep: Path, pairs: list[dict], pair_stats: dict | None, image_
     return "".join(parts)
 
 
+def evaluated_on(metrics: dict) -> str:
+    """Which images the numbers are from, and what that means under issue #16's protocol (settings chosen on val,
+    test read once for the chosen settings)."""
+    ev = metrics.get("eval_settings", {}).get("eval", {})
+    if ev.get("annotations"):
+        return (f"Evaluated on your annotated images (<code>{html.escape(str(ev['annotations']))}</code>), "
+                f"{metrics.get('held_out_images', '?')} images.")
+    split = ev.get("split")
+    if split == "test":
+        return ("Evaluated on the world's <b>test</b> split. Choose settings on <code>eval.split=val</code> and read "
+                "test once for the settings chosen: figures read many times on test are tuned to it.")
+    if split == "val":
+        return ("Evaluated on the world's <b>val</b> split, where settings are chosen; report the chosen settings "
+                "on <code>eval.split=test</code>, read once.")
+    return f"Evaluated on the world's {html.escape(str(split))} split." if split else ""
+
+
 def write_report(out: Path, metrics: dict, *, scenes: list[dict], captions: dict[str, dict[str, str]],
                  items: list[dict], pair_stats: dict | None, curves: Path | None, n_gallery: int = 12,
                  vocab: Vocabulary | None = None, detections: dict[str, list[dict]] | None = None,
@@ -476,6 +493,7 @@ def write_report(out: Path, metrics: dict, *, scenes: list[dict], captions: dict
 <p>Held-out scenes ({len(items)}), greedy captions from the pipeline's grounded prompt, the same max_new_tokens
 for every model. 95% bootstrap intervals over images in brackets. <b>sft</b>: before DPO; <b>dpo</b>: after;
 <b>rft</b>: SFT on the chosen captions (rejection-sampling fine-tuning baseline).</p>
+<p id="protocol">{evaluated_on(metrics)}</p>
 <h2>At a glance</h2>
 {_headline(models, base, after, diffs, cav)}
 {chart_html}
