@@ -432,3 +432,30 @@ def test_vlm_key_hashes_the_vqa_code_only_when_questions_are_taught(monkeypatch)
     embedded.vlm_key(_cfg("vlm.sft.vqa_share=0.3"))
     assert "vlm_dpo.vqa.pairs" not in hashed[0] and "vlm_dpo.sft" in hashed[0]
     assert set(embedded.VQA_SFT_CODE) <= set(hashed[1])
+
+
+def test_an_interrupted_held_out_check_keeps_the_built_vlm(tmp_path, monkeypatch):
+    """The VLM's cache entry is written before its held-out check: a crash there reruns the check, not the build."""
+    from vlm_dpo import embedded
+    from vlm_dpo.config import load_config
+
+    from tiny_config import TINY_OVERRIDES
+
+    cfg = load_config(None, TINY_OVERRIDES + [f"cache_dir={tmp_path}", "vlm.sft.steps=2", "vlm.pretrain_vision=false"])
+
+    def interrupted(cfg, model_path, n=100):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(embedded, "heldout_quality", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        embedded.ensure_vlm(cfg, progress=False)
+    assert embedded.vlm_is_cached(cfg)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the VLM was built again")
+
+    monkeypatch.setattr(embedded, "run_sft", no_build)
+    monkeypatch.setattr(embedded, "heldout_quality", lambda cfg, model_path, n=100: {"grounded": {"recall": 0.5}})
+    meta = embedded.ensure_vlm(cfg, progress=False)
+    assert meta["held_out"] == {"grounded": {"recall": 0.5}} and meta["sft_steps"] == 2
+    assert json.loads(next((tmp_path / "vlm").glob("*/metrics.json")).read_text())["held_out"] == meta["held_out"]

@@ -284,7 +284,7 @@ def ensure_vlm(cfg, progress: bool = True) -> dict:
     meta_path = cache / "metrics.json"
     if vlm_is_cached(cfg):
         meta = json.loads(meta_path.read_text())
-        if "held_out" not in meta:  # a cache from before this check existed
+        if "held_out" not in meta:  # its build was interrupted during the check, or predates it
             meta["held_out"] = heldout_quality(cfg, meta["model"])
             write_text_atomic(meta_path, json.dumps(meta, indent=1))
         return meta
@@ -309,10 +309,13 @@ def _build_vlm(cfg, cache: Path, meta_path: Path, progress: bool) -> dict:
     meta = {"model": str(cache / "model"), "parameters": count_parameters(model),
             "image_tokens": cfg.vlm.spec.image_seq_len, "sft_steps": sft.steps,
             "sft_final_loss": sum(h["loss"] for h in history[-20:]) / max(1, len(history[-20:])),
-            "sft_minutes": round(sum(h["sec"] for h in history) / 60, 2),
-            "held_out": heldout_quality(cfg, str(cache / "model"))}
+            "sft_minutes": round(sum(h["sec"] for h in history) / 60, 2)}
     if vision is not None:
         meta["vision_pretrain"] = {k: v for k, v in vision.items() if k not in ("losses", "config")}
+    # The cache entry is complete from here on: an interrupted held-out check (below) costs a rerun of the check
+    # alone, which ensure_vlm does for an entry without it, not the build (minutes; ~40 for the robot's VLM).
+    write_text_atomic(meta_path, json.dumps(meta, indent=1))
+    meta["held_out"] = heldout_quality(cfg, str(cache / "model"))
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
     return meta
 
