@@ -248,3 +248,23 @@ def test_the_report_says_which_images_and_the_selection_protocol(tmp_path):
     assert report.evaluated_on({}) == ""
     path, _ = _crafted(tmp_path)
     assert '<p id="protocol"></p>' in path.read_text()  # crafted metrics carry no settings: nothing claimed
+
+
+def test_training_curves_of_every_round(tmp_path):
+    from vlm_dpo.report_figures import curve_runs, plot_curves
+
+    rounds = []
+    for r, loss in ((1, 0.7), (2, 0.5)):
+        path = tmp_path / f"round-{r}" / "metrics.jsonl"
+        path.parent.mkdir()
+        rows = [{"step": s, "loss": loss - 0.01 * s, "rewards/accuracies": 0.5, "rewards/margins": 0.1 * s}
+                for s in range(1, 4)] + [{"step": 3, "eval/loss": loss, "eval/rewards/accuracies": 0.6,
+                                          "eval/rewards/margins": 0.2}]
+        path.write_text("".join(json.dumps(x) + "\n" for x in rows))
+        rounds.append((f"round {r}", path))
+    runs = curve_runs(rounds + [("round 3", tmp_path / "missing" / "metrics.jsonl")])
+    assert [label for label, _ in runs] == ["round 1", "round 2"] and len(runs[1][1]) == 4
+    assert curve_runs(rounds[0][1]) == [("", runs[0][1])]  # a bare path: one unlabelled run
+    out = plot_curves(rounds, tmp_path / "curves.png")
+    assert out.exists() and out.read_bytes()[:4] == b"\x89PNG"
+    assert plot_curves([("round 1", tmp_path / "nothing.jsonl")], tmp_path / "none.png") is None

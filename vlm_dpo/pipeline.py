@@ -127,8 +127,11 @@ def run_pipeline(cfg, progress: bool = True) -> dict:
         # what a later `vlm-dpo eval` into this folder must match to merge its results (eval/stage.py)
         "eval_settings": eval_stage.eval_settings(cfg, items, scenes),
     }
-    report.run(cfg, run, summary, items=items, scenes=scenes, pair_stats=summary["pairs"],
-               curves_from=Path(train_summary["model"]).parent / "metrics.jsonl")  # the last round's
+    # every round's training curves, beside each round's model
+    first = models["dpo_round1"] if later else models["dpo"]
+    curves = [("round 1" if later else "", Path(first).parent / "metrics.jsonl")] + [
+        (f"round {r['round']}", Path(r["model"]).parent / "metrics.jsonl") for r in later]
+    report.run(cfg, run, summary, items=items, scenes=scenes, pair_stats=summary["pairs"], curves_from=curves)
     lap("report")
     summary["timing_s"] = lap.seconds
     write_text_atomic(run.metrics, json.dumps(summary, indent=1, default=str))

@@ -514,9 +514,9 @@ direction).</p>
 
 
 def run(cfg, run: RunFolder, summary: dict, *, items: list[dict], scenes: list[dict], pair_stats: dict | None = None,
-        curves_from: Path | None = None) -> Path:
+        curves_from: Path | list[tuple[str, Path]] | None = None) -> Path:
     """The report stage: <run>/report/index.html from the metrics `summary` and the models' greedy captions in
-    <run>/eval/; `curves_from` is a DPO metrics.jsonl to plot (curves.png)."""
+    <run>/eval/; `curves_from` is a DPO metrics.jsonl to plot (curves.png), or (label, metrics.jsonl) per round."""
     curves = plot_curves(curves_from, run.curves) if curves_from is not None else None
     captions = {name: {r["image_id"]: r["greedy"] for r in read_jsonl(run.eval_captions(name))}
                 for name in summary["models"]}

@@ -22,23 +22,37 @@ def _matplotlib():
     return plt
 
 
-def plot_curves(metrics_jsonl: Path, out_png: Path) -> Path | None:
-    if not metrics_jsonl.exists():
+def curve_runs(sources: Path | list[tuple[str, Path]]) -> list[tuple[str, list[dict]]]:
+    """(label, logged rows) of each DPO metrics.jsonl that exists; a bare path is one unlabelled run."""
+    if isinstance(sources, (str, Path)):
+        sources = [("", Path(sources))]
+    return [(label, list(read_jsonl(path))) for label, path in sources if Path(path).exists()]
+
+
+def plot_curves(sources: Path | list[tuple[str, Path]], out_png: Path) -> Path | None:
+    """Loss, reward accuracy and margin over the steps of a DPO metrics.jsonl, or of several (label, metrics.jsonl)
+    (the rounds of a run), each round in its own colour; None when none of the files exists."""
+    runs = curve_runs(sources)
+    if not runs:
         return None
     plt = _matplotlib()
-    rows = list(read_jsonl(metrics_jsonl))
-    train = [r for r in rows if "loss" in r]
-    ev = [r for r in rows if "eval/loss" in r]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     for ax, key, title in zip(axes, ("loss", "rewards/accuracies", "rewards/margins"),
                               ("loss", "reward accuracy", "reward margin")):
-        ax.plot([r["step"] for r in train], [r[key] for r in train], label="train", lw=1)
-        if ev:
-            ax.plot([r["step"] for r in ev], [r["eval/" + key] for r in ev], "o-", label="held-out pairs")
+        for i, (label, rows) in enumerate(runs):
+            name = f"{label}: " if label else ""
+            train = [r for r in rows if key in r]
+            ev = [r for r in rows if "eval/" + key in r]
+            colour = f"C{i}"
+            ax.plot([r["step"] for r in train], [r[key] for r in train], color=colour, label=f"{name}train", lw=1,
+                    alpha=0.8)
+            if ev:
+                ax.plot([r["step"] for r in ev], [r["eval/" + key] for r in ev], "o--", color=colour,
+                        label=f"{name}held-out pairs")
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=90)
