@@ -119,9 +119,7 @@ def test_detector_side_job_trains_in_a_worker_process(tmp_path):
 
     from vlm_dpo.embedded import detector_needs_training, ensure_world
     from vlm_dpo.parallel import Background
-    from vlm_dpo.pipeline import _detector_then_clip
-
-    from vlm_dpo.pipeline import builds_side_by_side
+    from vlm_dpo.pipeline import _detector_then_clip, builds_side_by_side
 
     cfg = load_config(None, TINY_OVERRIDES + [f"cache_dir={tmp_path / 'cache'}", f"out={tmp_path / 'run'}"])
     world = ensure_world(cfg, progress=False)
