@@ -18,19 +18,22 @@ shift 2
 VLM_DPO=${VLM_DPO:-vlm-dpo}
 config="$run/config.yaml"  # the run's resolved config: its cache, detector and grounding
 [ -f "$run/metrics.json" ] || { echo "$run: no metrics.json (not a finished run)" >&2; exit 2; }
+[ -f "$config" ] || { echo "$run: no config.yaml" >&2; exit 2; }
 out="$run-user-seed$seed"
-mkdir -p "$out"
-
-# The new world's train and val splits are not used: keep them small.
-world=$($VLM_DPO world "$config" "world.seed=$seed" world.n_train=10 world.n_val=10 "$@" 2> "$out/world.log" |
-        python3 -c 'import json, sys; print(json.load(sys.stdin)["world"])')
-grep '"split": "test"' "$world/annotations.jsonl" > "$out/annotations.jsonl"
 models=$(python3 - "$run/metrics.json" <<'EOF'
 import json, sys
 m = json.load(open(sys.argv[1]))["models"]
+if not {"sft", "dpo"} <= set(m):
+    sys.exit(f"{sys.argv[1]}: needs an sft and a dpo model, has {sorted(m)}")
 print("{sft: %s, dpo: %s}" % (m["sft"]["model"], m["dpo"]["model"]))
 EOF
 )
+mkdir -p "$out"
+# The new world's train and val splits are not used: keep them small.
+$VLM_DPO world "$config" "world.seed=$seed" world.n_train=10 world.n_val=10 "$@" > "$out/world.json" \
+  2> "$out/world.log" || { tail -5 "$out/world.log" >&2; exit 1; }
+world=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["world"])' "$out/world.json")
+grep '"split": "test"' "$world/annotations.jsonl" > "$out/annotations.jsonl"
 $VLM_DPO eval "$config" "out=$out" "data.images=$world/images/test" "eval.annotations=$out/annotations.jsonl" \
   "eval.models=$models" "$@" > "$out/eval.log" 2>&1 || { tail -20 "$out/eval.log" >&2; exit 1; }
 python3 - "$out/metrics.json" "$seed" <<'EOF'

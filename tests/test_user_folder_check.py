@@ -40,3 +40,11 @@ def test_a_folder_that_is_not_a_finished_run_is_one_line(tmp_path):
     res = _check(str(tmp_path), "5")
     assert res.returncode == 2 and res.stderr.strip() == f"{tmp_path}: no metrics.json (not a finished run)"
     assert _check().returncode == 2
+
+
+def test_a_run_without_a_dpo_model_says_so(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({"models": {"sft": {"model": "x"}}}))
+    assert _check(str(tmp_path), "5").stderr.strip() == f"{tmp_path}: no config.yaml"
+    (tmp_path / "config.yaml").write_text("out: x\n")
+    res = _check(str(tmp_path), "5")
+    assert res.returncode != 0 and f"{tmp_path}/metrics.json: needs an sft and a dpo model, has ['sft']" in res.stderr
