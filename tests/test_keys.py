@@ -57,3 +57,35 @@ def test_file_fingerprint_is_content_not_mtime(tmp_path, monkeypatch):
     assert file_fingerprint(f) != big
     assert path_fingerprint(tmp_path / "missing") is None
     assert path_fingerprint(tmp_path) == path_fingerprint(tmp_path)
+
+
+def test_paths_in_a_run_folder_count_where_the_run_was_made(tmp_path, monkeypatch):
+    import json
+    import shutil
+    from pathlib import Path
+
+    from vlm_dpo.keys import model_fingerprint, portable_path
+    from vlm_dpo.run import RunFolder
+
+    monkeypatch.chdir(tmp_path)
+    run = RunFolder("runs/demo")
+    run.root.mkdir(parents=True)
+    (run.dpo_model).mkdir(parents=True)
+    (run.dpo_model / "model.safetensors").write_bytes(b"weights")
+    # no origin recorded (a run made before it existed): every path as it is
+    assert portable_path("runs/demo/dpo/model") == "runs/demo/dpo/model"
+    before = key({"pairs": "runs/demo/pairs/pairs.parquet"}), model_fingerprint("runs/demo/dpo/model")
+    run.record_origin()
+    assert json.loads(run.origin.read_text()) == {"path": "runs/demo", "resolved": str(tmp_path / "runs" / "demo")}
+    # recorded where it is: the identity, so the keys of a run made before stay as they were
+    assert (key({"pairs": "runs/demo/pairs/pairs.parquet"}), model_fingerprint("runs/demo/dpo/model")) == before
+    shutil.copytree("runs/demo", "elsewhere/copy")
+    assert portable_path("elsewhere/copy/dpo/model") == "runs/demo/dpo/model"
+    assert portable_path(Path("elsewhere/copy")) == "runs/demo"  # the root itself
+    assert portable_path(str(tmp_path / "elsewhere/copy/dpo")) == str(tmp_path / "runs/demo/dpo")  # absolute stays so
+    assert (key({"pairs": "elsewhere/copy/pairs/pairs.parquet"}), model_fingerprint("elsewhere/copy/dpo/model")) == before
+    # outside any run folder, a hub id, text that is no path: unchanged
+    for text in ("elsewhere/other.jsonl", "HuggingFaceTB/SmolVLM-256M-Instruct", "a/b\nc", "x/" * 600, "no-slash"):
+        assert portable_path(text) == text
+    (Path("elsewhere/copy") / ".origin").write_text("not json")
+    assert portable_path("elsewhere/copy/dpo/model") == "elsewhere/copy/dpo/model"  # unreadable: as it is

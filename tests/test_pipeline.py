@@ -146,6 +146,39 @@ def test_rerun_skips_finished_stages(pipeline_run):
     assert sorted(run.dpo_model.iterdir()) == model_files
 
 
+def test_a_copied_run_folder_keeps_its_finished_stages(pipeline_run, tmp_path, monkeypatch):
+    """Copied elsewhere (or moved), a finished run reruns without training or describing again, and its metrics
+    name its own models, not the original's (keys.portable_path, <run>/.origin)."""
+    import shutil
+    from dataclasses import replace as replaced
+
+    import vlm_dpo.rounds
+    import vlm_dpo.train.recipe
+
+    cfg, out, _ = pipeline_run
+    copy = tmp_path / "elsewhere" / "run"
+    shutil.copytree(out, copy, copy_function=shutil.copy2)  # keeps modification times
+    outputs = [p.relative_to(copy) for p in (copy / "pairs" / "pairs.parquet", copy / "dpo" / "model",
+                                             copy / "rounds" / "round-2" / "captions" / "train.jsonl",
+                                             copy / "rounds" / "round-2" / "dpo" / "model", copy / "rft" / "model",
+                                             copy / "eval" / "dpo.captions.jsonl", *copy.glob("variants/*/dpo/model"))]
+    before = {p: (copy / p).stat().st_mtime_ns for p in outputs}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished DPO stage was trained again")
+
+    monkeypatch.setattr(vlm_dpo.rounds, "train_dpo", no_training)
+    monkeypatch.setattr(vlm_dpo.train.recipe, "train_dpo", no_training)
+    run_pipeline(replaced(cfg, out=str(copy)), progress=False)
+    assert {p: (copy / p).stat().st_mtime_ns for p in outputs} == before
+    assert len(outputs) >= 8  # both rounds, RFT and the variants were there to keep
+    models = json.loads((copy / "metrics.json").read_text())["models"]
+    assert models["dpo"]["model"] == str(copy / "rounds" / "round-2" / "dpo" / "model")
+    assert models["dpo_round1"]["model"] == str(copy / "dpo" / "model")
+    original = json.loads((Path(out) / "metrics.json").read_text())["models"]
+    assert {n: m["chair_i"] for n, m in models.items()} == {n: m["chair_i"] for n, m in original.items()}
+
+
 def test_cli_config_error_and_help(capsys):
     assert main(["describe", "describe.n_sample=3"]) == 2
     assert "unknown config key" in capsys.readouterr().err

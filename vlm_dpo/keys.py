@@ -6,6 +6,9 @@
     file_fingerprint(path)      hash of a file's content (big files: size + sampled chunks), never its mtime
     path_fingerprint(path)      the same for a file or a whole folder (None when missing)
     model_fingerprint(model)    a model by content: a local file/folder's fingerprint, else the hub id itself
+
+Paths inside a run folder count where the run was made (`portable_path`, `<run>/.origin`), so a run folder moved
+or copied elsewhere keeps its keys, and so its finished stages.
 """
 
 from __future__ import annotations
@@ -27,14 +30,46 @@ CHUNK_BYTES = 1 << 20
 CHUNKS = 16
 
 
+# Written by RunFolder.setup into a run's root: {"path": the root as the run was made, "resolved": its absolute form}.
+ORIGIN_FILE = ".origin"
+
+
+def portable_path(path: str | Path) -> str:
+    """`path` as a string, written under the place its run folder was made when it lies in one that records it
+    (ORIGIN_FILE in the nearest such ancestor): a run copied from runs/demo to runs/copy names runs/copy/dpo/model
+    "runs/demo/dpo/model" here, relative or absolute as given. Anything else (no such folder, a hub id) unchanged;
+    for a run never moved this is the identity, so keys made before the origin was recorded stay as they were."""
+    text = str(path)
+    # Keys also hold text that is no path (a tokenizer's JSON, prompts): only a short, one-line string can be one.
+    if "/" not in text or "\n" in text or len(text) > 1024:
+        return text
+    p = Path(text)
+    try:
+        for folder in (p, *p.parents):
+            if str(folder) in (".", "/", ""):
+                break
+            marker = folder / ORIGIN_FILE
+            if marker.is_file():
+                origin = json.loads(marker.read_text())
+                base = origin["resolved"] if p.is_absolute() else origin["path"]
+                rest = p.relative_to(folder).as_posix()
+                return base if rest == "." else f"{base}/{rest}"
+    except (OSError, ValueError, KeyError, TypeError):  # not a path the system accepts, or an unreadable marker
+        return text
+    return text
+
+
 def _plain(value):
-    """JSON-ready form: dataclasses as dicts, tuples as lists, paths as strings (recursively)."""
+    """JSON-ready form: dataclasses as dicts, tuples as lists, paths as strings (recursively); a path in a run
+    folder as where the run was made (portable_path)."""
     if is_dataclass(value) and not isinstance(value, type):
         return _plain(asdict(value))
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
+    if isinstance(value, (str, Path)) and "/" in str(value):
+        return portable_path(value)
     return value
 
 
@@ -101,7 +136,7 @@ def model_fingerprint(model: str | Path) -> str:
     so a model retrained at the same path is another model; a hub id (or any name not on disk) by the name."""
     path = Path(str(model)).expanduser()
     fp = path_fingerprint(path) if path.exists() else None
-    return f"{path.resolve()}@{fp}" if fp is not None else str(model)
+    return f"{portable_path(path.resolve())}@{fp}" if fp is not None else str(model)
 
 
 def images_fingerprint(items: list[dict]) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from pathlib import Path
 from typing import Callable
 
 from . import ask, describe
@@ -68,6 +69,8 @@ def dpo_round(cfg, run: RunFolder, model: str, key: str, *, progress: bool = Tru
     stage = run.stage(run.dpo, key).reset_if_stale()  # unmarked = interrupted: train_dpo resumes
     if stage.done:
         summary = json.loads(run.dpo_summary.read_text())
+        # the model beside the summary: in a copied run folder the file still names the original's
+        summary["model"] = str(Path(tcfg.output_dir) / "model")
     else:
         summary = train_dpo(tcfg, progress=progress)
         stage.finish()

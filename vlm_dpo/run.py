@@ -1,6 +1,7 @@
 """The run folder: every path a run reads or writes, named once.
 
     config.yaml                       the resolved config of the last command
+    .origin                           where the run was made (its keys count paths as there: a moved run resumes)
     detections/<split>.jsonl          detect: per image {image_id, file, width, height, detections[...]}
     captions/<split>.jsonl            describe: per image {prompt, grounding, greedy, samples[...], ...}
     pairs/                            pairs.parquet, pairs.jsonl, stats.json
@@ -19,9 +20,11 @@ command starts one. Assets of the embedded world (world, detector, tiny VLM) liv
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+from .keys import ORIGIN_FILE
 from .records import write_text_atomic
 
 
@@ -58,8 +61,17 @@ class RunFolder:
         run = cls(cfg.out)
         run.root.mkdir(parents=True, exist_ok=True)
         if is_main():
+            run.record_origin()
             write_text_atomic(run.config, to_yaml(cfg))
         return run
+
+    origin = property(lambda self: self.root / ORIGIN_FILE)
+
+    def record_origin(self) -> None:
+        """Record where this run was made, once (keys.portable_path): moved or copied elsewhere, the run keeps its
+        stage keys, so its finished stages, instead of redoing them."""
+        if not self.origin.exists():
+            write_text_atomic(self.origin, json.dumps({"path": str(self.root), "resolved": str(self.root.resolve())}))
 
     config = property(lambda self: self.root / "config.yaml")
 

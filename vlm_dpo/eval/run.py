@@ -213,8 +213,8 @@ def evaluate_model(model_path: str, name: str, items: list[dict], scenes: list[d
 
     out_dir = Path(out_dir)
     done = out_dir / f"{name}.metrics.json"
-    if done.exists():
-        return json.loads(done.read_text())
+    if done.exists():  # the same model by content (eval/stage.py), maybe at another path: name the one asked
+        return json.loads(done.read_text()) | {"model": model_path}
     model, processor = load_model_and_processor(model_path, device=local_device(device))
     model.eval()
     vocab = resolve_vocabulary(cfg.vocabulary)
