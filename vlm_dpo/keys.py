@@ -73,6 +73,12 @@ def _plain(value):
     return value
 
 
+def portable(value):
+    """`value` (dataclasses, dicts, lists, scalars) JSON-ready, every path in a run folder as where the run was
+    made: what keys hash, and what a resumed run's recorded settings are compared as."""
+    return _plain(value)
+
+
 def key(*parts) -> str:
     """A short, stable hash of `parts` (same parts -> same key, on any machine and Python run)."""
     blob = json.dumps(_plain(list(parts)), sort_keys=True, default=str)

@@ -283,6 +283,36 @@ def test_resume_skips_a_torn_checkpoint(tiny_policy, pair_root, tmp_path):
     assert train_dpo(cfg, progress=False)["last"]["loss"] == pytest.approx(want, abs=1e-6)
 
 
+def test_a_run_folder_moved_mid_training_resumes_there(tiny_policy, pair_root, tmp_path):
+    """Pairs inside a run folder (as the pipeline keeps them), training interrupted, the folder moved: the rerun
+    in the new place resumes from its checkpoint (the settings count paths as where the run was made) and ends
+    where an uninterrupted run ends."""
+    import shutil
+
+    from vlm_dpo.run import RunFolder
+
+    want = train_dpo(cfg_for(tiny_policy, pair_root, tmp_path / "full", max_steps=8, save_every=3,
+                             reference="precomputed"), progress=False)["last"]["loss"]
+    first = RunFolder(tmp_path / "first")
+    first.pairs_dir.mkdir(parents=True)
+    first.record_origin()
+    shutil.copy(pair_root / "pairs.parquet", first.pairs)
+
+    def in_run(run):
+        return cfg_for(tiny_policy, pair_root, run.root, max_steps=8, save_every=3, reference="precomputed",
+                       pairs=str(run.pairs))
+
+    train_until_interrupted(in_run(first), at_step=7)
+    moved = RunFolder(tmp_path / "moved")
+    first.root.rename(moved.root)
+    assert [p.name for p in recipe_mod.list_checkpoints(moved.dpo)] == ["step-3", "step-6"]
+    assert train_dpo(in_run(moved), progress=False)["last"]["loss"] == pytest.approx(want, abs=1e-6)
+    # other settings in the moved folder are still refused
+    with pytest.raises(ValueError, match="other settings"):
+        train_dpo(cfg_for(tiny_policy, pair_root, moved.root, max_steps=8, save_every=3, reference="precomputed",
+                          pairs=str(moved.pairs), lr=1e-3), progress=False)
+
+
 def test_other_settings_in_the_same_folder_are_refused(tiny_policy, pair_root, tmp_path):
     cfg = cfg_for(tiny_policy, pair_root, tmp_path, max_steps=2, reference="precomputed")
     train_dpo(cfg, progress=False)

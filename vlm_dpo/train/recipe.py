@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..families import family_of
+from ..keys import portable
 from ..pairs.dataset import load_pairs
 from ..records import read_jsonl, write_jsonl_atomic, write_text_atomic
 from ..schedule import lr_lambda
@@ -322,7 +323,8 @@ class DPORecipe:
         if path.exists():
             # keys that left the run key since (recomputation settings) do not make an old folder "other"
             old = {k: v for k, v in json.loads(path.read_text()).items() if k not in NOT_IN_RUN_KEY}
-            changed = _differences(old, now)
+            # compared as portable paths: a run folder moved or copied with its checkpoints still resumes
+            changed = _differences(portable(old), portable(now))
             if changed:
                 raise ValueError(f"{self.out} holds a training run with other settings ({'; '.join(changed)}); "
                                  f"choose another output folder or delete this one")
