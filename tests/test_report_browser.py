@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from browser_util import CHROMIUM, CHROMIUM_ARGS, chromium_or_skip
@@ -268,3 +269,14 @@ def test_training_curves_of_every_round(tmp_path):
     out = plot_curves(rounds, tmp_path / "curves.png")
     assert out.exists() and out.read_bytes()[:4] == b"\x89PNG"
     assert plot_curves([("round 1", tmp_path / "nothing.jsonl")], tmp_path / "none.png") is None
+
+
+def test_training_curves_follow_the_rounds_a_summary_names(tmp_path):
+    two = {"train": {}, "models": {"sft": {"model": "cache/vlm"}, "dpo": {"model": "r/rounds/round-2/dpo/model"},
+                                   "dpo_round1": {"model": "r/dpo/model"}},
+           "rounds": [{"round": 2, "model": "r/rounds/round-2/dpo/model"}]}
+    assert report.training_curves(two) == [("round 1", Path("r/dpo/metrics.jsonl")),
+                                           ("round 2", Path("r/rounds/round-2/dpo/metrics.jsonl"))]
+    one = {"train": {}, "models": {"dpo": {"model": "r/dpo/model"}}, "rounds": []}
+    assert report.training_curves(one) == [("", Path("r/dpo/metrics.jsonl"))]
+    assert report.training_curves({"models": {"sft": {"model": "m"}}}) == []  # an evaluation without training

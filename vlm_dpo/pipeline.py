@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from . import detect, report, rft
 from .eval import stage as eval_stage
@@ -127,11 +126,8 @@ def run_pipeline(cfg, progress: bool = True) -> dict:
         # what a later `vlm-dpo eval` into this folder must match to merge its results (eval/stage.py)
         "eval_settings": eval_stage.eval_settings(cfg, items, scenes),
     }
-    # every round's training curves, beside each round's model
-    first = models["dpo_round1"] if later else models["dpo"]
-    curves = [("round 1" if later else "", Path(first).parent / "metrics.jsonl")] + [
-        (f"round {r['round']}", Path(r["model"]).parent / "metrics.jsonl") for r in later]
-    report.run(cfg, run, summary, items=items, scenes=scenes, pair_stats=summary["pairs"], curves_from=curves)
+    report.run(cfg, run, summary, items=items, scenes=scenes, pair_stats=summary["pairs"],
+               curves_from=report.training_curves(summary))  # every round's
     lap("report")
     summary["timing_s"] = lap.seconds
     write_text_atomic(run.metrics, json.dumps(summary, indent=1, default=str))

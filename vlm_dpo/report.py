@@ -513,6 +513,17 @@ direction).</p>
     return write_text_atomic(rep / "index.html", page)
 
 
+def training_curves(summary: dict) -> list[tuple[str, Path]]:
+    """(label, DPO metrics.jsonl) of every round a pipeline summary (metrics.json) trained, beside each round's
+    model; none for an evaluation without training."""
+    models, rounds = summary.get("models") or {}, summary.get("rounds") or []
+    first = models.get("dpo_round1" if rounds else "dpo") or {}
+    if "train" not in summary or "model" not in first:
+        return []
+    return [("round 1" if rounds else "", Path(first["model"]).parent / "metrics.jsonl")] + [
+        (f"round {r['round']}", Path(r["model"]).parent / "metrics.jsonl") for r in rounds]
+
+
 def run(cfg, run: RunFolder, summary: dict, *, items: list[dict], scenes: list[dict], pair_stats: dict | None = None,
         curves_from: Path | list[tuple[str, Path]] | None = None) -> Path:
     """The report stage: <run>/report/index.html from the metrics `summary` and the models' greedy captions in

@@ -158,9 +158,8 @@ def run(cfg, run: RunFolder, *, progress: bool = True) -> dict:
     summary = merged_summary(run, eval_settings(cfg, items, scenes), results)
     if is_main():  # under a launcher every process has the results; the main one writes metrics and report
         write_text_atomic(run.metrics, json.dumps(summary, indent=1, default=str))
-        curves = run.dpo_metrics if "train" in summary and run.dpo_metrics.exists() else None
         report.run(cfg, run, summary, items=items, scenes=scenes, pair_stats=summary.get("pairs"),
-                   curves_from=curves)
+                   curves_from=report.training_curves(summary) or None)  # a finished pipeline's rounds
     return {"metrics": str(run.metrics), "report": str(run.report_index),
             "chair_i": {n: r["chair_i"] for n, r in results.items()}}
 
