@@ -42,10 +42,10 @@ def test_detect_and_describe_with_two_processes_write_what_one_process_writes(ti
 
     one, other = _files(tmp_path / "one"), _files(two)
     assert sorted(other) == sorted(one) == [
-        "captions/test.counts.json", "captions/test.jsonl", "captions/test.jsonl.settings.json", "config.yaml",
-        "detections/test.jsonl", "detections/test.jsonl.settings.json"]
+        ".origin", "captions/test.counts.json", "captions/test.jsonl", "captions/test.jsonl.settings.json",
+        "config.yaml", "detections/test.jsonl", "detections/test.jsonl.settings.json"]
     for name in one:
-        if name != "config.yaml":  # it names its own run folder
+        if name not in ("config.yaml", ".origin"):  # they name their own run folder
             assert other[name] == one[name], name
     assert len(one["captions/test.jsonl"].splitlines()) == cfg.world.n_test
 
