@@ -27,7 +27,7 @@ from .models import TinyVLMSpec
 from .offline import default_cache_dir
 from .pairs.stage import PairsConfig
 from .rft import RFTConfig
-from .train.recipe import TrainConfig
+from .train.recipe import TrainConfig, check_ranges as check_train_ranges
 from .vision_pretrain import VisionPretrainConfig
 from .world.export import WorldSpec
 
@@ -158,14 +158,8 @@ class ConfigError(ValueError):
 
 
 # Range checks of config sections whose dataclasses live in modules whose source keys cached assets (editing
-# those would rebuild the embedded world / VLM) or in the training package; run on the loaded config.
-def _check_train(c) -> None:
-    at_least(c, 1, "batch_size", "grad_accum", "max_steps")
-    at_least(c, 0, "warmup_steps", "weight_decay", "lr_vision", "lr_projector", "max_grad_norm", "max_length",
-             "eval_every", "save_every", "keep_checkpoints", "log_every")
-    positive(c, "lr")
-
-
+# those would rebuild the embedded world / VLM) or in the training package (train.recipe.check_ranges, which
+# train_dpo runs too); run on the loaded config.
 def _check_eval(c) -> None:
     at_least(c, 1, "max_new_tokens", "batch_size")
     at_least(c, 0, "limit", "n_samples", "pope_per_image", "bootstrap", "clip_steps", "workers")
@@ -202,7 +196,7 @@ def _check_annotate(c) -> None:
     at_least(c, 1, "per_image")
 
 
-SECTION_CHECKS = {"train": _check_train, "eval": _check_eval, "world": _check_world, "ground": _check_ground,
+SECTION_CHECKS = {"train": check_train_ranges, "eval": _check_eval, "world": _check_world, "ground": _check_ground,
                   "vlm.vision_pretrain": _check_vision_pretrain, "annotate": _check_annotate}
 
 

@@ -313,6 +313,18 @@ def test_a_run_folder_moved_mid_training_resumes_there(tiny_policy, pair_root, t
                           pairs=str(moved.pairs), lr=1e-3), progress=False)
 
 
+def test_a_train_config_built_in_python_is_range_checked_before_any_work(tmp_path):
+    from vlm_dpo.checks import FieldValueError
+
+    for bad, match in ((dict(batch_size=0), "batch_size must be >= 1, got 0"), (dict(lr=0.0), "lr must be a positive"),
+                       (dict(max_grad_norm=-1.0), "max_grad_norm must be >= 0")):
+        cfg = TrainConfig(model=str(tmp_path / "no-model"), pairs=str(tmp_path / "no-pairs.parquet"),
+                          output_dir=str(tmp_path / "dpo"), **bad)
+        with pytest.raises(FieldValueError, match=match):
+            train_dpo(cfg, progress=False)
+    assert not (tmp_path / "dpo").exists()  # refused before anything was written
+
+
 def test_other_settings_in_the_same_folder_are_refused(tiny_policy, pair_root, tmp_path):
     cfg = cfg_for(tiny_policy, pair_root, tmp_path, max_steps=2, reference="precomputed")
     train_dpo(cfg, progress=False)

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..checks import at_least, positive
 from ..families import family_of
 from ..keys import portable
 from ..pairs.dataset import load_pairs
@@ -534,6 +535,17 @@ class DPORecipe:
         return summary
 
 
+def check_ranges(cfg: TrainConfig) -> None:
+    """TrainConfig's range checks (vlm_dpo/checks.py). config.load_config runs them on a loaded config, naming the
+    full key (`train.batch_size ...`); train_dpo runs them too, so a TrainConfig built in Python is checked before
+    any work."""
+    at_least(cfg, 1, "batch_size", "grad_accum", "max_steps")
+    at_least(cfg, 0, "warmup_steps", "weight_decay", "lr_vision", "lr_projector", "max_grad_norm", "max_length",
+             "eval_every", "save_every", "keep_checkpoints", "log_every")
+    positive(cfg, "lr")
+
+
 def train_dpo(cfg: TrainConfig, *, progress: bool = True) -> dict:
     """Train the policy on the pairs; returns a summary (final metrics, paths). See the module docstring."""
+    check_ranges(cfg)
     return DPORecipe(cfg, progress=progress).run()
