@@ -59,29 +59,24 @@ def portable_path(path: str | Path) -> str:
     return text
 
 
-def _plain(value):
-    """JSON-ready form: dataclasses as dicts, tuples as lists, paths as strings (recursively); a path in a run
-    folder as where the run was made (portable_path)."""
+def portable(value):
+    """JSON-ready form: dataclasses as dicts, tuples as lists, paths as strings (recursively), every path in a run
+    folder as where the run was made (portable_path): what keys hash, and what a resumed run's recorded settings are
+    compared as."""
     if is_dataclass(value) and not isinstance(value, type):
-        return _plain(asdict(value))
+        return portable(asdict(value))
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): portable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [portable(v) for v in value]
     if isinstance(value, (str, Path)) and "/" in str(value):
         return portable_path(value)
     return value
 
 
-def portable(value):
-    """`value` (dataclasses, dicts, lists, scalars) JSON-ready, every path in a run folder as where the run was
-    made: what keys hash, and what a resumed run's recorded settings are compared as."""
-    return _plain(value)
-
-
 def key(*parts) -> str:
     """A short, stable hash of `parts` (same parts -> same key, on any machine and Python run)."""
-    blob = json.dumps(_plain(list(parts)), sort_keys=True, default=str)
+    blob = json.dumps(portable(list(parts)), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:KEY_CHARS]
 
 

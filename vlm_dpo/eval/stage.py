@@ -159,7 +159,7 @@ def run(cfg, run: RunFolder, *, progress: bool = True) -> dict:
     if is_main():  # under a launcher every process has the results; the main one writes metrics and report
         write_text_atomic(run.metrics, json.dumps(summary, indent=1, default=str))
         report.run(cfg, run, summary, items=items, scenes=scenes, pair_stats=summary.get("pairs"),
-                   curves_from=report.training_curves(summary) or None)  # a finished pipeline's rounds
+                   curves_from=report.training_curves(summary))  # a finished pipeline's rounds, if any
     return {"metrics": str(run.metrics), "report": str(run.report_index),
             "chair_i": {n: r["chair_i"] for n, r in results.items()}}
 
