@@ -71,13 +71,13 @@ def test_auto_workers():
     assert auto_workers(0, "cuda:0") == 1
     assert 1 <= auto_workers(0, "cpu") <= 4
     assert auto_workers(0, "cpu", jobs=1) == 1 and auto_workers(2, "cpu", jobs=5) == 2
-    assert auto_workers(0, "cpu", jobs=3) == min(3, 2 * (os.cpu_count() or 1))  # all at once, <= 2 per core
+    assert auto_workers(0, "cpu", jobs=3) == min(3, 4, os.cpu_count() or 1)  # one per core, no more than jobs
 
 
 def test_auto_workers_keep_to_the_runs_cpu_budget(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     assert auto_workers(0, "cpu") == 4 and auto_workers(0, "cpu", jobs=3) == 3  # the machine's cores
-    assert auto_workers(0, "cpu", cores=2) == 2 and auto_workers(0, "cpu", jobs=3, cores=2) == 3
+    assert auto_workers(0, "cpu", cores=2) == 2 and auto_workers(0, "cpu", jobs=3, cores=2) == 2
     assert auto_workers(0, "cpu", cores=1) == 1 and auto_workers(0, "cpu", jobs=3, cores=1) == 1  # no pool
     assert auto_workers(0, "cpu", cores=64) == 4  # never more than the machine has
     assert auto_workers(3, "cpu", cores=1) == 3  # an explicit count is the user's

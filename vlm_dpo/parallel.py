@@ -42,9 +42,8 @@ def _died(fn) -> WorkerDiedError:
 
 def auto_workers(requested: int, device: str = "cpu", jobs: int | None = None, cores: int = 0) -> int:
     """`requested` if > 0; else 1 on an accelerator (one model copy per device is enough); on CPU one 1-thread
-    process per core, at most 4 (more only adds model copies in memory). Given a number of unequal `jobs`
-    (e.g. models to evaluate), up to two processes per core run them all at once, so that no core idles while
-    the last job runs alone (3 jobs on 2 cores: 1.5 job-times instead of 2).
+    process per core, at most 4 (more only adds model copies in memory); never more than `jobs`. Work of unequal
+    pieces is best cut into many (the evaluation's parts of models) rather than run two processes per core.
 
     `cores` > 0 is the run's CPU budget (the config's `threads`), at most the machine's: with 1, everything runs
     in this process, so two runs side by side at threads=1 use a core each."""
@@ -54,11 +53,8 @@ def auto_workers(requested: int, device: str = "cpu", jobs: int | None = None, c
         return 1
     machine = os.cpu_count() or 1
     cores = min(cores, machine) if cores > 0 else machine
-    if cores == 1:
-        return 1
-    if jobs is None:
-        return max(1, min(4, cores))
-    return max(1, min(jobs, 2 * cores, 6))
+    n = min(4, cores)
+    return max(1, n if jobs is None else min(n, jobs))
 
 
 @contextlib.contextmanager

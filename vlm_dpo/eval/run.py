@@ -64,7 +64,7 @@ class EvalConfig:
     robustness: bool = True
     noise_drop: float = 0.1
     noise_add: float = 0.05
-    # Processes evaluating models side by side, 1 torch thread each (see vlm_dpo.parallel); 0 = auto.
+    # Processes evaluating the parts of the models side by side, 1 torch thread each (vlm_dpo.parallel); 0 = auto.
     workers: int = 0
 
 
@@ -135,8 +135,9 @@ def pope_eval(model, processor, items: list[dict], scenes: list[dict], labels: l
 
 
 def robustness_metrics(model, processor, items, scenes, greedy, rob: dict, vocab, cfg: EvalConfig, progress: bool,
-                       out_dir: Path, name: str) -> dict:
-    """echo/recovery under controlled noise and under the detector's natural errors; ungrounded precision.
+                       name: str) -> tuple[dict, list[dict]]:
+    """echo/recovery under controlled noise and under the detector's natural errors; ungrounded precision:
+    (metrics, one row per image of its noisy and ungrounded captions).
 
     rob = {"noisy_items": [...], "noisy_errors": [...], "natural_errors": [...], "ungrounded_items": [...]}
     """
@@ -166,12 +167,10 @@ def robustness_metrics(model, processor, items, scenes, greedy, rob: dict, vocab
     out["precision_ungrounded"] = precision(pc)
     ci["precision_ungrounded"] = percentile_ci(pc, precision, cfg.bootstrap, cfg.seed)
     out["robustness_ci"] = ci
-    if is_main():  # under a launcher every process has every caption; one writes them
-        write_jsonl_atomic(out_dir / f"{name}.robustness.jsonl", [
-            {"image_id": it["image_id"], "noisy_prompt": ni["prompt"], "noisy_caption": n[0], "errors": e,
+    rows = [{"image_id": it["image_id"], "noisy_prompt": ni["prompt"], "noisy_caption": n[0], "errors": e,
              "ungrounded_caption": u[0]}
-            for it, ni, n, e, u in zip(items, rob["noisy_items"], noisy, rob["noisy_errors"], ungrounded)])
-    return out
+            for it, ni, n, e, u in zip(items, rob["noisy_items"], noisy, rob["noisy_errors"], ungrounded)]
+    return out, rows
 
 
 def _mean_ci(values: list[float], n_boot: int, seed: int) -> tuple[float, float] | None:
@@ -187,6 +186,17 @@ def bootstrap_pope_f1(rows: list[dict], n_boot: int, seed: int) -> tuple[float, 
         [r["parsed"] for g in pick for r in g], [r["answer"] for g in pick for r in g])["f1"], n_boot, seed)
 
 
+def pope_confusion(pope_rows: list[dict]) -> dict[str, dict]:
+    """image_id -> the image's adversarial POPE confusion counts (pope_tp, pope_fp, pope_fn, pope_tn)."""
+    pope: dict[str, dict] = {}
+    for r in pope_rows:
+        if r["split"] == "adversarial":
+            c = pope.setdefault(r["image_id"], {"pope_tp": 0, "pope_fp": 0, "pope_fn": 0, "pope_tn": 0})
+            c["pope_" + {("yes", "yes"): "tp", ("yes", "no"): "fp", ("no", "yes"): "fn", ("no", "no"): "tn"}[
+                (r["parsed"], r["answer"])]] += 1
+    return pope
+
+
 def per_image_rows(items: list[dict], scenes: list[dict], greedy: list[list[str]], pope_rows: list[dict],
                    vocab: Vocabulary, tokenizer=None) -> list[dict]:
     """One row per image: the greedy caption's CaptionStats and the image's adversarial POPE confusion counts,
@@ -194,77 +204,141 @@ def per_image_rows(items: list[dict], scenes: list[dict], greedy: list[list[str]
     report can bootstrap differences between models over the same images)."""
     from dataclasses import asdict
 
-    pope: dict[str, dict] = {}
-    for r in pope_rows:
-        if r["split"] == "adversarial":
-            c = pope.setdefault(r["image_id"], {"pope_tp": 0, "pope_fp": 0, "pope_fn": 0, "pope_tn": 0})
-            c["pope_" + {("yes", "yes"): "tp", ("yes", "no"): "fp", ("no", "yes"): "fn", ("no", "no"): "tn"}[
-                (r["parsed"], r["answer"])]] += 1
+    pope = pope_confusion(pope_rows)
     empty = {"pope_tp": 0, "pope_fp": 0, "pope_fn": 0, "pope_tn": 0}
     return [{"image_id": it["image_id"], **asdict(caption_stats(g[0], sc["objects"], vocab, tokenizer)),
              **pope.get(it["image_id"], empty)} for it, sc, g in zip(items, scenes, greedy)]
 
 
-def evaluate_model(model_path: str, name: str, items: list[dict], scenes: list[dict], cfg: EvalConfig,
-                   out_dir: Path, *, progress: bool = True, device: str = "cpu", clip=None,
-                   robustness: dict | None = None) -> dict:
-    """All metrics of one model on `items` (image_id, path, prompt, grounding) with ground truth `scenes`."""
-    from ..models import load_model_and_processor
-
-    out_dir = Path(out_dir)
-    done = out_dir / f"{name}.metrics.json"
-    if done.exists():  # the same model by content (eval/stage.py), maybe at another path: name the one asked
-        return json.loads(done.read_text()) | {"model": model_path}
-    model, processor = load_model_and_processor(model_path, device=local_device(device))
-    model.eval()
-    vocab = resolve_vocabulary(cfg.vocabulary)
+# A model's evaluation comes in parts that need nothing from each other, so that a pool can spread the parts of
+# several models over its workers (eval/stage.py): with three models on two cores, one model per worker leaves a
+# core idle for a third of the stage. Each part seeds its own generation batches (generate_all), so a part's
+# results are the same whichever process runs it and in whatever order; `assemble` puts a model's parts together.
+def _captions_part(model, processor, items, scenes, cfg: EvalConfig, vocab, *, name, progress, clip, robustness):
+    """Greedy and sampled captions, their metrics, CLIPScore and the see-don't-copy metrics of the greedy ones."""
     greedy = generate_all(model, processor, items, cfg, do_sample=False, n=1, desc=f"{name} greedy", progress=progress)
     sampled = generate_all(model, processor, items, cfg, do_sample=True, n=cfg.n_samples, desc=f"{name} sampled",
                            progress=progress) if cfg.n_samples else [[] for _ in items]
     tok = processor.tokenizer
     m_greedy = caption_metrics(greedy, scenes, vocab, cfg, tok)
-    m_sampled = caption_metrics(sampled, scenes, vocab, cfg, tok) if cfg.n_samples else {}
-    labels = list(vocab.classes)
-    pope, pope_rows = pope_eval(model, processor, items, scenes, labels, cfg, progress)
-    pope_by_context = {pope_context(cfg.pope_grounded): pope}
-    other_rows = []
-    if cfg.pope_both_contexts:
-        other, other_rows = pope_eval(model, processor, items, scenes, labels, cfg, progress,
-                                      grounded=not cfg.pope_grounded)
-        pope_by_context[pope_context(not cfg.pope_grounded)] = other
-    metrics = {k: m_greedy[k] for k in m_greedy if k != "ci"}
-    metrics["pope_f1"] = pope["adversarial"]["f1"]
-    metrics["ci"] = dict(m_greedy["ci"])
-    metrics["ci"]["pope_f1"] = bootstrap_pope_f1([r for r in pope_rows if r["split"] == "adversarial"],
-                                                 cfg.bootstrap, cfg.seed)
+    metrics = {"greedy": m_greedy, "sampled": caption_metrics(sampled, scenes, vocab, cfg, tok) if cfg.n_samples else {}}
+    rows = {"captions": [{"image_id": it["image_id"], "prompt": it["prompt"], "greedy": g[0], "samples": s}
+                         for it, g, s in zip(items, greedy, sampled)],
+            "per_image": per_image_rows(items, scenes, greedy, [], vocab, tok)}
     if robustness is not None:
-        metrics.update(robustness_metrics(model, processor, items, scenes, greedy, robustness, vocab, cfg, progress,
-                                          out_dir, name))
+        metrics["robustness"], rows["robustness"] = robustness_metrics(model, processor, items, scenes, greedy,
+                                                                       robustness, vocab, cfg, progress, name)
     if clip is not None:
         from .clipscore import clip_scores
 
         scores = clip_scores(*clip, [open_image(it["path"]) for it in items], [g[0] for g in greedy])
         metrics["clip_score"] = sum(scores) / max(1, len(scores))
-        metrics["ci"]["clip_score"] = _mean_ci(scores, cfg.bootstrap, cfg.seed)
-    vqa_rows = []
-    if cfg.vqa:
-        from .vqa import vqa_eval
+        metrics["clip_score_ci"] = _mean_ci(scores, cfg.bootstrap, cfg.seed)
+    return metrics, rows
 
-        vqa, vqa_rows = vqa_eval(model, processor, items, scenes, labels, vocab, cfg, progress=progress)
-        metrics["vqa"] = vqa | {"pope_f1": metrics["pope_f1"],
-                                "pope_f1_by_context": {c: m["adversarial"]["f1"] for c, m in pope_by_context.items()}}
-    metrics["sampled"] = m_sampled
-    metrics["pope"] = pope
-    metrics["pope_by_context"] = pope_by_context
+
+def _pope_part(model, processor, items, scenes, cfg: EvalConfig, vocab, *, progress, **_):
+    """POPE with the pipeline's prompt setting (the headline pope_f1) and, with pope_both_contexts, the other."""
+    labels = list(vocab.classes)
+    pope, pope_rows = pope_eval(model, processor, items, scenes, labels, cfg, progress)
+    by_context = {pope_context(cfg.pope_grounded): pope}
+    other_rows = []
+    if cfg.pope_both_contexts:
+        other, other_rows = pope_eval(model, processor, items, scenes, labels, cfg, progress,
+                                      grounded=not cfg.pope_grounded)
+        by_context[pope_context(not cfg.pope_grounded)] = other
+    f1_ci = bootstrap_pope_f1([r for r in pope_rows if r["split"] == "adversarial"], cfg.bootstrap, cfg.seed)
+    return ({"pope": pope, "pope_by_context": by_context, "pope_f1_ci": f1_ci},
+            {"pope": pope_rows + other_rows})
+
+
+def _vqa_part(model, processor, items, scenes, cfg: EvalConfig, vocab, *, progress, **_):
+    """The robot's questions (eval/vqa.py)."""
+    from .vqa import vqa_eval
+
+    vqa, rows = vqa_eval(model, processor, items, scenes, list(vocab.classes), vocab, cfg, progress=progress)
+    return {"vqa": vqa}, {"vqa": rows}
+
+
+MODEL_PARTS = {"captions": _captions_part, "pope": _pope_part, "vqa": _vqa_part}
+
+
+def model_parts(cfg: EvalConfig) -> list[str]:
+    """The parts of a model's evaluation under `cfg` (the VQA part only with cfg.vqa)."""
+    return [p for p in MODEL_PARTS if p != "vqa" or cfg.vqa]
+
+
+def load_for_eval(model_path: str, device: str = "cpu"):
+    from ..models import load_model_and_processor
+
+    model, processor = load_model_and_processor(model_path, device=local_device(device))
+    model.eval()
+    return model, processor
+
+
+def evaluate_part(model_path: str, name: str, part: str, items: list[dict], scenes: list[dict], cfg: EvalConfig, *,
+                  progress: bool = False, device: str = "cpu", clip=None, robustness: dict | None = None,
+                  loaded=None) -> tuple[dict, dict]:
+    """One part of a model's evaluation (MODEL_PARTS): (metrics, rows to write), for `assemble`. `loaded`: the
+    (model, processor) already loaded from model_path."""
+    model, processor = loaded or load_for_eval(model_path, device)
+    return MODEL_PARTS[part](model, processor, items, scenes, cfg, resolve_vocabulary(cfg.vocabulary), name=name,
+                             progress=progress, clip=clip, robustness=robustness)
+
+
+def assemble(model_path: str, name: str, parts: dict[str, tuple[dict, dict]], cfg: EvalConfig,
+             out_dir: Path) -> dict:
+    """A model's metrics from its parts (evaluate_part); the main process writes them with the captions, POPE
+    answers, VQA answers, robustness captions and per-image rows to out_dir/<name>.*."""
+    cap, cap_rows = parts["captions"]
+    pope, pope_rows = parts["pope"]
+    metrics = {k: v for k, v in cap["greedy"].items() if k != "ci"}
+    metrics["pope_f1"] = pope["pope"]["adversarial"]["f1"]
+    metrics["ci"] = dict(cap["greedy"]["ci"]) | {"pope_f1": pope["pope_f1_ci"]}
+    metrics.update(cap.get("robustness", {}))
+    if "clip_score" in cap:
+        metrics["clip_score"] = cap["clip_score"]
+        metrics["ci"]["clip_score"] = cap["clip_score_ci"]
+    if "vqa" in parts:
+        metrics["vqa"] = parts["vqa"][0]["vqa"] | {
+            "pope_f1": metrics["pope_f1"],
+            "pope_f1_by_context": {c: m["adversarial"]["f1"] for c, m in pope["pope_by_context"].items()}}
+    metrics["sampled"] = cap["sampled"]
+    metrics["pope"] = pope["pope"]
+    metrics["pope_by_context"] = pope["pope_by_context"]
     metrics["model"] = model_path
     if not is_main():  # under a launcher: the same metrics in every process, written by the main one
         return metrics
-    write_jsonl_atomic(out_dir / f"{name}.captions.jsonl", [
-        {"image_id": it["image_id"], "prompt": it["prompt"], "greedy": g[0], "samples": s}
-        for it, g, s in zip(items, greedy, sampled)])
-    write_jsonl_atomic(out_dir / f"{name}.pope.jsonl", pope_rows + other_rows)
-    if vqa_rows:
-        write_jsonl_atomic(out_dir / f"{name}.vqa.jsonl", vqa_rows)
-    write_jsonl_atomic(out_dir / f"{name}.per_image.jsonl", per_image_rows(items, scenes, greedy, pope_rows, vocab, tok))
-    write_text_atomic(done, json.dumps(metrics, indent=1))
+    write_jsonl_atomic(out_dir / f"{name}.captions.jsonl", cap_rows["captions"])
+    write_jsonl_atomic(out_dir / f"{name}.pope.jsonl", pope_rows["pope"])
+    if "robustness" in cap_rows:
+        write_jsonl_atomic(out_dir / f"{name}.robustness.jsonl", cap_rows["robustness"])
+    if "vqa" in parts and parts["vqa"][1]["vqa"]:
+        write_jsonl_atomic(out_dir / f"{name}.vqa.jsonl", parts["vqa"][1]["vqa"])
+    confusion = pope_confusion([r for r in pope_rows["pope"] if r["context"] == pope_context(cfg.pope_grounded)])
+    write_jsonl_atomic(out_dir / f"{name}.per_image.jsonl",
+                       [r | confusion.get(r["image_id"], {}) for r in cap_rows["per_image"]])
+    write_text_atomic(out_dir / f"{name}.metrics.json", json.dumps(metrics, indent=1))
     return metrics
+
+
+def cached_result(out_dir: Path, name: str, model_path: str) -> dict | None:
+    """The model's finished results in out_dir (the same model by content, eval/stage.py, maybe at another path:
+    they name the path asked), or None."""
+    done = Path(out_dir) / f"{name}.metrics.json"
+    return json.loads(done.read_text()) | {"model": model_path} if done.exists() else None
+
+
+def evaluate_model(model_path: str, name: str, items: list[dict], scenes: list[dict], cfg: EvalConfig,
+                   out_dir: Path, *, progress: bool = True, device: str = "cpu", clip=None,
+                   robustness: dict | None = None) -> dict:
+    """All metrics of one model on `items` (image_id, path, prompt, grounding) with ground truth `scenes`: its
+    parts one after the other in this process, then assembled and written."""
+    out_dir = Path(out_dir)
+    cached = cached_result(out_dir, name, model_path)
+    if cached is not None:
+        return cached
+    loaded = load_for_eval(model_path, device)
+    parts = {part: evaluate_part(model_path, name, part, items, scenes, cfg, progress=progress, device=device,
+                                 clip=clip, robustness=robustness, loaded=loaded) for part in model_parts(cfg)}
+    return assemble(model_path, name, parts, cfg, out_dir)

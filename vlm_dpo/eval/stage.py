@@ -1,5 +1,6 @@
 """The eval stage: the evaluation images and their truth, the see-don't-copy inputs, and every model's
-metrics (models side by side in worker processes on CPU). Writes <run>/eval/<model>.* and metrics.json.
+metrics (the parts of the models' evaluations side by side in worker processes on CPU). Writes
+<run>/eval/<model>.* and metrics.json.
 
 A model's results in <run>/eval/ are reused only for the same model *content* (its path and file
 fingerprints, keys.model_fingerprint), evaluation settings and images: `<model>.metrics.json.settings.json`
@@ -90,12 +91,18 @@ def _model_results(out_dir: Path, name: str) -> list[Path]:
                                                      "per_image.jsonl")]
 
 
-def _evaluate_in_worker(cfg, path: str, name: str, items, scenes, out_dir: Path, rob) -> dict:
+def _eval_job(cfg, kind: str, path: str, name: str, items, scenes, out_dir: Path, rob, val_pairs,
+              image_root) -> tuple:
+    """One pool job: a part of a model's evaluation (eval.run.MODEL_PARTS) or, kind "preference", the model's
+    log-probs of the held-out pairs."""
     from ..embedded import ensure_clip
-    from .run import evaluate_model
+    from .preference import pair_logps_table
+    from .run import evaluate_part
 
-    return evaluate_model(path, name, items, scenes, cfg.eval, out_dir, progress=False, device=cfg.vlm.device,
-                          clip=ensure_clip(cfg, progress=False), robustness=rob)
+    if kind == "preference":
+        return pair_logps_table(path, val_pairs, image_root)
+    clip = ensure_clip(cfg, progress=False) if kind == "captions" else None
+    return evaluate_part(path, name, kind, items, scenes, cfg.eval, device=cfg.vlm.device, clip=clip, robustness=rob)
 
 
 def evaluate_models(cfg, run: RunFolder, models: dict[str, str], items: list[dict], scenes: list[dict],
@@ -104,7 +111,7 @@ def evaluate_models(cfg, run: RunFolder, models: dict[str, str], items: list[dic
     from ..embedded import clip_model_name, ensure_clip
     from ..parallel import auto_workers, run_parallel
     from .preference import pair_logps_table, preference_metrics
-    from .run import evaluate_model
+    from .run import assemble, cached_result, evaluate_model, model_parts
 
     rob = robustness_inputs(cfg, run, items, scenes) if cfg.eval.robustness else None
     # Cached results count only for the same model content, settings and images (never by the model's name).
@@ -116,27 +123,39 @@ def evaluate_models(cfg, run: RunFolder, models: dict[str, str], items: list[dic
             drop_if_other_settings(out_dir / f"{name}.metrics.json", settings[name],
                                    also=_model_results(out_dir, name))
     wait_for_everyone()
+    results = {name: cached_result(out_dir, name, path) for name, path in models.items()}
+    todo = [name for name in models if results[name] is None]
+    parts = model_parts(cfg.eval)
     # Under a launcher the launched processes share each model's generation (eval.run.generate_all), one model
-    # after the other; otherwise models side by side in a pool of 1-thread processes.
-    workers = 1 if launched() else auto_workers(cfg.eval.workers, cfg.vlm.device, jobs=len(models),
-                                                 cores=cfg.threads)
+    # after the other; otherwise the parts of every model (and their held-out pair log-probs) side by side in a
+    # pool of 1-thread processes.
+    jobs = [(kind, name) for name in todo for kind in parts] + [("preference", n) for n in models if val_pairs]
+    workers = 1 if launched() else auto_workers(cfg.eval.workers, cfg.vlm.device, jobs=len(jobs), cores=cfg.threads)
+    tables = {}
     if workers > 1:
-        clip_model_name(cfg, progress)  # trained once here (cached) before the workers load it
-        jobs = [(cfg, path, name, items, scenes, out_dir, rob) for name, path in models.items()]
-        done = run_parallel(_evaluate_in_worker, jobs, workers=workers, threads=1,
-                            desc="evaluate models" if progress else None)
-        results = dict(zip(models, done))
+        if todo:
+            clip_model_name(cfg, progress)  # trained once here (cached) before the workers load it
+        done = run_parallel(_eval_job, [(cfg, kind, models[name], name, items, scenes, out_dir, rob, val_pairs,
+                                         image_root) for kind, name in jobs],
+                            workers=workers, threads=1, desc="evaluate models" if progress else None)
+        by_job = dict(zip(jobs, done))
+        for name in todo:
+            results[name] = assemble(models[name], name, {kind: by_job[(kind, name)] for kind in parts}, cfg.eval,
+                                     out_dir)
+        tables = {name: by_job[("preference", name)] for name in models if val_pairs}
     else:
-        with main_first():  # the main process trains (or finds) the embedded CLIP, the others then reuse it
-            clip = ensure_clip(cfg, progress)
-        results = {name: evaluate_model(path, name, items, scenes, cfg.eval, out_dir, progress=progress,
-                                        device=cfg.vlm.device, clip=clip, robustness=rob)
-                   for name, path in models.items()}
+        if todo:
+            with main_first():  # the main process trains (or finds) the embedded CLIP, the others then reuse it
+                clip = ensure_clip(cfg, progress)
+        for name in todo:
+            results[name] = evaluate_model(models[name], name, items, scenes, cfg.eval, out_dir, progress=progress,
+                                           device=cfg.vlm.device, clip=clip, robustness=rob)
+        if val_pairs:
+            tables = {name: pair_logps_table(path, val_pairs, image_root) for name, path in models.items()}
     if is_main():
         for name in models:
             record_settings(out_dir / f"{name}.metrics.json", settings[name])
     if val_pairs:
-        tables = {name: pair_logps_table(path, val_pairs, image_root) for name, path in models.items()}
         ref = tables[next(iter(models))]
         for name in models:
             pm = preference_metrics(tables[name], ref, cfg.train.loss.beta)
