@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from vlm_dpo.parallel import Background, auto_workers, run_parallel, torch_threads
+from vlm_dpo.parallel import Background, WorkerDiedError, auto_workers, run_parallel, shared_pools, torch_threads, warm_up
 
 
 def square_with_threads(x: int) -> tuple[int, int, str]:
@@ -23,6 +23,54 @@ def test_run_parallel_keeps_job_order_and_sets_worker_threads():
     assert [o[0] for o in out] == [9, 1, 4]
     assert all(o[1] == 1 for o in out)  # each worker runs with the requested torch threads
     assert all(o[2] == "PASSIVE" for o in out)  # idle OpenMP threads sleep instead of spinning
+
+
+def pid_when_all_there(folder: str, n: int) -> int:
+    """This worker's pid, once `n` jobs have arrived in `folder`: so that each of n workers takes one job."""
+    import time
+    from pathlib import Path
+
+    (Path(folder) / str(os.getpid())).touch()
+    deadline = time.time() + 60
+    while len(list(Path(folder).iterdir())) < n and time.time() < deadline:
+        time.sleep(0.05)
+    return os.getpid()
+
+
+def _pids(tmp_path, name: str) -> set[int]:
+    folder = tmp_path / name
+    folder.mkdir()
+    return set(run_parallel(pid_when_all_there, [(str(folder), 2), (str(folder), 2)], workers=2))
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_shared_pools_keep_their_workers_from_call_to_call(tmp_path):
+    fresh = [_pids(tmp_path, f"fresh{i}") for i in range(2)]
+    assert len(fresh[0]) == 2 and not fresh[0] & fresh[1]  # outside a scope: new processes per call
+    with shared_pools():
+        warm_up(2, 1, os.getpid)  # started before the first call, which finds them
+        kept = [_pids(tmp_path, f"kept{i}") for i in range(3)]
+        assert len(kept[0]) == 2 and kept[0] == kept[1] == kept[2]
+        assert os.getpid() not in kept[0]
+        assert run_parallel(square_with_threads, [(3,), (4,)], workers=2, threads=1) == [(9, 1, "PASSIVE"),
+                                                                                       (16, 1, "PASSIVE")]
+    assert all(_gone(pid) for pid in kept[0])  # shut down with the scope
+
+
+def test_a_worker_dying_in_a_shared_pool_leaves_the_next_call_a_new_one(tmp_path):
+    with shared_pools():
+        before = _pids(tmp_path, "before")
+        with pytest.raises(WorkerDiedError):
+            run_parallel(os.abort, [(), ()], workers=2)
+        after = _pids(tmp_path, "after")
+    assert len(after) == 2 and not before & after
 
 
 def test_run_parallel_raises_the_workers_error():

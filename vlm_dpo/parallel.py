@@ -8,6 +8,9 @@ against the other worker.
 
 `workers <= 1` runs everything in this process, in order, which is also what tests and debuggers get.
 
+Each run_parallel call starts its own pool, except inside `shared_pools()` (the pipeline), where one pool serves
+every call with the same worker and thread counts and can be started ahead of its first use (`warm_up`).
+
 Workers never outlive this process: on Linux each asks the kernel to kill it when its parent dies
 (prctl PR_SET_PDEATHSIG), and everywhere a watcher thread exits it once its parent is gone. A worker that dies
 (killed, out of memory) is a `WorkerDiedError` naming the function, not a BrokenProcessPool traceback; what the
@@ -121,27 +124,75 @@ def run_parallel(fn: Callable[..., Any], jobs: Sequence[tuple], *, workers: int,
         raise _died(fn) from None
 
 
-def _run_in_pool(fn, jobs, workers: int, threads: int, desc: str | None) -> list[Any]:
-    with _spawn_pool(min(workers, len(jobs)), threads) as pool:
-        futures = [pool.submit(fn, *job) for job in jobs]
-        bar = None
-        if desc:
-            from tqdm.auto import tqdm
+# Pools kept from one run_parallel call to the next inside `shared_pools()`, innermost scope last.
+_SCOPES: list[dict[tuple[int, int], ProcessPoolExecutor]] = []
 
-            bar = tqdm(total=len(futures), desc=desc)
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for f in done:
-                if f.exception() is not None:
-                    for g in futures:
-                        g.cancel()
-                    raise f.exception()
-            if bar is not None:
-                bar.update(len(done))
+
+@contextlib.contextmanager
+def shared_pools() -> Iterator[None]:
+    """Inside the body, run_parallel reuses its worker processes from one call to the next (one pool per worker and
+    thread count) instead of spawning them and importing torch and transformers again for every stage (~7 s of
+    each of the pipeline's describe and eval stages on 2 cores); they are shut down when the body ends. Workers
+    keep the working directory and environment they started with, so the body must not change those (the
+    pipeline does not). What a job computes does not depend on it: every job seeds its own random numbers."""
+    pools: dict[tuple[int, int], ProcessPoolExecutor] = {}
+    _SCOPES.append(pools)
+    try:
+        yield
+    finally:
+        _SCOPES.remove(pools)
+        for pool in pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def warm_up(workers: int, threads: int, fn: Callable[[], Any]) -> None:
+    """Inside shared_pools: start the pool of `workers` processes now and run `fn` (imports, say) in each, without
+    waiting, so that a later run_parallel finds them ready. Does nothing outside a scope or for workers <= 1."""
+    if workers > 1 and _SCOPES:
+        pool = _pool(workers, threads)
+        for _ in range(workers):  # the executor starts a process per submission while fewer are idle
+            pool.submit(fn)
+
+
+def _pool(workers: int, threads: int) -> ProcessPoolExecutor:
+    pools = _SCOPES[-1]
+    if (workers, threads) not in pools:
+        pools[(workers, threads)] = _spawn_pool(workers, threads)
+    return pools[(workers, threads)]
+
+
+def _run_in_pool(fn, jobs, workers: int, threads: int, desc: str | None) -> list[Any]:
+    n = min(workers, len(jobs))
+    if not _SCOPES:
+        with _spawn_pool(n, threads) as pool:
+            return _gather(pool, fn, jobs, desc)
+    try:
+        return _gather(_pool(n, threads), fn, jobs, desc)
+    except BrokenProcessPool:
+        _SCOPES[-1].pop((n, threads)).shutdown(wait=False)  # the next call starts a new one
+        raise
+
+
+def _gather(pool: ProcessPoolExecutor, fn, jobs, desc: str | None) -> list[Any]:
+    futures = [pool.submit(fn, *job) for job in jobs]
+    bar = None
+    if desc:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(futures), desc=desc)
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+        for f in done:
+            if f.exception() is not None:
+                for g in futures:
+                    g.cancel()
+                raise f.exception()
         if bar is not None:
-            bar.close()
-        return [f.result() for f in futures]
+            bar.update(len(done))
+    if bar is not None:
+        bar.close()
+    return [f.result() for f in futures]
 
 
 class Background:

@@ -56,8 +56,30 @@ def builds_side_by_side(cfg, world_root) -> bool:
             and not vlm_is_cached(cfg))
 
 
+def _import_model_loaders() -> None:
+    # What models.load_model_and_processor imports: transformers' auto classes take seconds on a small CPU.
+    from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: F401
+
+
+def _warm_workers(cfg) -> None:
+    """Start the worker processes of the describe and eval stages (one pool for all of them, parallel.shared_pools)
+    and import transformers there, while this process waits for the detector."""
+    from .parallel import auto_workers, warm_up
+    from .shards import launched
+
+    if not launched():  # launched processes share the work themselves, without pools
+        warm_up(auto_workers(cfg.describe.workers, cfg.vlm.device, cores=cfg.threads), 1, _import_model_loaders)
+
+
 def run_pipeline(cfg, progress: bool = True) -> dict:
     """world -> detector -> detect -> VLM SFT -> describe -> pairs -> DPO (+ RFT baseline) -> eval -> report."""
+    from .parallel import shared_pools
+
+    with shared_pools():  # the stages' worker processes are started once, not per stage
+        return _run_stages(cfg, progress)
+
+
+def _run_stages(cfg, progress: bool) -> dict:
     from .embedded import ensure_vlm, ensure_world
     from .pairs.dataset import load_pairs
     from .parallel import Background
@@ -71,6 +93,7 @@ def run_pipeline(cfg, progress: bool = True) -> dict:
     with Background(_detector_then_clip, (cfg, world_root, both), threads=1, enabled=both) as det_job:
         vlm = ensure_vlm(cfg, progress)
         lap("vlm_sft")
+        _warm_workers(cfg)
         detector = det_job.result()
     lap("detector")  # what was left of it after the VLM: its wait
 
