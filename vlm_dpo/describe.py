@@ -180,13 +180,20 @@ def describe_items(cfg, split: str, detections_path: Path, grounded: bool | None
     return items, counts
 
 
+def sampling_workers(cfg) -> int:
+    """Processes that sample captions with the hf backend: under a launcher its processes are the workers (1 here);
+    otherwise a pool of 1-thread processes (describe.workers, 0 = one per core of the run's budget)."""
+    from .parallel import auto_workers
+
+    return 1 if launched() else auto_workers(cfg.describe.workers, cfg.vlm.device, cores=cfg.threads)
+
+
 def run(cfg, run: RunFolder, split: str | None = None, *, progress: bool = True, out_name: str | None = None,
         grounded: bool | None = None, model=None, processor=None) -> Path:
     """The describe stage: captions JSONL of one split (default data.split) from its detections (detected
     here first when missing). `model`/`processor` describe with an already loaded model in this process."""
     from . import detect
     from .embedded import ensure_vlm
-    from .parallel import auto_workers
 
     apply_threads(cfg)
     if cfg.describe.backend == "vllm":
@@ -209,10 +216,8 @@ def run(cfg, run: RunFolder, split: str | None = None, *, progress: bool = True,
     elif model is None:
         with main_first():  # the main process builds (or finds) the embedded VLM, the others then reuse it
             model_path = ensure_vlm(cfg, progress)["model"]
-        # Under a launcher its processes are the workers; otherwise a pool of `workers` 1-thread processes.
-        workers = 1 if launched() else auto_workers(cfg.describe.workers, cfg.vlm.device, cores=cfg.threads)
-        path = describe_parallel(model_path, items, cfg.describe, out_path, workers=workers, dtype=cfg.vlm.dtype,
-                                 device=cfg.vlm.device, progress=progress)
+        path = describe_parallel(model_path, items, cfg.describe, out_path, workers=sampling_workers(cfg),
+                                 dtype=cfg.vlm.dtype, device=cfg.vlm.device, progress=progress)
     else:
         model.eval()
         path = describe_to_jsonl(model, processor, items, cfg.describe, out_path, progress=progress)

@@ -63,12 +63,12 @@ def _import_model_loaders() -> None:
 
 def _warm_workers(cfg) -> None:
     """Start the worker processes of the describe and eval stages (one pool for all of them, parallel.shared_pools)
-    and import transformers there, while this process waits for the detector."""
-    from .parallel import auto_workers, warm_up
-    from .shards import launched
+    and import transformers there, while this process waits for the detector. Nothing under a launcher, whose
+    processes share the work themselves (describe.sampling_workers is then 1)."""
+    from .describe import sampling_workers
+    from .parallel import warm_up
 
-    if not launched():  # launched processes share the work themselves, without pools
-        warm_up(auto_workers(cfg.describe.workers, cfg.vlm.device, cores=cfg.threads), 1, _import_model_loaders)
+    warm_up(sampling_workers(cfg), 1, _import_model_loaders)
 
 
 def run_pipeline(cfg, progress: bool = True) -> dict:
