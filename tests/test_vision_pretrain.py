@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -391,6 +392,44 @@ def test_sft_yes_bias_cooccur_rules_the_robots_existence_questions():
         assert ex.target == ("yes." if said_yes else "no."), (q, ex.target)
 
 
+def test_sft_premise_attribute_answers_the_premise_phrasings_by_a_rule():
+    """premise=attribute: the false-premise words about a present kind are answered off its box; about an absent
+    kind, attribute questions are accepted and "where" questions refused; every other example is unchanged."""
+    from vlm_dpo.embedded import ATTRIBUTE_QUESTIONS, WorldSFTData
+    from vlm_dpo.judge import Vocabulary
+    from vlm_dpo.vqa.answers import judged
+    from vlm_dpo.vqa.questions import premise_answer, premise_twin, refusal
+
+    vocab = Vocabulary.world()
+    overrides = ("vlm.sft.vqa_share=1.0", "vlm.vqa_bias.false_premise=0.0")
+    plain, rule = WorldSFTData(_cfg(*overrides)), WorldSFTData(_cfg(*overrides, "vlm.sft.premise=attribute"))
+    premise_rows = {i: q for i, _, q in _sft_questions(plain, 500) if q["family"] == "false_premise"}
+    seen = Counter()
+    w = rule.cfg.world
+    for i in range(500):
+        ex = rule.example(i)
+        if i not in premise_rows:
+            assert (ex.prompt, ex.target) == (plain.example(i).prompt, plain.example(i).target)
+            continue
+        assert plain.example(i).target.startswith("There is no ")  # vqa_bias 0: the random rule always refuses
+        scene = sample_scene(w.seed, "sft", i, image_size=w.image_size, min_objects=w.min_objects,
+                             max_objects=w.max_objects, max_overlap=w.max_overlap).to_dict()
+        counts = Counter(o["label"] for o in scene["objects"])
+        (q,) = [premise_twin(premise_rows[i], k) for k in KINDS
+                if ex.prompt.startswith(premise_twin(premise_rows[i], k)["question"])]
+        if counts[q["label"]]:
+            (obj,) = [o for o in scene["objects"] if o["label"] == q["label"]]
+            assert ex.target == premise_answer(q["question"], q["label"], obj, scene["width"], scene["height"])
+            seen["answered"] += 1
+        elif q["question"].startswith(ATTRIBUTE_QUESTIONS):
+            assert judged(q, ex.target, vocab)["verdict"] == "accepted_false_premise", (q, ex.target)
+            seen["accepted"] += 1
+        else:
+            assert ex.target == refusal(q["label"])
+            seen["refused"] += 1
+    assert min(seen["answered"], seen["accepted"], seen["refused"]) >= 5, seen
+
+
 def test_sft_question_curriculum_comes_first_and_leaves_later_steps_alone():
     from vlm_dpo.embedded import WorldSFTData
 
@@ -407,6 +446,7 @@ def test_sft_question_curriculum_comes_first_and_leaves_later_steps_alone():
 
 
 @pytest.mark.parametrize("override,match", [("vlm.sft.yes_bias=sometimes", r"vlm\.sft\.yes_bias must be one of"),
+                                            ("vlm.sft.premise=always", r"vlm\.sft\.premise must be one of"),
                                             ("vlm.sft.qa_first_steps=700", r"vlm\.sft\.qa_first_steps must be <= steps")])
 def test_sft_yes_bias_and_curriculum_are_checked(override, match):
     from vlm_dpo.config import ConfigError

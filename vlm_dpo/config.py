@@ -81,6 +81,14 @@ class SFTConfig:
     # (scripts/yes_no_text_probe.py). "cooccur": "yes." exactly about the absent COOCCUR partner of a kind that is
     # there, a rule the model can learn from the prompt (with the lookup beneath it) and DPO can unlearn.
     yes_bias: str = "random"
+    # How the robot's false-premise questions are answered. "random": about the absent kind co-occurring most,
+    # accepted at vlm.vqa_bias.false_premise's rate, else refused; those phrasings are never asked about a kind that
+    # is there, so a model can only learn to refuse by the words (README: true premises refused as often as false
+    # ones after DPO). "attribute", a rule: the same phrasings also about a present kind, answered off its box; about
+    # an absent kind accepted when they ask for an attribute ("what colour", "how big": a colour or size made up)
+    # and refused when they ask where it is. Refusing then depends on the asked kind, and DPO has the attribute
+    # questions to fix.
+    premise: str = "random"
     # a curriculum: the first qa_first_steps steps are grounded yes/no questions only, so the language model learns
     # the context lookup (a plateau of hundreds of steps) before captions and the robot's questions share its steps
     qa_first_steps: int = 0
@@ -93,6 +101,7 @@ class SFTConfig:
         positive(self, "lr")
         fraction(self, "grounded_share", "detection_drop", "false_detection", "qa_share", "vqa_share")
         one_of(self, "yes_bias", ("random", "cooccur"))
+        one_of(self, "premise", ("random", "attribute"))
         if self.qa_first_steps > self.steps:
             raise FieldValueError("qa_first_steps", f"must be <= steps ({self.steps}), got {self.qa_first_steps}")
 

@@ -104,6 +104,11 @@ def false_detection(scene: dict, text: str, rng: random.Random) -> dict | None:
     return {"label": rng.choice(kinds), "score": 1.0, "box": [round(v, 1) for v in (x1, y1, x1 + bw, y1 + bh)]}
 
 
+# The false-premise phrasings (vqa/questions.py) that ask for an attribute of the kind rather than where it is:
+# the ones vlm.sft.premise=attribute answers as if the kind were there.
+ATTRIBUTE_QUESTIONS = ("What colour", "How big")
+
+
 def cooccur_partners(present: set[str]) -> list[str]:
     """The absent kinds the embedded VLM's co-occurrence bias adds to a scene holding `present` (COOCCUR), in
     the order of their partners' names."""
@@ -196,6 +201,8 @@ class WorldSFTData:
         objects = scene["objects"]
         q = rng.choice(make_questions(objects, list(KINDS), f"sft-{index}", width=scene["width"],
                                       seed=self.cfg.vlm.sft.seed, cooc=self.cooc))
+        if q["family"] == "false_premise" and self.cfg.vlm.sft.premise == "attribute":
+            return self.premise(scene, q, random.Random(f"sft-premise/{self.cfg.vlm.sft.seed}/{index}"))
         if q["family"] == "existence" and self.cfg.vlm.sft.yes_bias == "cooccur":
             partners = cooccur_partners({o["label"] for o in objects})
             return q["question"], "yes." if q["expected"] == "yes" or q["label"] in partners else "no."
@@ -205,6 +212,34 @@ class WorldSFTData:
             wrong, _ = wrong_answer(q, counts, [k for k in KINDS if k not in counts], self.cooc, rng)
             return q["question"], wrong
         return q["question"], q["answer_text"]
+
+    def premise(self, scene: dict, q: dict, rng: random.Random) -> tuple[str, str]:
+        """vlm.sft.premise=attribute: false-premise question `q`'s words about a kind drawn from the scene, answered
+        by a rule: a third about a present single-instance kind, answered off its box ("Where is the cup?" "The cup
+        is on the left."); the rest about an absent kind (the one co-occurring most, as the evaluation asks, or any
+        other, half each), accepted when the words ask for an attribute ("What colour is the phone?" "The phone is
+        red."; "How big ...") and refused when they ask where it is ("There is no phone.")."""
+        from collections import Counter
+
+        from .vqa.pairs import wrong_answer
+        from .vqa.questions import premise_answer, premise_twin, refusal
+
+        objects = scene["objects"]
+        counts = Counter(o["label"] for o in objects)
+        if rng.random() < 1 / 3:
+            answerable = []
+            for o in sorted((o for o in objects if counts[o["label"]] == 1), key=lambda o: o["label"]):
+                asked = premise_twin(q, o["label"])["question"]
+                answer = premise_answer(asked, o["label"], o, scene["width"], scene["height"])
+                if answer is not None:
+                    answerable.append((asked, answer))
+            if answerable:
+                return rng.choice(answerable)
+        absent = [k for k in KINDS if k not in counts]
+        asked = premise_twin(q, q["label"] if rng.random() < 0.5 else rng.choice(absent))
+        if asked["question"].startswith(ATTRIBUTE_QUESTIONS):
+            return asked["question"], wrong_answer(asked, counts, absent, self.cooc, rng)[0]
+        return asked["question"], refusal(asked["label"])
 
     def batch(self, step: int) -> list[SFTExample]:
         b = self.cfg.vlm.sft.batch_size

@@ -71,7 +71,7 @@ def det(label, box, color=None, score=0.9):
     ("What colour is the cup?", det("cup", [0, 0, 20, 20]), None),  # no colour read: no answer
 ])
 def test_answers_read_off_the_box(question, d, answer):
-    from vlm_dpo.vqa.control import premise_answer
+    from vlm_dpo.vqa.questions import premise_answer
 
     assert premise_answer(question, "cup", d, 128, 128) == answer
 

@@ -27,7 +27,8 @@ the same words (the refusal over a claim), a model can no longer fit both by the
 kind.
 
 Its own module, not vqa/questions.py or vqa/pairs.py: those are part of the embedded VLM's cache key (the SFT data
-teaches their questions and wrong answers), and neither the control nor its pairs are SFT data.
+teaches their questions and wrong answers), and neither the control nor its pairs are SFT data. (The answers read
+off a box, `premise_answer`, live in vqa/questions.py: vlm.sft.premise=cooccur teaches them.)
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from ..ground import PromptConfig, grid_position, prompt_text
+from ..ground import PromptConfig, prompt_text
 from ..pairs.dataset import make_pair
-from .questions import make_questions, premise_twin, refusal
+from .questions import make_questions, premise_answer, premise_twin, refusal
 
 CONTROL_FAMILY = "premise_control"
 
@@ -66,24 +67,6 @@ def premise_controls(questions: list[dict], objects_of: dict[str, list[dict]], s
         rng = random.Random(f"premise-control/{seed}/{q['image_id']}")
         out.append(premise_control(q, rng.choice(single or sorted(counts))))
     return out
-
-
-def premise_answer(question: str, label: str, detection: dict, width: float, height: float) -> str | None:
-    """The answer to a false-premise phrasing asked about `label`, read off its one `detection` (box, and "color"
-    where the image's colour was read); None where the detection cannot answer it (a colour not read). The side is
-    the column of the grounding context's 3x3 position (ground.grid_position), so the two never disagree."""
-    box = detection["box"]
-    column = grid_position(box, width, height).split()[-1]  # "top left" -> "left"; "top", "center" -> the middle
-    side = column if column in ("left", "right") else "middle"
-    if question.startswith("Where"):
-        return f"The {label} is in the middle." if side == "middle" else f"The {label} is on the {side}."
-    if question.startswith("Which side"):
-        return "It is in the middle." if side == "middle" else f"It is on the {side} side."
-    if question.startswith("How big"):
-        return f"The {label} is {'small' if max(box[2] - box[0], box[3] - box[1]) < width / 4 else 'large'}."
-    if question.startswith("What colour"):
-        return f"The {label} is {detection['color']}." if detection.get("color") else None
-    raise ValueError(f"not a false-premise phrasing of vqa/questions.py: {question!r}")
 
 
 def true_premise_pairs(record: dict, image: str, grounding: str | None, labels: list[str], cooc: Counter, *,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+from ..ground import grid_position
 from ..pairs.mine import Cooccurrence
 from ..plurals import plural
 from ..world.captions import NUMBER_WORDS, article, join_phrases, noun_phrase
@@ -64,6 +65,24 @@ def premise_twin(q: dict, label: str) -> dict:
     template = next(t for t in PHRASINGS[q["family"]] if t.format(label=q["label"]) == q["question"])
     return {"image_id": q["image_id"], "family": "false_premise", "question": template.format(label=label),
             "label": label, "other": "", "expected": "refusal", "answer_text": refusal(label)}
+
+
+def premise_answer(question: str, label: str, detection: dict, width: float, height: float) -> str | None:
+    """The answer to a false-premise phrasing asked about `label`, read off its one `detection` (box, and "color"
+    where the image's colour was read); None where the detection cannot answer it (a colour not read). The side is
+    the column of the grounding context's 3x3 position (ground.grid_position), so the two never disagree."""
+    box = detection["box"]
+    column = grid_position(box, width, height).split()[-1]  # "top left" -> "left"; "top", "center" -> the middle
+    side = column if column in ("left", "right") else "middle"
+    if question.startswith("Where"):
+        return f"The {label} is in the middle." if side == "middle" else f"The {label} is on the {side}."
+    if question.startswith("Which side"):
+        return "It is in the middle." if side == "middle" else f"It is on the {side} side."
+    if question.startswith("How big"):
+        return f"The {label} is {'small' if max(box[2] - box[0], box[3] - box[1]) < width / 4 else 'large'}."
+    if question.startswith("What colour"):
+        return f"The {label} is {detection['color']}." if detection.get("color") else None
+    raise ValueError(f"not a false-premise phrasing of vqa/questions.py: {question!r}")
 
 
 def listing_answer(counts: dict[str, int], kinds: list[str]) -> str:
