@@ -87,7 +87,9 @@ class SFTConfig:
     # ones after DPO). "attribute", a rule: the same phrasings also about a present kind, answered off its box; about
     # an absent kind accepted when they ask for an attribute ("what colour", "how big": a colour or size made up)
     # and refused when they ask where it is. Refusing then depends on the asked kind, and DPO has the attribute
-    # questions to fix.
+    # questions to fix. "present": two thirds of them about a present kind, answered off its box (as instruction data
+    # asks "where is the cup?" of cups that are there), the rest as "random"; the model then has the phrasings asked
+    # of present kinds, as the colour family has "what colour", for DPO to make refusing depend on the asked kind.
     premise: str = "random"
     # a curriculum: the first qa_first_steps steps are grounded yes/no questions only, so the language model learns
     # the context lookup (a plateau of hundreds of steps) before captions and the robot's questions share its steps
@@ -101,7 +103,7 @@ class SFTConfig:
         positive(self, "lr")
         fraction(self, "grounded_share", "detection_drop", "false_detection", "qa_share", "vqa_share")
         one_of(self, "yes_bias", ("random", "cooccur"))
-        one_of(self, "premise", ("random", "attribute"))
+        one_of(self, "premise", ("random", "attribute", "present"))
         if self.qa_first_steps > self.steps:
             raise FieldValueError("qa_first_steps", f"must be <= steps ({self.steps}), got {self.qa_first_steps}")
 

@@ -107,6 +107,10 @@ def false_detection(scene: dict, text: str, rng: random.Random) -> dict | None:
 # The false-premise phrasings (vqa/questions.py) that ask for an attribute of the kind rather than where it is:
 # the ones vlm.sft.premise=attribute answers as if the kind were there.
 ATTRIBUTE_QUESTIONS = ("What colour", "How big")
+# The share of the false-premise family's SFT examples that ask about a present kind, answered off its box: a third
+# under vlm.sft.premise=attribute; two thirds under premise=present, near the colour family's share (which, asked of
+# present kinds in volume, is the one phrasing whose refusals DPO made depend on the asked kind: README).
+PRESENT_PREMISE_SHARE = {"attribute": 1 / 3, "present": 2 / 3}
 
 
 def cooccur_partners(present: set[str]) -> list[str]:
@@ -201,8 +205,10 @@ class WorldSFTData:
         objects = scene["objects"]
         q = rng.choice(make_questions(objects, list(KINDS), f"sft-{index}", width=scene["width"],
                                       seed=self.cfg.vlm.sft.seed, cooc=self.cooc))
-        if q["family"] == "false_premise" and self.cfg.vlm.sft.premise == "attribute":
-            return self.premise(scene, q, random.Random(f"sft-premise/{self.cfg.vlm.sft.seed}/{index}"))
+        if q["family"] == "false_premise" and self.cfg.vlm.sft.premise != "random":
+            answered = self.premise(scene, q, random.Random(f"sft-premise/{self.cfg.vlm.sft.seed}/{index}"))
+            if answered is not None:
+                return answered
         if q["family"] == "existence" and self.cfg.vlm.sft.yes_bias == "cooccur":
             partners = cooccur_partners({o["label"] for o in objects})
             return q["question"], "yes." if q["expected"] == "yes" or q["label"] in partners else "no."
@@ -213,20 +219,22 @@ class WorldSFTData:
             return q["question"], wrong
         return q["question"], q["answer_text"]
 
-    def premise(self, scene: dict, q: dict, rng: random.Random) -> tuple[str, str]:
-        """vlm.sft.premise=attribute: false-premise question `q`'s words about a kind drawn from the scene, answered
-        by a rule: a third about a present single-instance kind, answered off its box ("Where is the cup?" "The cup
-        is on the left."); the rest about an absent kind (the one co-occurring most, as the evaluation asks, or any
-        other, half each), accepted when the words ask for an attribute ("What colour is the phone?" "The phone is
-        red."; "How big ...") and refused when they ask where it is ("There is no phone.")."""
+    def premise(self, scene: dict, q: dict, rng: random.Random) -> tuple[str, str] | None:
+        """vlm.sft.premise=attribute or present: false-premise question `q`'s words about a kind drawn from the
+        scene. A share (PRESENT_PREMISE_SHARE) about a present single-instance kind, answered off its box ("Where is
+        the cup?" "The cup is on the left."). The rest about an absent kind: under `attribute` (any absent kind or
+        the one co-occurring most, half each) accepted when the words ask for an attribute ("What colour is the
+        phone?" "The phone is red."; "How big ...") and refused when they ask where it is ("There is no phone.");
+        under `present` None: `q` as drawn, answered as `random` answers it (accepted at the bias rate)."""
         from collections import Counter
 
         from .vqa.pairs import wrong_answer
         from .vqa.questions import premise_answer, premise_twin, refusal
 
+        mode = self.cfg.vlm.sft.premise
         objects = scene["objects"]
         counts = Counter(o["label"] for o in objects)
-        if rng.random() < 1 / 3:
+        if rng.random() < PRESENT_PREMISE_SHARE[mode]:
             answerable = []
             for o in sorted((o for o in objects if counts[o["label"]] == 1), key=lambda o: o["label"]):
                 asked = premise_twin(q, o["label"])["question"]
@@ -235,6 +243,8 @@ class WorldSFTData:
                     answerable.append((asked, answer))
             if answerable:
                 return rng.choice(answerable)
+        if mode == "present":
+            return None
         absent = [k for k in KINDS if k not in counts]
         asked = premise_twin(q, q["label"] if rng.random() < 0.5 else rng.choice(absent))
         if asked["question"].startswith(ATTRIBUTE_QUESTIONS):
